@@ -1,0 +1,33 @@
+# The two commands a new user runs: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The tested torch build; the package itself only asks for torch>=2.4.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: quickstart test bench lint format clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(PY) -m astropt.quickstart --out runs/quickstart
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

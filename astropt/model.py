@@ -1,0 +1,444 @@
+"""The observation model: a GPT decoder over patch tokens, AstroPT-compatible.
+
+One file holds the whole network (DESIGN.md section 4): a patch tokeniser maps
+each ``P*P*C`` patch to the embedding, a learned positional embedding is added,
+pre-LayerNorm transformer blocks run, and a head maps back to patch space.
+
+Objectives:
+
+* ``ar`` (default): predict the next normalised patch; Huber loss over values;
+* ``mae``: masked patches are replaced by a learned mask token, attention is
+  bidirectional and the loss counts masked patches only.
+
+Attention modes: ``causal`` (default), ``prefix`` (bidirectional over the first
+``prefix_len`` tokens, causal after) and ``full``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # optional: only used on CUDA in half precision
+    from flash_attn import flash_attn_func as _flash_attn_func
+except Exception:  # ImportError, or a build that does not match the installed torch
+    _flash_attn_func = None
+
+AttnType = Literal["causal", "prefix", "full"]
+Objective = Literal["ar", "mae"]
+Tokeniser = Literal["aim", "affine"]
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of the observation model, plus how its inputs were made.
+
+    The last group of fields does not change the network but records the data
+    conventions the weights expect, so loaders can feed images correctly.
+    """
+
+    block_size: int = 1024  # rows of the positional table: the longest sequence
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    tokeniser: Tokeniser = "aim"  # "aim": Linear-GELU-Linear MLP, "affine": one Linear
+    attn_type: AttnType = "causal"
+    objective: Objective = "ar"
+    mask_ratio: float = 0.75  # fraction of patches masked by the "mae" objective
+    prefix_len: int = 0  # bidirectional prefix of "prefix" attention; 0 draws one per batch
+    # Data conventions (not architecture):
+    patch_size: int = 16
+    n_chan: int = 3
+    order: Literal["spiral", "raster"] = "spiral"
+    transpose_hw: bool = False  # True for AstroPT's released weights (images seen as (C, W, H))
+    embed_layer: str = "final"  # default layer of `GPT.embed`: "final", "middle" or a block index
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch token: ``patch_size**2 * n_chan``."""
+        return self.patch_size * self.patch_size * self.n_chan
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for name, allowed in (
+            ("tokeniser", ("aim", "affine")),
+            ("attn_type", ("causal", "prefix", "full")),
+            ("objective", ("ar", "mae")),
+            ("order", ("spiral", "raster")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+class PatchCodec(nn.Module):
+    """Maps between patch space and embedding space ("aim" MLP or "affine")."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, kind: Tokeniser, bias: bool):
+        super().__init__()
+        self.kind = kind
+        if kind == "affine":
+            self.fc1 = nn.Linear(in_dim, out_dim, bias=bias)
+        else:
+            self.fc1 = nn.Linear(in_dim, hidden, bias=bias)
+            self.fc2 = nn.Linear(hidden, out_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.kind == "affine":
+            return x
+        return self.fc2(F.gelu(x, approximate="tanh"))
+
+
+class KVCache:
+    """Keys and values of past tokens, one pair per layer, for incremental decoding."""
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    def length(self, layer: int = 0) -> int:
+        """Number of tokens cached so far for ``layer``."""
+        past = self.layers[layer]
+        return 0 if past is None else past[0].shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        past = self.layers[layer]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+def attention_mask(
+    attn_type: AttnType, q_len: int, kv_len: int, prefix_len: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean ``(q_len, kv_len)`` mask (True = may attend), or None for no mask.
+
+    Queries are the last ``q_len`` of ``kv_len`` positions (a KV cache holds the rest).
+    """
+    if attn_type == "full":
+        return None
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    kv_pos = torch.arange(kv_len, device=device)[None, :]
+    allowed = kv_pos <= q_pos
+    if attn_type == "prefix":
+        allowed = allowed | (kv_pos < prefix_len)
+    return allowed
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_type: AttnType,
+        prefix_len: int = 0,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        batch, seq, width = x.shape
+        head_dim = width // self.n_head
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_head, head_dim).unbind(2)
+        dropout = self.dropout if self.training else 0.0
+        past = 0 if cache is None else cache.length(layer)
+        if (
+            _flash_attn_func is not None
+            and x.is_cuda
+            and x.dtype in (torch.float16, torch.bfloat16)
+            and attn_type != "prefix"
+            and cache is None
+        ):
+            y = _flash_attn_func(q, k, v, dropout_p=dropout, causal=attn_type == "causal")
+            return self.resid_dropout(self.proj(y.reshape(batch, seq, width)))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        if attn_type == "causal" and past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            mask = attention_mask(attn_type, seq, past + seq, prefix_len, x.device)
+            if attn_type == "causal" and seq == 1:
+                mask = None  # one new token sees every cached one
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(batch, seq, width)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = SelfAttention(config)
+        self.norm_mlp = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_type, prefix_len=0, cache=None, layer=0):
+        x = x + self.attn(self.norm_attn(x), attn_type, prefix_len, cache, layer)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer over patch tokens.
+
+    Inputs are normalised patch sequences ``(B, T, patch_dim)``; outputs have
+    the same shape (for ``ar``: the prediction of the *next* patch at each
+    position; for ``mae``: the reconstruction of each position's own patch).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        hidden = 4 * config.n_embd
+        self.tokeniser = PatchCodec(
+            config.patch_dim, config.n_embd, hidden, config.tokeniser, config.bias
+        )
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.head = PatchCodec(
+            config.n_embd, config.patch_dim, hidden, config.tokeniser, config.bias
+        )
+        if config.objective == "mae":
+            self.mask_token = nn.Parameter(torch.zeros(config.n_embd))
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------- setup
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2L)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+        if hasattr(self, "mask_token"):
+            nn.init.normal_(self.mask_token, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_positions: bool = False) -> int:
+        """Number of parameters (optionally without the positional table)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.pos_emb.weight.numel() if exclude_positions else total
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token, PaLM appendix B estimate.
+
+        ``6 * N + 12 * n_layer * n_embd * seq_len`` with ``N`` the parameters
+        outside the positional table and ``seq_len`` the real sequence length
+        (not ``block_size``: AstroPT's 4x overstatement for 256-token galaxies).
+        """
+        cfg = self.config
+        seq_len = cfg.block_size if seq_len is None else seq_len
+        return 6 * self.num_params(exclude_positions=True) + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+    # --------------------------------------------------------------- forward
+    def _resolve_prefix(self, prefix_len: int | None, seq: int) -> int:
+        if self.config.attn_type != "prefix":
+            return 0
+        if prefix_len is not None:
+            return prefix_len
+        if self.config.prefix_len > 0:
+            return self.config.prefix_len
+        # Training without a fixed prefix: draw one per call (from torch's RNG, so
+        # runs stay reproducible under a seed).
+        return int(torch.randint(1, max(seq, 2), ()).item())
+
+    def _trunk(
+        self,
+        patches: torch.Tensor,
+        positions: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        prefix_len: int,
+        cache: KVCache | None,
+        stop_after: int | None = None,
+    ) -> torch.Tensor:
+        batch, seq, dim = patches.shape
+        cfg = self.config
+        if dim != cfg.patch_dim:
+            raise ValueError(
+                f"patch tokens have {dim} values but the model expects {cfg.patch_dim} "
+                f"({cfg.patch_size}x{cfg.patch_size} pixels x {cfg.n_chan} channels)"
+            )
+        start = 0 if cache is None else cache.length()
+        if positions is None:
+            positions = torch.arange(start, start + seq, device=patches.device)
+        if positions.max() >= cfg.block_size:
+            raise ValueError(
+                f"sequence position {int(positions.max())} is beyond block_size {cfg.block_size}"
+            )
+        x = self.tokeniser(patches)
+        if mask is not None:
+            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        x = self.drop(x + self.pos_emb(positions))
+        attn_type = "full" if cfg.objective == "mae" else cfg.attn_type
+        for index, block in enumerate(self.blocks):
+            x = block(x, attn_type, prefix_len, cache, index)
+            if stop_after is not None and index == stop_after:
+                return x
+        return self.norm_f(x)
+
+    def forward(
+        self,
+        patches: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        prefix_len: int | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predict patches; return ``(predictions, loss)``.
+
+        ``patches``: ``(B, T, patch_dim)`` normalised tokens. ``targets``: same
+        shape (for ``ar``, the inputs shifted by one). ``positions``: ``(T,)``
+        or ``(B, T)`` sequence positions, default ``0..T-1`` (after any
+        cached tokens). ``mask``: ``(B, T)`` bool, True where a patch is hidden
+        (``mae`` only; the loss then counts masked patches only). ``cache``: a
+        :class:`KVCache` for incremental decoding. ``loss`` is None without
+        targets.
+        """
+        if mask is not None and self.config.objective != "mae":
+            raise ValueError("a patch mask needs a model built with objective='mae'")
+        prefix = self._resolve_prefix(prefix_len, patches.shape[1])
+        hidden = self._trunk(patches, positions, mask, prefix, cache)
+        predictions = self.head(hidden)
+        if targets is None:
+            return predictions, None
+        if mask is not None:
+            per_value = F.huber_loss(predictions, targets, delta=1.0, reduction="none")
+            weights = mask[..., None].to(per_value.dtype)
+            loss = (per_value * weights).sum() / (weights.sum() * per_value.shape[-1]).clamp_min(1)
+        else:
+            loss = F.huber_loss(predictions, targets, delta=1.0)
+        return predictions, loss
+
+    def compute_loss(
+        self, tokens: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss of the configured objective on full sequences ``(B, N, patch_dim)``.
+
+        ``ar``: inputs are tokens ``0..N-2``, targets ``1..N-1``. ``mae``: a random
+        ``mask_ratio`` of each sequence is hidden (drawn from ``generator``).
+        Returns ``(predictions, loss)``.
+        """
+        if self.config.objective == "ar":
+            predictions, loss = self(tokens[:, :-1], targets=tokens[:, 1:])
+            return predictions, loss
+        batch, seq, _ = tokens.shape
+        n_masked = max(1, round(self.config.mask_ratio * seq))
+        scores = torch.rand(batch, seq, generator=generator, device=tokens.device)
+        ranks = scores.argsort(dim=1).argsort(dim=1)
+        mask = ranks < n_masked
+        predictions, loss = self(tokens, targets=tokens, mask=mask)
+        return predictions, loss
+
+    # ------------------------------------------------------------ embeddings
+    def resolve_layer(self, layer: int | str | None) -> int | None:
+        """Block index whose residual output is wanted, or None for the final LayerNorm."""
+        layer = self.config.embed_layer if layer is None else layer
+        if layer in ("final", -1):
+            return None
+        if layer == "middle":
+            return self.config.n_layer // 2
+        if isinstance(layer, str) and layer.lstrip("-").isdigit():
+            layer = int(layer)
+        if not isinstance(layer, int) or not 0 <= layer < self.config.n_layer:
+            raise ValueError(
+                f"layer must be 'final' (or -1), 'middle' or a block index 0..{self.config.n_layer - 1},"
+                f" got {layer!r}"
+            )
+        return layer
+
+    def hidden_states(
+        self, patches: torch.Tensor, layer: int | str | None = None, prefix_len: int | None = None
+    ) -> torch.Tensor:
+        """Per-token features ``(B, T, n_embd)`` from ``layer`` (see :meth:`embed`)."""
+        block = self.resolve_layer(layer)
+        # Deterministic: without a prefix length, prefix attention sees the whole sequence.
+        prefix = self._resolve_prefix(prefix_len or self.config.prefix_len or patches.shape[1], 0)
+        return self._trunk(patches, None, None, prefix, None, stop_after=block)
+
+    def embed(
+        self,
+        patches: torch.Tensor,
+        layer: int | str | None = None,
+        pool: Literal["mean", "prefix", "last"] = "mean",
+        prefix: int | None = None,
+    ) -> torch.Tensor:
+        """One vector per image: ``(B, T, patch_dim)`` tokens to ``(B, n_embd)``.
+
+        ``layer``: ``"final"`` or ``-1`` (final LayerNorm output), ``"middle"``
+        (residual stream after block ``n_layer // 2``, AstroPT's
+        ``generate_embeddings``), or a 0-based block index; default
+        ``config.embed_layer``. ``pool``: mean over all tokens, mean over the
+        first ``prefix`` tokens (the galaxy itself in spiral order), or the last token.
+        """
+        hidden = self.hidden_states(patches, layer)
+        if pool == "mean":
+            return hidden.mean(dim=1)
+        if pool == "prefix":
+            if not prefix or prefix < 1:
+                raise ValueError("pool='prefix' needs prefix=k with k >= 1 tokens")
+            return hidden[:, :prefix].mean(dim=1)
+        if pool == "last":
+            return hidden[:, -1]
+        raise ValueError(f"pool must be 'mean', 'prefix' or 'last', got {pool!r}")
+
+    # ----------------------------------------------------------- persistence
+    def save_pretrained(self, directory, **card_info) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (and a model card) to ``directory``."""
+        from astropt import hub
+
+        hub.save_pretrained(self, directory, **card_info)
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id, **kwargs) -> GPT:
+        """Load from a ``save_pretrained`` folder, a run folder, an AstroPT ``ckpt.pt`` or a Hub repo."""
+        from astropt import hub
+
+        return hub.load_model(path_or_repo_id, **kwargs)

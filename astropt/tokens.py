@@ -1,0 +1,203 @@
+"""Images to patch-token sequences and back: the one place that knows the conventions.
+
+Conventions (DESIGN.md section 3; they decide weight compatibility with AstroPT):
+
+* an image batch is ``(B, C, H, W)``; a patch is ``P x P`` pixels of all ``C``
+  channels flattened with the channel fastest-varying, einops pattern
+  ``"c (h p1) (w p2) -> (h w) (p1 p2 c)"``;
+* the *spiral* order starts at the central patch of the grid and winds
+  outwards; it is the reverse of a clockwise spiral that starts at the top-left
+  corner and winds inwards, which is exactly AstroPT's order;
+* per-patch normalisation is ``(x - mean) / (std + 1e-8)`` over the ``P*P*C``
+  values of each patch, with torch's default (unbiased) std.
+
+Everything here is batched and device-agnostic: one gather reorders a whole
+batch, no Python loop ever runs over patches or samples.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Literal
+
+import torch
+from einops import rearrange
+
+Order = Literal["spiral", "raster"]
+
+NORM_EPS = 1e-8
+DEFAULT_PATCH_SIZE = 16
+
+
+@lru_cache(maxsize=64)
+def _spiral_order_cached(n: int) -> torch.Tensor:
+    grid = torch.arange(n * n).reshape(n, n)
+    inward: list[torch.Tensor] = []
+    # Peel the outer ring clockwise (top row, right column, bottom row back,
+    # left column up), then recurse on the interior.
+    while grid.numel() > 0:
+        inward.append(grid[0])
+        grid = grid[1:]
+        if grid.numel() == 0:
+            break
+        grid = grid.T.flip(0)  # rotate anticlockwise so the right column becomes the top row
+    order = torch.cat(inward).flip(0)
+    order.requires_grad_(False)
+    return order
+
+
+def spiral_order(n: int) -> torch.Tensor:
+    """Raster index of each sequence position for an ``n x n`` patch grid.
+
+    Returns a LongTensor of shape ``(n*n,)`` on the CPU: ``patches_raster[order]``
+    is the spiral-ordered sequence, starting at the centre. Cached per ``n``;
+    treat the result as read-only.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"spiral_order needs a positive integer grid side, got {n!r}")
+    return _spiral_order_cached(n)
+
+
+@lru_cache(maxsize=64)
+def _inverse_order_cached(n: int) -> torch.Tensor:
+    return torch.argsort(_spiral_order_cached(n))
+
+
+def _device_order(n: int, device: torch.device, inverse: bool = False) -> torch.Tensor:
+    order = _inverse_order_cached(n) if inverse else _spiral_order_cached(n)
+    return order if order.device == device else order.to(device)
+
+
+def _grid_side(num_patches: int) -> int:
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(
+            f"spiral order needs a square grid of patches, got {num_patches} patches; "
+            "use order='raster' for non-square grids"
+        )
+    return side
+
+
+def _check_order(order: str) -> None:
+    if order not in ("spiral", "raster"):
+        raise ValueError(f"order must be 'spiral' or 'raster', got {order!r}")
+
+
+def patchify(
+    images: torch.Tensor, patch_size: int = DEFAULT_PATCH_SIZE, order: Order = "spiral"
+) -> torch.Tensor:
+    """Cut images into flattened patches in spiral (default) or raster order.
+
+    ``images``: ``(B, C, H, W)``, any dtype and device, ``H`` and ``W`` multiples
+    of ``patch_size``. Returns ``(B, N, P*P*C)`` with ``N = (H/P) * (W/P)``.
+    The spiral order needs ``H == W`` (a square patch grid).
+    """
+    _check_order(order)
+    if images.ndim != 4:
+        raise ValueError(
+            f"patchify expects a batch of images (B, C, H, W), got shape {tuple(images.shape)}"
+        )
+    _, _, height, width = images.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the patch size {patch_size}"
+        )
+    patches = rearrange(
+        images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size
+    )
+    if order == "raster":
+        return patches
+    if height != width:
+        raise ValueError(
+            f"spiral order needs a square patch grid, got {height // patch_size}x"
+            f"{width // patch_size} patches ({height}x{width} pixels); use order='raster'"
+        )
+    index = _device_order(height // patch_size, patches.device)
+    return patches.index_select(1, index)
+
+
+def unpatchify(
+    patches: torch.Tensor,
+    image_size: int | tuple[int, int],
+    patch_size: int = DEFAULT_PATCH_SIZE,
+    order: Order = "spiral",
+) -> torch.Tensor:
+    """Fold ``(B, N, P*P*C)`` patch sequences back into ``(B, C, H, W)`` images.
+
+    ``image_size`` is the side ``H == W`` in pixels or an ``(H, W)`` pair. The
+    inverse of :func:`patchify` with the same ``patch_size`` and ``order``.
+    """
+    _check_order(order)
+    if patches.ndim != 3:
+        raise ValueError(
+            f"unpatchify expects patch sequences (B, N, P*P*C), got shape {tuple(patches.shape)}"
+        )
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by the patch size {patch_size}"
+        )
+    grid_h, grid_w = height // patch_size, width // patch_size
+    if patches.shape[1] != grid_h * grid_w:
+        raise ValueError(
+            f"{patches.shape[1]} patches cannot fold into a {height}x{width} image "
+            f"with {patch_size}-pixel patches ({grid_h * grid_w} expected)"
+        )
+    if patches.shape[2] % (patch_size * patch_size):
+        raise ValueError(
+            f"patch length {patches.shape[2]} is not a multiple of {patch_size}x{patch_size}"
+        )
+    if order == "spiral":
+        if grid_h != grid_w:
+            raise ValueError(
+                f"spiral order needs a square patch grid, got {grid_h}x{grid_w} patches"
+            )
+        patches = patches.index_select(1, _device_order(grid_h, patches.device, inverse=True))
+    return rearrange(
+        patches,
+        "b (h w) (p1 p2 c) -> b c (h p1) (w p2)",
+        h=grid_h,
+        w=grid_w,
+        p1=patch_size,
+        p2=patch_size,
+    )
+
+
+def normalise_patches(
+    patches: torch.Tensor, eps: float = NORM_EPS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise each patch to zero mean and unit (unbiased) std.
+
+    ``patches``: ``(..., D)``. Returns ``(normalised, mean, std)`` where
+    ``normalised`` has the input's shape and ``mean``/``std`` have shape
+    ``(..., 1)``; integer inputs are computed in float32.
+    """
+    if not patches.is_floating_point():
+        patches = patches.float()
+    std, mean = torch.std_mean(patches, dim=-1, keepdim=True)
+    return (patches - mean) / (std + eps), mean, std
+
+
+def denormalise_patches(
+    normalised: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float = NORM_EPS
+) -> torch.Tensor:
+    """Inverse of :func:`normalise_patches`: back to the original pixel units."""
+    return normalised * (std + eps) + mean
+
+
+def images_to_tokens(
+    images: torch.Tensor,
+    patch_size: int = DEFAULT_PATCH_SIZE,
+    order: Order = "spiral",
+    transpose_hw: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images ``(B, C, H, W)`` to normalised patch tokens ``(B, N, P*P*C)``.
+
+    ``transpose_hw=True`` swaps the two image axes first, reproducing AstroPT's
+    ``swapaxes(0, 2)`` layout (its released weights need it). Returns
+    ``(tokens, mean, std)`` as :func:`normalise_patches` does.
+    """
+    if transpose_hw:
+        images = images.transpose(-1, -2)
+    return normalise_patches(patchify(images, patch_size=patch_size, order=order))

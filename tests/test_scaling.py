@@ -1,0 +1,377 @@
+"""Scaling study: the power-law fitter, the frontier, ladders, the resumable runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from astropt import scaling
+from astropt.model import GPT, GPTConfig
+from astropt.scaling import (
+    fit_power_law,
+    load_ladder,
+    pareto_frontier,
+    plan_runs,
+    read_results,
+    run_study,
+    saturating_power_law,
+)
+
+# ---------------------------------------------------------------- fitter
+
+
+@pytest.mark.parametrize(
+    "l_inf, a, alpha, x_lo, x_hi, noise, seed",
+    [
+        (1.20, 1000.0, 0.30, 1e10, 1e15, 0.004, 0),  # compute-like x
+        (0.35, 10.0, 0.55, 1e2, 1e5, 0.002, 1),  # data-size-like x
+        (0.80, 5.0, 0.12, 1e4, 1e9, 0.003, 2),  # shallow: hard to separate from L_inf
+    ],
+)
+@pytest.mark.parametrize("bootstrap", ["residual", "cases"])
+def test_fit_recovers_known_law_within_intervals(
+    l_inf, a, alpha, x_lo, x_hi, noise, seed, bootstrap
+):
+    rng = np.random.default_rng(seed)
+    x = np.logspace(math.log10(x_lo), math.log10(x_hi), 20)
+    y = saturating_power_law(x, l_inf, a, alpha) + rng.normal(0.0, noise, x.size)
+    fit = fit_power_law(x, y, n_boot=300, seed=seed, bootstrap=bootstrap)
+
+    assert fit.alpha_ci[0] <= alpha <= fit.alpha_ci[1]
+    assert fit.l_inf_ci[0] <= l_inf <= fit.l_inf_ci[1]
+    # The intervals must be informative, not (0, alpha_max): a fitter that
+    # returned huge intervals would otherwise pass.
+    assert fit.alpha_ci[1] - fit.alpha_ci[0] < 0.5 * alpha
+    assert fit.l_inf_ci[1] - fit.l_inf_ci[0] < 0.2 * l_inf + 0.05
+    assert abs(fit.alpha - alpha) < 0.25 * alpha
+    assert abs(fit.l_inf - l_inf) < 0.1 * l_inf + 0.02
+    # `a` is reported in the caller's units: the law rebuilt from (l_inf, a, alpha)
+    # must be the fitted curve.
+    np.testing.assert_allclose(
+        saturating_power_law(x, fit.l_inf, fit.a, fit.alpha), fit.predict(x), rtol=1e-9
+    )
+    assert fit.rmse < 2 * noise
+
+
+def test_fit_intervals_cover_the_truth_at_about_their_nominal_rate():
+    # Over many independent noisy data sets a 90% interval must contain the
+    # truth most of the time: too-narrow intervals (say, a bootstrap that
+    # forgot the noise) would cover rarely, and this would fail.
+    hits_alpha = hits_l_inf = 0
+    trials = 24
+    x = np.logspace(2, 6, 10)
+    for seed in range(trials):
+        rng = np.random.default_rng(100 + seed)
+        y = saturating_power_law(x, 0.6, 4.0, 0.35) + rng.normal(0.0, 0.01, x.size)
+        fit = fit_power_law(x, y, n_boot=150, ci=0.9, seed=seed)
+        hits_alpha += fit.alpha_ci[0] <= 0.35 <= fit.alpha_ci[1]
+        hits_l_inf += fit.l_inf_ci[0] <= 0.6 <= fit.l_inf_ci[1]
+    # Binomial(24, 0.9): P(<= 17) is about 1.5%; a coverage of 50% would give ~12.
+    assert hits_alpha >= 18 and hits_l_inf >= 18
+
+
+def test_fit_reaches_the_least_squares_optimum():
+    # The least-squares optimum is at least as good as the true parameters and
+    # better than any nearby perturbation of the fit.
+    rng = np.random.default_rng(5)
+    x = np.logspace(11, 14, 12)
+    y = saturating_power_law(x, 2.0, 300.0, 0.25) + rng.normal(0, 0.01, x.size)
+    fit = fit_power_law(x, y, n_boot=0)
+
+    def sse(l_inf, a, alpha):
+        return float(np.sum((saturating_power_law(x, l_inf, a, alpha) - y) ** 2))
+
+    best = sse(fit.l_inf, fit.a, fit.alpha)
+    assert best <= sse(2.0, 300.0, 0.25) + 1e-12
+    for d_alpha in (-0.01, 0.01):
+        for d_l in (-0.005, 0.005):
+            # Re-solve a at the perturbed (l_inf, alpha) so only those two move.
+            z = x ** -(fit.alpha + d_alpha)
+            a_best = float(np.dot(z, y - fit.l_inf - d_l) / np.dot(z, z))
+            assert best <= sse(fit.l_inf + d_l, a_best, fit.alpha + d_alpha) + 1e-12
+    assert math.isnan(fit.alpha_ci[0])  # n_boot=0: no interval
+
+
+def test_fit_three_exact_points_is_exact_and_has_no_interval():
+    x = np.array([1e3, 1e4, 1e5])
+    y = saturating_power_law(x, 0.5, 10.0, 0.4)
+    fit = fit_power_law(x, y, n_boot=100)
+    assert fit.alpha == pytest.approx(0.4, rel=1e-4)
+    assert fit.l_inf == pytest.approx(0.5, rel=1e-4)
+    assert fit.a == pytest.approx(10.0, rel=1e-3)
+    assert fit.n_boot == 0 and math.isnan(fit.alpha_ci[0])
+
+
+def test_fit_rejects_too_few_points():
+    with pytest.raises(ValueError, match="3 distinct"):
+        fit_power_law([1.0, 2.0, 2.0], [3.0, 2.0, 2.0])
+
+
+def test_pareto_frontier_keeps_lowest_loss_at_each_compute():
+    compute = [1, 2, 2, 3, 4, 5, 6]
+    loss = [5.0, 4.0, 3.5, 3.8, 3.0, 3.2, 2.9]
+    # 1: first; 2 -> the 3.5 one (index 2), not 4.0; 3 (3.8) is worse than 3.5;
+    # 4 (3.0) improves; 5 (3.2) does not; 6 (2.9) does.
+    assert pareto_frontier(compute, loss).tolist() == [0, 2, 4, 6]
+    assert pareto_frontier([3, 1, 2], [1.0, 3.0, 2.0]).tolist() == [1, 2, 0]
+    assert pareto_frontier([1, 2], [float("nan"), 1.0]).tolist() == [1]
+
+
+# ---------------------------------------------------------------- ladders
+
+
+def _write_ladder(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+LADDER = """
+base = "base.toml"
+overrides = ["data.image_size=64"]
+budgets = [2e8, 1e8]
+data_sizes = [64, 32]
+evals_per_run = 4
+
+[[rungs]]
+name = "small"
+overrides = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
+
+[[rungs]]
+name = "big"
+overrides = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2"]
+"""
+
+
+def test_load_ladder_resolves_paths_and_rejects_unknown_keys(tmp_path):
+    path = _write_ladder(tmp_path, LADDER)
+    ladder = load_ladder(tmp_path / "tiny")  # ".toml" may be left out
+    assert ladder.path == path and ladder.name == "tiny"
+    assert ladder.base == (tmp_path / "base.toml").resolve()
+    assert [r.name for r in ladder.rungs] == ["small", "big"]
+
+    with pytest.raises(ValueError, match="did you mean 'budgets'"):
+        load_ladder(_write_ladder(tmp_path, LADDER.replace("budgets", "budget"), "bad.toml"))
+    bad_rung = LADDER.replace('name = "big"\noverrides', 'name = "big"\noverride')
+    with pytest.raises(ValueError, match="did you mean 'overrides'"):
+        load_ladder(_write_ladder(tmp_path, bad_rung, "bad2.toml"))
+    with pytest.raises(KeyError, match="did you mean 'small'"):
+        load_ladder(_write_ladder(tmp_path, 'data_rung = "smal"\n' + LADDER, "bad3.toml"))
+
+
+def test_plan_covers_every_rung_and_budget_then_the_data_sweep(tmp_path):
+    ladder = load_ladder(_write_ladder(tmp_path, LADDER))
+    specs = plan_runs(ladder)
+    compute = [(s.rung.name, s.budget) for s in specs if s.sweep == "compute"]
+    assert compute == [("small", 1e8), ("big", 1e8), ("small", 2e8), ("big", 2e8)]
+    data = [(s.rung.name, s.budget, s.data_size) for s in specs if s.sweep == "data"]
+    # Default data rung: the middle of the ladder (index len // 2); budget: the largest.
+    assert data == [("big", 2e8, 32), ("big", 2e8, 64)]
+    assert len({s.run_id for s in specs}) == len(specs)
+    assert scaling.format_flops(3e11) == "3e11" and scaling.format_flops(2.5e12) == "2.5e12"
+
+
+# ---------------------------------------------------------------- runner (stub training)
+
+
+@dataclasses.dataclass
+class _StubConfig:
+    model: GPTConfig
+    data: SimpleNamespace
+    out_dir: str = ""
+    seed: int = 0
+    max_iters: int = 0
+    eval_interval: int = 0
+    batch_size: int = 4
+    grad_accum: int = 2
+
+
+def _stub_load_config(path, overrides):
+    """Stands in for astropt.config.load_config: applies dotted key=value overrides."""
+    cfg = _StubConfig(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64), SimpleNamespace())
+    cfg.data.image_size = None
+    cfg.data.path = ""
+    cfg.data.max_samples = None
+    for item in overrides:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        target = cfg
+        for p in parents:
+            target = getattr(target, p)
+        value = None if value == "None" else int(value) if value.isdigit() else value
+        if isinstance(target, GPTConfig):
+            target = dataclasses.replace(target, **{leaf: value})
+            cfg.model = target
+        else:
+            setattr(target, leaf, value)
+    return cfg
+
+
+class _StubTrain:
+    """Records configs and writes a metrics.jsonl the way a run folder has one."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cfg):
+        self.calls.append(cfg)
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        # Loss falls with steps and width, like a real run.
+        losses = {
+            s: 1.0 + 1.0 / (1 + s) + 1.0 / cfg.model.n_embd
+            for s in range(cfg.eval_interval, cfg.max_iters + 1, cfg.eval_interval)
+        }
+        with open(out / "metrics.jsonl", "w") as fh:
+            for s, loss in losses.items():
+                fh.write(json.dumps({"step": s, "val_loss": loss}) + "\n")
+        final = losses[max(losses)] if losses else 2.0
+        return {"final_val_loss": final, "best_val_loss": final}
+
+
+def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
+    ladder = load_ladder(_write_ladder(tmp_path, LADDER))
+    out = tmp_path / "study"
+    train = _StubTrain()
+    rows = run_study(ladder, out, train_fn=train, load_config_fn=_stub_load_config)
+    assert len(train.calls) == 6 and len(rows) == 6
+    results = read_results(out / "results.jsonl")
+    assert [r["run_id"] for r in results] == [r["run_id"] for r in rows]
+
+    for cfg, row in zip(train.calls, results, strict=True):
+        # FLOPs per step from a real (not meta) model: independent of the runner's count.
+        model = GPT(cfg.model)
+        seq = (64 // 16) ** 2 - 1  # 64x64 stamps, 16 tokens, inputs drop the last
+        per_step = model.flops_per_token(seq) * cfg.batch_size * cfg.grad_accum * seq
+        assert row["n_params"] == model.num_params(exclude_positions=True)
+        assert cfg.max_iters == max(1, round(row["budget_flops"] / per_step))
+        assert abs(cfg.max_iters * per_step - row["budget_flops"]) <= per_step / 2 + 1e-6
+        assert cfg.out_dir == str(out / row["run_id"])
+        assert cfg.data.max_samples == row["data_size"]
+        assert row["final_val_loss"] is not None
+        assert len(row["curve"]) >= 1 and row["curve"][-1][0] <= row["compute"] * (1 + 1e-9)
+    # Bigger budgets, more steps; the data sweep trains the same shape.
+    by_id = {r["run_id"]: r for r in results}
+    assert by_id["small_C2e8_Dall_s0"]["max_iters"] > by_id["small_C1e8_Dall_s0"]["max_iters"]
+
+    # Second call: everything is in the results file, nothing is trained again.
+    again = _StubTrain()
+    assert run_study(ladder, out, train_fn=again, load_config_fn=_stub_load_config) == []
+    assert again.calls == []
+
+    # Drop one row and leave a half-written line, as a crash mid-append would.
+    lines = (out / "results.jsonl").read_text().splitlines()
+    dropped = json.loads(lines[2])["run_id"]
+    (out / "results.jsonl").write_text("\n".join(lines[:2] + lines[3:]) + "\n" + lines[2][:40])
+    third = _StubTrain()
+    rows = run_study(ladder, out, train_fn=third, load_config_fn=_stub_load_config)
+    assert [r["run_id"] for r in rows] == [dropped] and len(third.calls) == 1
+    assert sorted(r["run_id"] for r in read_results(out / "results.jsonl")) == sorted(by_id)
+
+
+def test_runner_under_torchrun_counts_all_ranks_and_only_rank0_writes(tmp_path, monkeypatch):
+    ladder = load_ladder(_write_ladder(tmp_path, LADDER))
+    single = run_study(
+        ladder, tmp_path / "one", train_fn=_StubTrain(), load_config_fn=_stub_load_config
+    )
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    train = _StubTrain()
+    rows = run_study(ladder, tmp_path / "two", train_fn=train, load_config_fn=_stub_load_config)
+    assert len(train.calls) == 6
+    assert not (tmp_path / "two" / "results.jsonl").exists()
+    for one, two in zip(single, rows, strict=True):
+        # Two ranks process twice the tokens per step: half the steps for a budget.
+        assert two["tokens_per_step"] == 2 * one["tokens_per_step"]
+        assert abs(two["max_iters"] - one["max_iters"] / 2) <= 1
+
+
+# ---------------------------------------------------------------- fit of a study
+
+
+def _synthetic_rows(l_inf=1.0, a=2e3, alpha=0.3):
+    """Rows of a fake study whose frontier follows a known law.
+
+    Each shape saturates at its own floor above the frontier, so the lowest
+    loss at each compute is reached by different shapes.
+    """
+    rows = []
+    shapes = {"s": 1e4, "m": 1e5, "l": 1e6}
+    budgets = [1e10, 3e10, 1e11, 3e11, 1e12]
+    for name, n in shapes.items():
+        for c in budgets:
+            frontier = saturating_power_law(c, l_inf, a, alpha)
+            floor = saturating_power_law(n, l_inf, 20.0, 0.3)
+            loss = max(frontier, floor) + 0.002 * (n / 1e4) ** 0.1
+            rows.append(
+                {
+                    "run_id": f"{name}_{c}",
+                    "rung": name,
+                    "sweep": "compute",
+                    "budget_flops": c,
+                    "compute": c,
+                    "n_params": n,
+                    "final_val_loss": loss,
+                    "train_galaxies": 1000 if (name, c) == ("m", 1e12) else None,
+                    "curve": [],
+                    "probe_score": 0.5 + 0.05 * math.log10(n),
+                }
+            )
+    for r in rows:
+        if r["train_galaxies"]:  # the full-split point of the data sweep follows the data law
+            r["final_val_loss"] = saturating_power_law(1000, 1.0, 5.0, 0.5)
+    for d in [100, 200, 400, 800]:
+        rows.append(
+            {
+                "run_id": f"d{d}",
+                "rung": "m",
+                "sweep": "data",
+                "budget_flops": 1e12,
+                "compute": 1e12,
+                "n_params": 1e5,
+                "data_size": d,
+                "train_galaxies": d,
+                "final_val_loss": saturating_power_law(d, 1.0, 5.0, 0.5),
+                "curve": [],
+            }
+        )
+    return rows
+
+
+def test_fit_study_and_cli_write_fits_and_figures(tmp_path):
+    rows = _synthetic_rows()
+    fit = scaling.fit_study(rows, n_boot=100)
+    frontier = fit["compute"]["frontier"]
+    # Lowest loss at each budget over the three shapes.
+    for p in frontier:
+        same = [r["final_val_loss"] for r in rows if r["compute"] == p["compute"]]
+        assert p["loss"] == min(same)
+    data = fit["data"]
+    assert data["rung"] == "m" and [p["galaxies"] for p in data["points"]] == [
+        100,
+        200,
+        400,
+        800,
+        1000,
+    ]
+    assert fit["params"]["fit"] is not None
+    assert len(fit["probe"]) == 15
+
+    results = tmp_path / "results.jsonl"
+    for r in rows:
+        scaling.append_result(results, r)
+    assert (
+        scaling.main(["fit", str(results), "--out", str(tmp_path / "fig"), "--n-boot", "50"]) == 0
+    )
+    saved = json.loads((tmp_path / "fig" / "fit.json").read_text())
+    assert saved["data"]["fit"]["alpha"] == pytest.approx(0.5, abs=0.05)
+    for name in ("loss_vs_compute", "loss_vs_data", "loss_vs_params", "probe_vs_params"):
+        png = tmp_path / "fig" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "L(compute)" in scaling.format_report(saved)

@@ -1,0 +1,289 @@
+"""Reading one image: decode, check, crop, augment and scale, per sample, in a worker.
+
+Every source (parquet rows, folder files, the on-the-fly simulator) hands its
+raw payload to the functions here and gets back a ``(C, H, W)`` array, or a
+:class:`SkipSample` naming a reason. The reasons a sample is skipped (counted
+by :meth:`astropt.data.TokenLoader.skipped`) are the keys of :data:`REASONS`.
+
+Value scaling (documented once, here):
+
+* unsigned integer images (8-bit JPEG/PNG, 16-bit PNG) are divided by their
+  type's maximum, so pixels lie in ``[0, 1]`` (uint8 / 255);
+* float images (FITS, ``.npy``, float columns, simulator fluxes) go through
+  ``asinh(x / softening)`` by default (``DataConfig.float_scaling="asinh"``,
+  ``asinh_softening`` in the data's own units, 0.01 by default: about the
+  per-pixel sky noise of DESI Legacy Survey grz stamps in nanomaggies). The
+  transform is linear for faint pixels and logarithmic for bright ones, the
+  same stretch survey colour cutouts use, so a galaxy's outskirts and its core
+  both reach the per-patch normalisation with useful dynamic range;
+  ``float_scaling="linear"`` keeps float values as they are. Signed integer
+  data counts as float data.
+
+Layouts: JPEG/PNG decode to ``(H, W, C)`` and are read as ``(C, H, W)``;
+``.npy`` arrays are ``(C, H, W)`` (the project convention) or ``(H, W)``; an
+``(H, W, C)`` array with ``C <= 4 < H`` is recognised and transposed. FITS
+files hold a ``(C, H, W)`` cube or a ``(H, W)`` single band (the first HDU with
+image data is read); one-file-per-band sets are stacked by the folder source.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Why a sample can be skipped, with a description for the run summary.
+REASONS: dict[str, str] = {
+    "corrupt": "file or bytes could not be decoded (corrupt, truncated or unknown format)",
+    "missing": "listed (in the catalogue or as a band) but the file does not exist",
+    "nonfinite": "NaN or infinite pixel values",
+    "wrong_channels": "channel count differs from the other samples",
+    "wrong_size": "image size differs from the other samples or is smaller than the crop",
+}
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz")
+NPY_SUFFIXES = (".npy",)
+
+
+class BadSampleError(ValueError):
+    """Raised with ``strict=True``: the message names the file (or row) and the reason."""
+
+
+class DataError(RuntimeError):
+    """The source as a whole cannot produce batches (for example every sample fails)."""
+
+
+class SkipSample(Exception):  # noqa: N818 (a signal caught per sample, not an error)
+    """A sample that cannot be used; ``reason`` is a key of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def file_suffix(path: str) -> str:
+    """Lower-case suffix including compound FITS suffixes such as ``.fits.gz``."""
+    name = os.path.basename(path).lower()
+    for suffix in FITS_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return os.path.splitext(name)[1]
+
+
+def file_stem(path: str) -> str:
+    """File name without its (possibly compound) suffix."""
+    name = os.path.basename(path)
+    return name[: len(name) - len(file_suffix(path))]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_encoded(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG (any format Pillow reads) bytes to ``(C, H, W)``.
+
+    8-bit images stay uint8; palette and alpha images become RGB (the alpha
+    channel carries no sky signal), grey images have one channel.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # forces the full decode so truncation is caught here
+            if img.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):
+                img = img.convert("L" if img.mode in ("LA", "1") else "RGB")
+            array = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise SkipSample("corrupt", f"cannot decode image bytes ({exc})") from None
+    if array.ndim == 2:
+        return array[None]
+    return array.transpose(2, 0, 1)
+
+
+def read_image_file(path: str) -> np.ndarray:
+    """A JPEG/PNG file to ``(C, H, W)``; see :func:`decode_encoded`."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise SkipSample("missing", f"{path} does not exist") from None
+    except OSError as exc:
+        raise SkipSample("corrupt", f"cannot read {path} ({exc})") from None
+    return decode_encoded(data)
+
+
+def read_fits(path: str) -> np.ndarray:
+    """The first image HDU of a FITS file as float32 ``(C, H, W)`` (2-D data gets ``C = 1``)."""
+    from astropy.io import fits
+
+    if not os.path.exists(path):
+        raise SkipSample("missing", f"{path} does not exist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, memmap=False) as hdus:
+                data = next(
+                    (hdu.data for hdu in hdus if getattr(hdu, "data", None) is not None), None
+                )
+                if data is None or data.ndim not in (2, 3):
+                    shape = None if data is None else data.shape
+                    raise SkipSample("corrupt", f"{path} holds no 2-D or 3-D image (data {shape})")
+                # FITS is big-endian; one conversion to native float32 serves every use.
+                array = np.asarray(data, dtype=np.float32)
+        except SkipSample:
+            raise
+        except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
+            raise SkipSample("corrupt", f"cannot read FITS {path} ({exc})") from None
+    for warning in caught:
+        if "truncated" in str(warning.message):
+            raise SkipSample("corrupt", f"FITS {path} is truncated ({warning.message})")
+    return array if array.ndim == 3 else array[None]
+
+
+def read_npy(path: str) -> np.ndarray:
+    """A ``.npy`` array as ``(C, H, W)``; see the module docstring for layouts."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SkipSample("missing", f"{path} does not exist") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise SkipSample("corrupt", f"cannot read {path} ({exc})") from None
+    return as_chw(array, path)
+
+
+def as_chw(array: np.ndarray, what: str, channels: int | None = None) -> np.ndarray:
+    """Interpret a 1-, 2- or 3-D array as ``(C, H, W)``.
+
+    A flat array of length ``C*S*S`` is a square image: ``C`` is ``channels``
+    when given, else 1 when the length is a square and 3 when a third of it is.
+    """
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+    ):
+        raise SkipSample("corrupt", f"{what}: pixel type {array.dtype} is not a real number")
+    if array.ndim == 1:
+        length = array.shape[0]
+        candidates = (channels,) if channels else (1, 3)
+        for chan in candidates:
+            side = math.isqrt(length // chan) if length % chan == 0 else 0
+            if side and chan * side * side == length:
+                return array.reshape(chan, side, side)
+        raise SkipSample(
+            "wrong_size", f"{what}: a flat array of {length} values is not a square image"
+        )
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        if array.shape[-1] <= 4 < array.shape[0]:
+            return array.transpose(2, 0, 1)
+        return array
+    raise SkipSample("wrong_size", f"{what}: array of shape {array.shape} is not an image")
+
+
+def read_file(path: str) -> np.ndarray:
+    """Any supported file (JPEG, PNG, FITS, ``.npy``) to ``(C, H, W)``."""
+    suffix = file_suffix(path)
+    if suffix in FITS_SUFFIXES:
+        return read_fits(path)
+    if suffix in NPY_SUFFIXES:
+        return read_npy(path)
+    return read_image_file(path)
+
+
+def read_band_files(paths: tuple[str, ...]) -> np.ndarray:
+    """One single-band file per band, stacked in the given order to ``(C, H, W)``."""
+    planes = []
+    for path in paths:
+        plane = read_file(path)
+        if plane.shape[0] != 1:
+            raise SkipSample(
+                "wrong_channels", f"band file {path} has {plane.shape[0]} channels, expected 1"
+            )
+        planes.append(plane[0])
+    if len({plane.shape for plane in planes}) != 1:
+        shapes = ", ".join(f"{os.path.basename(p)} {q.shape}" for p, q in zip(paths, planes))
+        raise SkipSample("wrong_size", f"band files differ in size: {shapes}")
+    return np.stack(planes)
+
+
+# ---------------------------------------------------------------- checks and transforms
+
+
+@dataclass(frozen=True)
+class Prep:
+    """How each decoded image is conformed (picklable; travels to the workers).
+
+    ``shape`` is the ``(C, H, W)`` every sample must end with (after band
+    selection and crop); ``None`` while the loader is still finding it out.
+    """
+
+    crop: int | None
+    shape: tuple[int, int, int] | None
+    bands: tuple[int, ...] | None
+    float_scaling: str
+    softening: float
+
+
+def conform(array: np.ndarray, prep: Prep, what: str) -> np.ndarray:
+    """Select bands, check finiteness and shape, centre-crop. Returns a view when it can.
+
+    The crop keeps the central ``crop x crop`` pixels (offsets rounded down), so
+    the galaxy at the stamp centre stays at the centre of the patch grid.
+    """
+    if prep.bands is not None:
+        if max(prep.bands) >= array.shape[0]:
+            raise SkipSample(
+                "wrong_channels",
+                f"{what}: band {max(prep.bands)} requested of {array.shape[0]} channels",
+            )
+        array = array[list(prep.bands)]
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise SkipSample("nonfinite", f"{what}: {bad} NaN or infinite pixels")
+    chan, height, width = array.shape
+    if prep.crop is not None:
+        if height < prep.crop or width < prep.crop:
+            raise SkipSample(
+                "wrong_size",
+                f"{what}: {height}x{width} pixels is smaller than the crop {prep.crop}",
+            )
+        top, left = (height - prep.crop) // 2, (width - prep.crop) // 2
+        array = array[:, top : top + prep.crop, left : left + prep.crop]
+    if prep.shape is not None:
+        if chan != prep.shape[0]:
+            raise SkipSample("wrong_channels", f"{what}: {chan} channels, expected {prep.shape[0]}")
+        if array.shape[1:] != prep.shape[1:]:
+            raise SkipSample(
+                "wrong_size",
+                f"{what}: {height}x{width} pixels, expected {prep.shape[1]}x{prep.shape[2]}",
+            )
+    return array
+
+
+def augment(array: np.ndarray, code: int) -> np.ndarray:
+    """One of the 8 symmetries of the square (``code`` 0-7) as a view of ``(C, H, W)``.
+
+    ``code % 4`` quarter turns anticlockwise, then a left-right flip when
+    ``code >= 4``; code 0 is the identity. Pixels are only moved, never changed.
+    """
+    if code % 4:
+        array = np.rot90(array, k=code % 4, axes=(1, 2))
+    if code >= 4:
+        array = array[:, :, ::-1]
+    return array
+
+
+def scale(array: np.ndarray, prep: Prep) -> np.ndarray:
+    """Pixel values to float32 per the module docstring's rules."""
+    if array.dtype.kind == "u":
+        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+    array = array.astype(np.float32, copy=False)
+    if prep.float_scaling == "asinh":
+        return np.arcsinh(array / np.float32(prep.softening))
+    return array

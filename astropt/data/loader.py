@@ -1,0 +1,797 @@
+"""Token batches from any source: sampling, workers, collation, resume, bad-input accounting.
+
+Flow of one batch:
+
+1. the main process picks the batch's sample indices and augmentations from
+   ``(seed, epoch)`` alone (map sources) or reads an arrow batch of the rank's
+   stream (streaming sources);
+2. a DataLoader worker reads the rows, decodes each image, checks it, crops,
+   augments and stacks the batch (8-bit images stay uint8, a quarter of the
+   bytes of float32, until they reach the device), recording skipped samples;
+3. the main process moves the stack to the target device (pinned on CUDA),
+   scales it and makes tokens with :func:`astropt.tokens.images_to_tokens` in one
+   call for the whole batch.
+
+Because nothing random happens in a worker, the batches depend only on
+``(seed, epoch, batch position)``, whatever the number of workers, and a
+loader restored with :meth:`TokenLoader.load_state_dict` yields exactly the
+batch an uninterrupted loader would have yielded next.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import IterableDataset as TorchIterableDataset
+
+from astropt.tokens import images_to_tokens
+
+from .decode import (
+    REASONS,
+    BadSampleError,
+    DataError,
+    Prep,
+    SkipSample,
+    augment,
+    conform,
+    scale,
+)
+from .sources import (
+    SPLITS,
+    FolderSource,
+    HFMapSource,
+    Rows,
+    SyntheticSource,
+    TableReader,
+    open_hf,
+)
+
+log = logging.getLogger("astropt.data")
+
+#: How many samples the loader reads, at most, to find the image shape, and
+#: how many failures in a row (with no success yet) stop a run.
+PROBE_LIMIT = 256
+SOURCES = ("synthetic", "hf", "folder")
+
+
+class SkippedSampleWarning(UserWarning):
+    """Issued the first time a sample is skipped for each reason."""
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they become tokens.
+
+    The first block is the team contract; the fields after it are options,
+    all with defaults.
+
+    ``source``: ``"synthetic"`` (``path`` = a prepared survey folder, or ``""``
+    to render on the fly), ``"hf"`` (``path`` = Hub name, local folder or glob of
+    parquet/arrow), ``"folder"`` (``path`` = directory of JPEG/PNG/FITS/``.npy``).
+    ``image_size`` is a centre-crop side in pixels (``None`` keeps the stored
+    size; then every image must have the same size). ``patch_size``, ``order``
+    and ``transpose_hw`` must match the model (a loaded model's config says).
+    """
+
+    source: str = "synthetic"
+    path: str = ""
+    revision: str | None = None
+    streaming: bool = False
+    image_size: int | None = None
+    patch_size: int = 16
+    order: str = "spiral"
+    transpose_hw: bool = False
+    augment: bool = True
+    num_workers: int = 0
+    strict: bool = False
+    id_column: str | None = None
+    catalogue: str | None = None
+    synthetic_n: int = 10000
+    synthetic_seed: int = 0
+
+    #: Column holding the image (Image feature, binary, or numeric arrays such
+    #: as the survey's ``flux_grz``); for the on-the-fly simulator, ``"flux_grz"``
+    #: selects float fluxes instead of the colour rendering.
+    image_column: str = "image"
+    #: Catalogue columns to carry into ``Batch.catalogue``; ``None`` = every
+    #: scalar column (numbers, booleans, strings) except the image and the id.
+    columns: tuple[str, ...] | None = None
+    #: Channel indices to keep, in stored order (e.g. ``(1,)`` for r of grz).
+    bands: tuple[int, ...] | None = None
+    #: Expected channel count after band selection (``None``: the first good
+    #: sample decides); also tells a flat array column how to fold.
+    channels: int | None = None
+    #: Float images: ``"asinh"`` (``asinh(x / asinh_softening)``) or ``"linear"``.
+    float_scaling: str = "asinh"
+    asinh_softening: float = 0.01
+    #: Band suffixes grouping single-band FITS files (``gal_g.fits``, ...) in a folder.
+    fits_bands: tuple[str, ...] = ("g", "r", "z")
+    #: On-the-fly simulator: render side (``None``: ``image_size`` or 64) and split fractions.
+    synthetic_image_size: int | None = None
+    synthetic_val_fraction: float = 0.1
+    synthetic_test_fraction: float = 0.1
+    #: Streaming only: examples held by the shuffle buffer.
+    shuffle_buffer: int = 1000
+    #: Batches each worker prepares ahead.
+    prefetch_factor: int = 2
+    #: With several ranks, drop the last ``n % world_size`` samples of each
+    #: epoch's order so every rank has the same number of batches (DDP needs it).
+    even_shards: bool = True
+    #: ``datasets`` cache folder for converted parquet (``None``: its default).
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.order not in ("spiral", "raster"):
+            raise ValueError(f"data.order must be 'spiral' or 'raster', got {self.order!r}")
+        if self.float_scaling not in ("asinh", "linear"):
+            raise ValueError(
+                f"data.float_scaling must be 'asinh' or 'linear', got {self.float_scaling!r}"
+            )
+        if self.patch_size < 1:
+            raise ValueError(f"data.patch_size must be positive, got {self.patch_size}")
+        if self.image_size is not None and self.image_size % self.patch_size:
+            raise ValueError(
+                f"data.image_size {self.image_size} is not a multiple of the patch size "
+                f"{self.patch_size}"
+            )
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.asinh_softening <= 0:
+            raise ValueError("data.asinh_softening must be positive")
+        # Config files give lists; keep tuples so the config stays hashable and immutable.
+        for name in ("columns", "bands", "fits_bands"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                setattr(self, name, tuple(value))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class Batch:
+    """One batch of token sequences and what they came from.
+
+    ``tokens``: ``(B, N, P*P*C)`` float32, per-patch normalised, in ``order``;
+    ``mean``/``std``: ``(B, N, 1)`` per-patch statistics in scaled-pixel units
+    (so ``tokens * (std + 1e-8) + mean`` gives the patches back); ``images``:
+    ``(B, C, H, W)`` float32 scaled pixels after crop and augmentation, in the
+    natural layout (``transpose_hw`` affects only the tokens). ``ids`` and each
+    ``catalogue`` column have length ``B``. ``B`` can be below the requested
+    batch size when samples were skipped.
+    """
+
+    tokens: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    ids: list
+    catalogue: dict[str, np.ndarray]
+    images: torch.Tensor
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """``(B, N-1, D)``: every token but the last (next-patch prediction inputs)."""
+        return self.tokens[:, :-1]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """``(B, N-1, D)``: every token but the first (next-patch targets)."""
+        return self.tokens[:, 1:]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``(N-1,)`` LongTensor ``0..N-2``: sequence positions of ``inputs``."""
+        return torch.arange(self.tokens.shape[1] - 1, device=self.tokens.device)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            tokens=move(self.tokens),
+            mean=move(self.mean),
+            std=move(self.std),
+            ids=self.ids,
+            catalogue=self.catalogue,
+            images=move(self.images),
+        )
+
+
+# ------------------------------------------------------------------ worker side
+
+
+@dataclass
+class _RawBatch:
+    """A decoded, stacked batch as it leaves a worker (images uint8 or float32)."""
+
+    pos: int
+    images: torch.Tensor
+    ids: list
+    catalogue: dict[str, np.ndarray]
+    skipped: list[tuple[str, str, str]]
+    read: int
+
+    def pin_memory(self) -> _RawBatch:  # called by the DataLoader's pinning thread
+        self.images = self.images.pin_memory()
+        return self
+
+
+def _keep(raw: Any) -> Any:
+    return raw
+
+
+def _assemble(source: Any, rows: Rows, augs: Any, prep: Prep, strict: bool, pos: int) -> _RawBatch:
+    """Decode, check, crop, augment and stack one batch of rows (runs in a worker)."""
+    kept: list[int] = []
+    arrays: list[np.ndarray] = []
+    skipped: list[tuple[str, str, str]] = []
+    for j, (name, payload) in enumerate(zip(rows.names, rows.payloads, strict=True)):
+        try:
+            array = conform(source.decode(payload, name), prep, name)
+        except SkipSample as skip:
+            if strict:
+                raise BadSampleError(f"{name}: {skip.reason}: {skip.detail}") from None
+            skipped.append((skip.reason, name, skip.detail))
+            continue
+        if augs is not None:
+            array = augment(array, int(augs[j]))
+        kept.append(j)
+        arrays.append(array)
+    shape = arrays[0].shape if arrays else (prep.shape or (0, 0, 0))
+    # Pure 8-bit batches cross the process boundary as uint8 and are scaled on
+    # the device; anything else is scaled here, sample by sample.
+    if arrays and all(a.dtype == np.uint8 for a in arrays):
+        stack = np.empty((len(arrays), *shape), dtype=np.uint8)
+        for i, array in enumerate(arrays):
+            stack[i] = array
+    else:
+        stack = np.empty((len(arrays), *shape), dtype=np.float32)
+        for i, array in enumerate(arrays):
+            stack[i] = scale(array, prep)
+    index = np.asarray(kept, dtype=np.intp)
+    return _RawBatch(
+        pos=pos,
+        images=torch.from_numpy(stack),
+        ids=[rows.ids[j] for j in kept],
+        catalogue={k: v[index] for k, v in rows.catalogue.items()},
+        skipped=skipped,
+        read=len(rows.names),
+    )
+
+
+@dataclass(frozen=True)
+class _Key:
+    """What a worker needs for one batch of a map source."""
+
+    pos: int
+    indices: tuple[int, ...]
+    augs: tuple[int, ...] | None
+
+
+@dataclass
+class _EpochPlan:
+    """Which samples a rank reads in an epoch, batch by batch, and how each is augmented.
+
+    Epoch ``e``'s order is a permutation drawn from ``(seed, e)`` (or the
+    natural order without shuffling), the same on every rank; rank ``r`` of
+    ``W`` takes positions ``r, r+W, r+2W, ...`` so ranks are disjoint and
+    together complete (less at most ``W-1`` samples with ``even_shards``).
+    Sample ``i``'s augmentation in epoch ``e`` is entry ``i`` of a code array
+    drawn from ``(seed, e)``: it depends on neither rank nor worker.
+    """
+
+    n: int
+    batch_size: int
+    shuffle: bool
+    augment: bool
+    seed: int
+    rank: int
+    world_size: int
+    drop_last: bool
+    even_shards: bool
+
+    @property
+    def per_rank(self) -> int:
+        usable = self.n - self.n % self.world_size if self.even_shards else self.n
+        return len(range(self.rank, usable, self.world_size))
+
+    @property
+    def num_batches(self) -> int:
+        full, rest = divmod(self.per_rank, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def rank_indices(self, epoch: int) -> np.ndarray:
+        if self.shuffle:
+            # The trailing tag keeps this stream apart from the augmentation
+            # codes' (NumPy seed sequences ignore trailing zeros, so a tag of 0
+            # would not).
+            order = np.random.default_rng([self.seed, epoch, 1]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        if self.even_shards:
+            order = order[: self.n - self.n % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def aug_codes(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, 2]).integers(0, 8, self.n, dtype=np.uint8)
+
+
+class _BatchKeys(Sampler):
+    """Yields the remaining batches of the current epoch as :class:`_Key` (main process)."""
+
+    def __init__(self, plan: _EpochPlan) -> None:
+        self.plan = plan
+        self.epoch = 0
+        self.start = 0
+
+    def __iter__(self) -> Iterator[_Key]:
+        plan = self.plan
+        order = plan.rank_indices(self.epoch)
+        codes = plan.aug_codes(self.epoch) if plan.augment else None
+        for b in range(self.start, plan.num_batches):
+            idx = order[b * plan.batch_size : (b + 1) * plan.batch_size]
+            augs = tuple(codes[idx].tolist()) if codes is not None else None
+            yield _Key(pos=b, indices=tuple(idx.tolist()), augs=augs)
+
+    def __len__(self) -> int:
+        return max(self.plan.num_batches - self.start, 0)
+
+
+class _MapBatches(TorchDataset):
+    """Map source -> one assembled batch per :class:`_Key`."""
+
+    def __init__(self, source: Any, prep: Prep, strict: bool) -> None:
+        self.source, self.prep, self.strict = source, prep, strict
+
+    def __getitem__(self, key: _Key) -> _RawBatch:
+        rows = self.source.fetch(key.indices)
+        return _assemble(self.source, rows, key.augs, self.prep, self.strict, key.pos)
+
+
+class _StreamBatches(TorchIterableDataset):
+    """A rank's ``datasets`` stream cut into batches, shared round-robin between workers.
+
+    Every worker reads the rank's stream (cheap: arrow rows, no decoding) and
+    decodes only batches ``start + worker, start + worker + W, ...``; the
+    DataLoader returns worker results round-robin, so the batch sequence is the
+    same for any worker count and resuming at batch ``start`` needs no saved
+    stream state. Workers are not persistent here: a fresh worker sees the
+    current ``epoch`` and ``start``.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        reader: TableReader,
+        prep: Prep,
+        strict: bool,
+        batch_size: int,
+        drop_last: bool,
+        augment: bool,
+        seed: int,
+        rank: int,
+    ) -> None:
+        self.stream, self.reader, self.prep, self.strict = stream, reader, prep, strict
+        self.batch_size, self.drop_last, self.augment = batch_size, drop_last, augment
+        self.seed, self.rank = seed, rank
+        self.epoch = 0
+        self.start = 0
+
+    def __iter__(self) -> Iterator[_RawBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.stream.set_epoch(self.epoch)
+        batches = self.stream.iter(batch_size=self.batch_size, drop_last_batch=self.drop_last)
+        for g, table in enumerate(batches):
+            if g < self.start or (g - self.start) % workers != worker:
+                continue
+            first = g * self.batch_size
+            rows = self.reader.rows(table, range(first, first + table.num_rows))
+            augs = None
+            if self.augment:
+                rng = np.random.default_rng([self.seed, self.epoch, self.rank, g, 3])
+                augs = rng.integers(0, 8, table.num_rows)
+            yield _assemble(self.reader, rows, augs, self.prep, self.strict, g)
+
+
+# ------------------------------------------------------------------------ main side
+
+
+class TokenLoader:
+    """Iterable of :class:`Batch`: the remaining batches of the current epoch, or
+    every epoch forever with ``repeat=True``.
+
+    ``state_dict()`` records the epoch and the number of batches consumed in it;
+    a loader built with the same arguments and given that state yields the
+    batch an uninterrupted loader would have yielded next. One iteration at a
+    time: start a new ``for`` loop only after abandoning the previous one.
+
+    ``num_samples``: samples this rank reads per epoch (``None`` for streams);
+    ``batches_per_epoch`` likewise.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: _MapBatches | _StreamBatches,
+        keys: _BatchKeys | None,
+        cfg: DataConfig,
+        split: str,
+        label: str,
+        batch_size: int,
+        device: torch.device,
+        repeat: bool,
+        seed: int,
+        rank: int,
+        world_size: int,
+        shuffle: bool,
+    ) -> None:
+        self.cfg = cfg
+        self.split = split
+        self.label = label
+        self.batch_size = batch_size
+        self.device = device
+        self.repeat = repeat
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.num_samples: int | None = keys.plan.per_rank if keys is not None else None
+        self.batches_per_epoch: int | None = keys.plan.num_batches if keys is not None else None
+        self._dataset = dataset
+        self._keys = keys
+        self._pin = device.type == "cuda"
+        workers = cfg.num_workers
+        self._loader = DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=keys,
+            num_workers=workers,
+            collate_fn=_keep,
+            pin_memory=self._pin,
+            persistent_workers=workers > 0 and keys is not None,
+            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        )
+        self._epoch = 0
+        self._pos = 0
+        self._counts: dict[str, int] = {}
+        self._examples: dict[str, list[str]] = {}
+        self._read = 0
+        self._good = 0
+
+    # -- iteration
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is None:
+            raise TypeError("a streaming TokenLoader has no known length")
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            start = self._pos
+            if self._keys is not None:
+                self._keys.epoch, self._keys.start = self._epoch, start
+            else:
+                self._dataset.epoch, self._dataset.start = self._epoch, start
+            epoch_read = epoch_good = 0
+            for raw in self._loader:
+                self._pos = raw.pos + 1
+                epoch_read += raw.read
+                epoch_good += len(raw.ids)
+                self._account(raw)
+                if raw.ids:
+                    yield self._finish(raw)
+            if start == 0 and epoch_read == 0:
+                raise DataError(f"{self.label}: rank {self.rank} has no samples to read")
+            if epoch_read and not epoch_good:
+                raise DataError(
+                    f"{self.label}: every one of the {epoch_read} samples read in epoch "
+                    f"{self._epoch} failed; {self.summary()}"
+                )
+            if self._counts:
+                log.info("%s: end of epoch %d; %s", self.label, self._epoch, self.summary())
+            self._epoch += 1
+            self._pos = 0
+            if not self.repeat:
+                return
+
+    def _account(self, raw: _RawBatch) -> None:
+        self._read += raw.read
+        self._good += len(raw.ids)
+        for reason, name, detail in raw.skipped:
+            if reason not in self._counts:
+                warnings.warn(
+                    f"astropt.data: skipping {name}: {reason}: {detail} (later samples skipped "
+                    "for this reason are only counted: see TokenLoader.summary())",
+                    SkippedSampleWarning,
+                    stacklevel=3,
+                )
+            self._counts[reason] = self._counts.get(reason, 0) + 1
+            examples = self._examples.setdefault(reason, [])
+            if len(examples) < 3:
+                examples.append(f"{name} ({detail})")
+        if self._good == 0 and self._read >= PROBE_LIMIT:
+            raise DataError(
+                f"{self.label}: the first {self._read} samples all failed; {self.summary()}"
+            )
+
+    def _finish(self, raw: _RawBatch) -> Batch:
+        images = raw.images.to(self.device, non_blocking=self._pin)
+        if images.dtype == torch.uint8:
+            images = images.to(torch.float32).div_(255.0)
+        tokens, mean, std = images_to_tokens(
+            images, self.cfg.patch_size, self.cfg.order, self.cfg.transpose_hw
+        )
+        return Batch(tokens, mean, std, raw.ids, raw.catalogue, images)
+
+    # -- bookkeeping
+
+    def skipped(self) -> dict[str, int]:
+        """Samples skipped so far (this rank, whole run including before a resume), by reason."""
+        return dict(self._counts)
+
+    def summary(self) -> str:
+        """One paragraph for logs and run summaries: samples read, skipped by reason, examples."""
+        skipped = sum(self._counts.values())
+        text = f"{self._read} samples read, {skipped} skipped"
+        if not skipped:
+            return text
+        parts = []
+        for reason, count in sorted(self._counts.items()):
+            shown = "; ".join(self._examples.get(reason, []))
+            parts.append(f"{reason} ({REASONS.get(reason, reason)}): {count}, e.g. {shown}")
+        return text + ": " + " | ".join(parts)
+
+    def state_dict(self) -> dict:
+        """Position (epoch, batches consumed in it) plus what must match on resume."""
+        return {
+            "epoch": self._epoch,
+            "batch": self._pos,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "skipped": dict(self._counts),
+            "examples": {k: list(v) for k, v in self._examples.items()},
+            "read": self._read,
+            "good": self._good,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; the loader must be built with the same seed, ranks and batch size."""
+        for key in ("seed", "rank", "world_size", "batch_size", "shuffle"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume this data loader: {key} was {state[key]!r} when the state "
+                    f"was saved and is {getattr(self, key)!r} now (the batch order would differ)"
+                )
+        if self.batches_per_epoch is not None and state["batch"] > self.batches_per_epoch:
+            raise ValueError(
+                f"saved position {state['batch']} is past the {self.batches_per_epoch} batches of "
+                "an epoch: the data changed since the state was saved"
+            )
+        self._epoch = int(state["epoch"])
+        self._pos = int(state["batch"])
+        self._counts = dict(state.get("skipped", {}))
+        self._examples = {k: list(v) for k, v in state.get("examples", {}).items()}
+        self._read = int(state.get("read", 0))
+        self._good = int(state.get("good", 0))
+
+
+# ----------------------------------------------------------------------- building
+
+
+def _first_good(
+    candidates: Iterator[tuple[Any, Rows]], prep: Prep, strict: bool, label: str
+) -> tuple[int, int, int]:
+    """Shape ``(C, H, W)`` (after bands and crop) of the first sample that decodes."""
+    failures: list[str] = []
+    for source, rows in candidates:
+        for name, payload in zip(rows.names, rows.payloads, strict=True):
+            try:
+                return conform(source.decode(payload, name), prep, name).shape
+            except SkipSample as skip:
+                if strict:
+                    raise BadSampleError(f"{name}: {skip.reason}: {skip.detail}") from None
+                failures.append(f"{name}: {skip.reason}: {skip.detail}")
+    if not failures:
+        raise DataError(f"{label} has no samples")
+    raise DataError(
+        f"{label}: none of the first {len(failures)} samples could be used, e.g. "
+        + " | ".join(failures[:3])
+    )
+
+
+def _probe_map(source: Any, prep: Prep, strict: bool, label: str) -> tuple[int, int, int]:
+    candidates = ((source, source.fetch([i])) for i in range(min(len(source), PROBE_LIMIT)))
+    return _first_good(candidates, prep, strict, label)
+
+
+def _probe_stream(stream: Any, reader: TableReader, prep: Prep, strict: bool, label: str):
+    def candidates():
+        for g, table in enumerate(stream.with_format("arrow").iter(batch_size=16)):
+            if g * 16 >= PROBE_LIMIT:
+                return
+            yield reader, reader.rows(table, range(g * 16, g * 16 + table.num_rows))
+
+    return _first_good(candidates(), prep, strict, label)
+
+
+def make_loader(
+    cfg: DataConfig,
+    split: str = "train",
+    *,
+    batch_size: int,
+    shuffle: bool | None = None,
+    augment: bool | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+    drop_last: bool | None = None,
+    repeat: bool = False,
+    max_samples: int | None = None,
+) -> TokenLoader:
+    """Build the loader of ``split`` (``"train"``, ``"validation"`` or ``"test"``) for one rank.
+
+    Defaults: ``shuffle`` and ``drop_last`` on for the train split only;
+    ``augment`` = ``cfg.augment`` on the train split only. ``max_samples``
+    keeps the first samples of the split (before shuffling and sharding).
+    Under ``torchrun`` pass ``rank`` and ``world_size`` from ``torch.distributed``.
+    Reads (and decodes) the first usable sample to learn the image shape, so a
+    misconfigured source fails here rather than in a worker.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    is_train = split == "train"
+    shuffle = is_train if shuffle is None else shuffle
+    augment = (cfg.augment and is_train) if augment is None else augment
+    drop_last = is_train if drop_last is None else drop_last
+    device = torch.device(device)
+    prep = Prep(
+        crop=cfg.image_size,
+        shape=None,
+        bands=cfg.bands,
+        float_scaling=cfg.float_scaling,
+        softening=cfg.asinh_softening,
+    )
+
+    streaming = cfg.streaming and cfg.source != "folder" and bool(cfg.path)
+    if cfg.streaming and not streaming:
+        log.info(
+            "data.streaming applies to parquet/arrow/Hub sources only: reading %s in place",
+            cfg.source,
+        )
+
+    if streaming:
+        stream, label = open_hf(cfg, split, streaming=True)
+        if stream.features is not None:
+            schema = stream.features.arrow_schema
+        else:
+            schema = next(iter(stream.with_format("arrow").iter(batch_size=1))).schema
+        reader = TableReader(schema, cfg, label)
+        shape = _probe_stream(stream, reader, prep, cfg.strict, label)
+        if max_samples is not None:
+            stream = stream.take(max_samples)
+        if world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+        if shuffle:
+            # One input shard at a time: with several, ``datasets`` interleaves
+            # them through a thread pool and sleeps 5 s whenever a pass ends or
+            # is abandoned (an Arrow shutdown workaround), in every worker.
+            # Shard order is still shuffled per epoch, rows through the buffer.
+            stream = stream.shuffle(
+                seed=seed, buffer_size=cfg.shuffle_buffer, max_buffer_input_shards=1
+            )
+        prep = _with_shape(prep, shape, cfg)
+        dataset: _MapBatches | _StreamBatches = _StreamBatches(
+            stream.with_format("arrow"),
+            reader,
+            prep,
+            cfg.strict,
+            batch_size,
+            drop_last,
+            augment,
+            seed,
+            rank,
+        )
+        keys = None
+    else:
+        if cfg.source == "folder":
+            source: Any = FolderSource(cfg, split, max_samples)
+            label = source.label
+        elif cfg.source == "synthetic" and not cfg.path:
+            source = SyntheticSource(cfg, split, max_samples)
+            label = f"synthetic survey (seed {cfg.synthetic_seed}) [{split}]"
+        else:
+            ds, label = open_hf(cfg, split, streaming=False)
+            source = HFMapSource(ds, cfg, label, max_samples)
+        if isinstance(source, SyntheticSource) and cfg.bands is None:
+            # The simulator's shape is known: no need to render a galaxy to find it.
+            side = cfg.image_size or source.side
+            shape = (3, side, side)
+        else:
+            shape = _probe_map(source, prep, cfg.strict, label)
+        prep = _with_shape(prep, shape, cfg)
+        plan = _EpochPlan(
+            n=len(source),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            augment=augment,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            even_shards=cfg.even_shards,
+        )
+        if plan.num_batches == 0:
+            raise ValueError(
+                f"{label}: rank {rank} of {world_size} gets {plan.per_rank} samples, not one "
+                f"batch of {batch_size}{' (drop_last is on)' if drop_last else ''}"
+            )
+        dataset = _MapBatches(source, prep, cfg.strict)
+        keys = _BatchKeys(plan)
+    return TokenLoader(
+        dataset=dataset,
+        keys=keys,
+        cfg=cfg,
+        split=split,
+        label=label,
+        batch_size=batch_size,
+        device=device,
+        repeat=repeat,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+    )
+
+
+def _with_shape(prep: Prep, shape: tuple[int, int, int], cfg: DataConfig) -> Prep:
+    chan, height, width = shape
+    if cfg.channels is not None and chan != cfg.channels:
+        raise ValueError(f"images have {chan} channels but data.channels is {cfg.channels}")
+    if height % cfg.patch_size or width % cfg.patch_size:
+        raise ValueError(
+            f"images are {height}x{width} pixels, not a multiple of the patch size "
+            f"{cfg.patch_size}: set data.image_size to crop them"
+        )
+    if cfg.order == "spiral" and height != width:
+        raise ValueError(
+            f"images are {height}x{width} pixels; the spiral order needs square images: set "
+            "data.image_size to crop them"
+        )
+    return Prep(
+        crop=prep.crop,
+        shape=(chan, height, width),
+        bands=prep.bands,
+        float_scaling=prep.float_scaling,
+        softening=prep.softening,
+    )
+
+
+__all__ = [
+    "Batch",
+    "DataConfig",
+    "SkippedSampleWarning",
+    "TokenLoader",
+    "make_loader",
+]

@@ -312,6 +312,7 @@ class Ladder:
     data_rung: str | None = None  # shape of the data sweep (default: middle rung)
     data_budget: float | None = None  # its budget (default: largest budget)
     evals_per_run: int = 8  # validation points per run (learning curves for the frontier)
+    warmup_frac: float | None = 0.05  # optim.warmup_iters as a fraction of max_iters; None: keep
     seed: int = 0
 
     def rung(self, name: str) -> Rung:
@@ -330,6 +331,7 @@ _LADDER_KEYS = {
     "data_rung",
     "data_budget",
     "evals_per_run",
+    "warmup_frac",
     "seed",
     "rungs",
 }
@@ -383,9 +385,6 @@ def load_ladder(path: str | os.PathLike) -> Ladder:
     if len(set(names)) != len(names):
         raise ValueError(f"{p}: duplicate rung names in {names}")
     base = rel(raw.get("base"))
-    for r in rungs:
-        if r.config is None and base is None:
-            raise ValueError(f"{p}: rung {r.name!r} has no config and the ladder has no base")
     ladder = Ladder(
         path=p,
         name=raw.get("name", p.stem),
@@ -397,6 +396,9 @@ def load_ladder(path: str | os.PathLike) -> Ladder:
         data_rung=raw.get("data_rung"),
         data_budget=None if raw.get("data_budget") is None else float(raw["data_budget"]),
         evals_per_run=int(raw.get("evals_per_run", 8)),
+        warmup_frac=None
+        if raw.get("warmup_frac", 0.05) is None
+        else float(raw.get("warmup_frac", 0.05)),
         seed=int(raw.get("seed", 0)),
     )
     if ladder.data_rung is not None:
@@ -601,7 +603,15 @@ def run_geometry(cfg: Any, world_size: int = 1) -> RunGeometry:
     seq_len = n_tokens - 1 if gcfg.objective == "ar" else n_tokens
     with torch.device("meta"):
         model = GPT(gcfg)
-    galaxies_per_step = int(cfg.batch_size) * int(getattr(cfg, "grad_accum", 1)) * world_size
+    # `grad_accum` counts micro-batches per optimiser step over all processes
+    # (astropt.config; training insists it is a multiple of the world size).
+    grad_accum = int(getattr(cfg, "grad_accum", 1))
+    if grad_accum % world_size:
+        raise ValueError(
+            f"grad_accum={grad_accum} is not a multiple of the {world_size} processes: it counts "
+            f"micro-batches per step over all of them; pass grad_accum={world_size * max(1, grad_accum // world_size)}"
+        )
+    galaxies_per_step = int(cfg.batch_size) * grad_accum
     return RunGeometry(
         n_params=model.num_params(exclude_positions=True),
         seq_len=seq_len,
@@ -610,26 +620,47 @@ def run_geometry(cfg: Any, world_size: int = 1) -> RunGeometry:
     )
 
 
-def _pick(mapping: dict, *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if key in mapping and mapping[key] is not None:
-            return mapping[key]
-    return default
+#: Run-config key that limits the number of training galaxies (the first N of the split).
+DATA_SIZE_KEY = "train_samples"
 
 
 def read_curve(run_dir: Path, flops_per_step: float) -> list[list[float]]:
-    """``[[compute, val_loss], ...]`` from a run's ``metrics.jsonl`` evaluation rows."""
+    """``[[compute, val_loss], ...]`` from a run's ``metrics.jsonl`` evaluation rows.
+
+    Compute is the row's ``flops`` (counted by the training loop), else step x
+    ``flops_per_step``. The step-0 evaluation (no compute) is left out.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
     curve = []
     for row in read_results(path):
-        loss = _pick(row, "val_loss", "val/loss")
-        step = _pick(row, "step", "iter")
-        if loss is None or step is None or step <= 0:
+        loss = row.get("val_loss")
+        step = row.get("step")
+        if loss is None or not step:
             continue
-        curve.append([float(step) * flops_per_step, float(loss)])
+        flops = row.get("flops") or float(step) * flops_per_step
+        curve.append([float(flops), float(loss)])
     return curve
+
+
+def train_split_size(cfg: Any) -> int | None:
+    """Galaxies in the run's training split (after ``train_samples``), when knowable cheaply."""
+    limit = getattr(cfg, DATA_SIZE_KEY, None)
+    data = cfg.data
+    total = None
+    if getattr(data, "source", None) == "synthetic" and not getattr(data, "path", ""):
+        n = data.synthetic_n
+        total = n - round(n * data.synthetic_val_fraction) - round(n * data.synthetic_test_fraction)
+    elif getattr(data, "path", ""):
+        survey = Path(data.path) / "survey.json"
+        if survey.is_file():
+            info = json.loads(survey.read_text())
+            sizes = info.get("splits") or info.get("split_sizes") or {}
+            total = sizes.get("train") if isinstance(sizes, dict) else None
+    if total is None:
+        return limit
+    return total if limit is None else min(total, int(limit))
 
 
 def build_run(
@@ -658,16 +689,21 @@ def build_run(
         f"seed={spec.seed}",
     ]
     if spec.data_size is not None:
-        common.append(f"data.max_samples={spec.data_size}")
+        common.append(f"{DATA_SIZE_KEY}={spec.data_size}")
     source = spec.rung.config or ladder.base
     cfg = load_config_fn(None if source is None else str(source), common)
     geom = run_geometry(cfg, world_size)
     max_iters = max(1, round(spec.budget / geom.flops_per_step))
     eval_interval = max(1, max_iters // max(1, ladder.evals_per_run))
-    cfg = load_config_fn(
-        None if source is None else str(source),
-        [*common, f"max_iters={max_iters}", f"eval_interval={eval_interval}"],
-    )
+    sized = [*common, f"max_iters={max_iters}", f"eval_interval={eval_interval}"]
+    if ladder.warmup_frac is not None:
+        # A fixed warmup (AstroPT's 2000 steps) would be most of a small budget:
+        # scale it with the run, as the cosine decay already is (decay_iters = max_iters).
+        sized.append(f"optim.warmup_iters={round(ladder.warmup_frac * max_iters)}")
+    # A run folder without a result row is an interrupted run: continue it (with
+    # no checkpoint there, training starts from scratch).
+    sized.append("resume=true")
+    cfg = load_config_fn(None if source is None else str(source), sized)
     return cfg, geom, max_iters
 
 
@@ -759,7 +795,12 @@ def run_study(
         run_dir = out_root / spec.run_id
         log.info("train %s: %d steps, %.3g FLOPs", spec.run_id, max_iters, compute)
         t0 = time.time()
-        summary = train_fn(cfg) or {}
+        summary = _finished_summary(run_dir, max_iters)
+        if summary is not None:
+            # Trained to the end, but the process died before its row was written.
+            log.info("%s finished before: using its summary.json", spec.run_id)
+        else:
+            summary = train_fn(cfg) or {}
         wall = time.time() - t0
         row = {
             "run_id": spec.run_id,
@@ -769,16 +810,15 @@ def run_study(
             "seed": spec.seed,
             "budget_flops": spec.budget,
             "data_size": spec.data_size,
-            "train_galaxies": _pick(summary, "train_samples", "num_train_samples")
-            or spec.data_size,
+            "train_galaxies": train_split_size(cfg),
             "n_params": geom.n_params,
             "seq_len": geom.seq_len,
             "flops_per_token": geom.flops_per_token,
             "tokens_per_step": geom.tokens_per_step,
             "max_iters": max_iters,
             "compute": compute,
-            "final_val_loss": _pick(summary, "final_val_loss", "val_loss"),
-            "best_val_loss": _pick(summary, "best_val_loss"),
+            "final_val_loss": summary.get("final_val_loss"),
+            "best_val_loss": summary.get("best_val_loss"),
             "curve": read_curve(run_dir, geom.flops_per_step),
             "wall_s": wall,
             "world_size": world_size,
@@ -795,15 +835,67 @@ def run_study(
     return new_rows
 
 
+def _finished_summary(run_dir: Path, max_iters: int) -> dict | None:
+    """The run's ``summary.json`` when it reached ``max_iters`` with a validation loss."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if summary.get("steps") == max_iters and _finite(summary.get("final_val_loss")):
+        return summary
+    return None
+
+
 def _probe_score(scores: dict) -> float | None:
     """One number per run: the mean of the probe suite's per-task scores."""
     values = [float(v) for v in scores.values() if isinstance(v, (int, float)) and math.isfinite(v)]
     return float(np.mean(values)) if values else None
 
 
-def default_probe(run_dir: Path, cfg: Any) -> dict:
-    """Embed the validation split with the run's best model and run the probe suite."""
-    raise NotImplementedError("probe suite not wired yet")
+def default_probe(
+    run_dir: Path,
+    cfg: Any,
+    *,
+    split: str = "test",
+    max_samples: int | None = None,
+    targets: Sequence[str] | None = None,
+) -> dict:
+    """Probe scores of a finished run: ``{target: headline metric}``.
+
+    Embeds ``split`` of the run's own data (augmentation off) with the run's
+    model (``checkpoints/best``, else ``latest``), then fits the linear probes
+    of :mod:`astropt.probe` on the headline targets (AstroPT's: magnitudes,
+    sSFR, stellar mass, redshift, morphology) present in the catalogue. The
+    headline metric is R^2 for a regression target and balanced accuracy for
+    a classification one, so their mean (``probe_score``) is higher-is-better.
+    """
+    from astropt.embed import export_embeddings
+    from astropt.hub import load_model
+    from astropt.probe import HEADLINE_TARGETS, load_embedding_sets, resolve_targets, run_probes
+
+    model = load_model(run_dir)
+    data_cfg = dataclasses.replace(cfg.data, augment=False, num_workers=0)
+    device = "cpu" if getattr(cfg, "device", "auto") == "cpu" else "auto"
+    path = export_embeddings(
+        model,
+        data_cfg,
+        Path(run_dir) / f"embeddings-{split}",
+        split=split,
+        device=device,
+        max_samples=max_samples,
+        overwrite=True,
+        progress=False,
+    )
+    if targets is None:
+        _, _, catalogue = load_embedding_sets({"model": path})
+        available = {t.name for t in resolve_targets(None, catalogue)}
+        targets = [t for t in HEADLINE_TARGETS if t.split(">")[0] in catalogue.columns]
+        targets = targets or sorted(available)
+    run = run_probes({"model": path}, list(targets), label_sizes=None, folds=3)
+    return {str(row["target"]): float(row["model"]) for _, row in run.summary.iterrows()}
 
 
 # ======================================================================
@@ -842,7 +934,7 @@ def compute_points(rows: Sequence[dict], use_curves: bool = True) -> list[dict]:
         if use_curves:
             for c, loss in row.get("curve") or []:
                 # The last evaluation duplicates the final loss.
-                if c < row["compute"] and _finite(loss):
+                if c < row["compute"] * (1 - 1e-9) and _finite(loss):
                     points.append({"compute": c, "loss": loss, "rung": row["rung"], "final": False})
     return points
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from astropt import scaling
-from astropt.model import GPT, GPTConfig
+from astropt.model import GPT
 from astropt.scaling import (
     fit_power_law,
     load_ladder,
@@ -133,8 +131,7 @@ def _write_ladder(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
 
 
 LADDER = """
-base = "base.toml"
-overrides = ["data.image_size=64"]
+overrides = ["data.image_size=64", "batch_size=4", "grad_accum=2"]
 budgets = [2e8, 1e8]
 data_sizes = [64, 32]
 evals_per_run = 4
@@ -153,7 +150,7 @@ def test_load_ladder_resolves_paths_and_rejects_unknown_keys(tmp_path):
     path = _write_ladder(tmp_path, LADDER)
     ladder = load_ladder(tmp_path / "tiny")  # ".toml" may be left out
     assert ladder.path == path and ladder.name == "tiny"
-    assert ladder.base == (tmp_path / "base.toml").resolve()
+    assert ladder.base is None
     assert [r.name for r in ladder.rungs] == ["small", "big"]
 
     with pytest.raises(ValueError, match="did you mean 'budgets'"):
@@ -163,6 +160,31 @@ def test_load_ladder_resolves_paths_and_rejects_unknown_keys(tmp_path):
         load_ladder(_write_ladder(tmp_path, bad_rung, "bad2.toml"))
     with pytest.raises(KeyError, match="did you mean 'small'"):
         load_ladder(_write_ladder(tmp_path, 'data_rung = "smal"\n' + LADDER, "bad3.toml"))
+
+
+def test_rung_config_file_is_relative_to_the_ladder_and_overrides_apply_in_order(tmp_path):
+    # A rung may point at its own run config (the AstroPT ladder reuses
+    # configs/astropt-*.toml); ladder overrides come after the file, rung
+    # overrides after those.
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "r.toml").write_text(
+        "batch_size = 3\n[model]\nn_layer = 3\nn_embd = 48\nn_head = 3\n"
+    )
+    ladder_dir = tmp_path / "ladders"
+    ladder_dir.mkdir()
+    path = _write_ladder(
+        ladder_dir,
+        'overrides = ["data.image_size=32", "model.n_head=4"]\nbudgets = [1e9]\n'
+        '[[rungs]]\nname = "r"\nconfig = "../shapes/r.toml"\noverrides = ["model.n_head=6"]\n',
+    )
+    ladder = load_ladder(path)
+    (spec,) = plan_runs(ladder)
+    cfg, geom, max_iters = scaling.build_run(spec, ladder, tmp_path / "out")
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (3, 48, 6)
+    assert cfg.batch_size == 3 and cfg.data.image_size == 32
+    assert geom.seq_len == (32 // 16) ** 2 - 1
+    assert geom.tokens_per_step == 3 * geom.seq_len
+    assert cfg.max_iters == max_iters == round(1e9 / geom.flops_per_step)
 
 
 def test_plan_covers_every_rung_and_budget_then_the_data_sweep(tmp_path):
@@ -178,39 +200,6 @@ def test_plan_covers_every_rung_and_budget_then_the_data_sweep(tmp_path):
 
 
 # ---------------------------------------------------------------- runner (stub training)
-
-
-@dataclasses.dataclass
-class _StubConfig:
-    model: GPTConfig
-    data: SimpleNamespace
-    out_dir: str = ""
-    seed: int = 0
-    max_iters: int = 0
-    eval_interval: int = 0
-    batch_size: int = 4
-    grad_accum: int = 2
-
-
-def _stub_load_config(path, overrides):
-    """Stands in for astropt.config.load_config: applies dotted key=value overrides."""
-    cfg = _StubConfig(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64), SimpleNamespace())
-    cfg.data.image_size = None
-    cfg.data.path = ""
-    cfg.data.max_samples = None
-    for item in overrides:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        target = cfg
-        for p in parents:
-            target = getattr(target, p)
-        value = None if value == "None" else int(value) if value.isdigit() else value
-        if isinstance(target, GPTConfig):
-            target = dataclasses.replace(target, **{leaf: value})
-            cfg.model = target
-        else:
-            setattr(target, leaf, value)
-    return cfg
 
 
 class _StubTrain:
@@ -239,7 +228,7 @@ def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
     ladder = load_ladder(_write_ladder(tmp_path, LADDER))
     out = tmp_path / "study"
     train = _StubTrain()
-    rows = run_study(ladder, out, train_fn=train, load_config_fn=_stub_load_config)
+    rows = run_study(ladder, out, train_fn=train)
     assert len(train.calls) == 6 and len(rows) == 6
     results = read_results(out / "results.jsonl")
     assert [r["run_id"] for r in results] == [r["run_id"] for r in rows]
@@ -253,7 +242,10 @@ def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
         assert cfg.max_iters == max(1, round(row["budget_flops"] / per_step))
         assert abs(cfg.max_iters * per_step - row["budget_flops"]) <= per_step / 2 + 1e-6
         assert cfg.out_dir == str(out / row["run_id"])
-        assert cfg.data.max_samples == row["data_size"]
+        assert cfg.train_samples == row["data_size"]
+        assert cfg.resume  # an interrupted run folder is continued, not refused
+        assert cfg.optim.warmup_iters == round(0.05 * cfg.max_iters)  # ladder default warmup_frac
+        assert cfg.eval_interval == max(1, cfg.max_iters // 4)  # evals_per_run = 4
         assert row["final_val_loss"] is not None
         assert len(row["curve"]) >= 1 and row["curve"][-1][0] <= row["compute"] * (1 + 1e-9)
     # Bigger budgets, more steps; the data sweep trains the same shape.
@@ -262,7 +254,7 @@ def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
 
     # Second call: everything is in the results file, nothing is trained again.
     again = _StubTrain()
-    assert run_study(ladder, out, train_fn=again, load_config_fn=_stub_load_config) == []
+    assert run_study(ladder, out, train_fn=again) == []
     assert again.calls == []
 
     # Drop one row and leave a half-written line, as a crash mid-append would.
@@ -270,26 +262,45 @@ def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
     dropped = json.loads(lines[2])["run_id"]
     (out / "results.jsonl").write_text("\n".join(lines[:2] + lines[3:]) + "\n" + lines[2][:40])
     third = _StubTrain()
-    rows = run_study(ladder, out, train_fn=third, load_config_fn=_stub_load_config)
+    rows = run_study(ladder, out, train_fn=third)
     assert [r["run_id"] for r in rows] == [dropped] and len(third.calls) == 1
     assert sorted(r["run_id"] for r in read_results(out / "results.jsonl")) == sorted(by_id)
 
 
 def test_runner_under_torchrun_counts_all_ranks_and_only_rank0_writes(tmp_path, monkeypatch):
     ladder = load_ladder(_write_ladder(tmp_path, LADDER))
-    single = run_study(
-        ladder, tmp_path / "one", train_fn=_StubTrain(), load_config_fn=_stub_load_config
-    )
+
+    def study(name, grad_accum):
+        train = _StubTrain()  # no process group is started: training is stubbed
+        rows = run_study(
+            ladder,
+            tmp_path / name,
+            train_fn=train,
+            overrides=[f"grad_accum={grad_accum}"],
+        )
+        assert len(train.calls) == 6
+        return rows
+
+    single = study("one", 2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    train = _StubTrain()
-    rows = run_study(ladder, tmp_path / "two", train_fn=train, load_config_fn=_stub_load_config)
-    assert len(train.calls) == 6
-    assert not (tmp_path / "two" / "results.jsonl").exists()
-    for one, two in zip(single, rows, strict=True):
-        # Two ranks process twice the tokens per step: half the steps for a budget.
+    # grad_accum counts micro-batches per step over all ranks (astropt.config):
+    # 2 on two ranks is the same step as 2 on one.
+    same = study("same", 2)
+    assert not (tmp_path / "same" / "results.jsonl").exists()  # rank 1 writes nothing
+    for one, two in zip(single, same, strict=True):
+        assert two["tokens_per_step"] == one["tokens_per_step"]
+        assert two["max_iters"] == one["max_iters"]
+    double = study("double", 4)
+    for one, two in zip(single, double, strict=True):
+        # Twice the galaxies per step: half the steps for the same budget.
         assert two["tokens_per_step"] == 2 * one["tokens_per_step"]
         assert abs(two["max_iters"] - one["max_iters"] / 2) <= 1
+    with pytest.raises(ValueError, match="multiple of the 2 processes"):
+        study("odd", 3)
+    monkeypatch.setenv("RANK", "0")
+    study("rank0", 2)
+    assert (tmp_path / "rank0" / "results.jsonl").exists()
 
 
 # ---------------------------------------------------------------- fit of a study
@@ -375,3 +386,70 @@ def test_fit_study_and_cli_write_fits_and_figures(tmp_path):
         png = tmp_path / "fig" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "L(compute)" in scaling.format_report(saved)
+
+
+# ---------------------------------------------------------------- end to end (real training)
+
+TINY = """
+overrides = [
+    "device=cpu", "dtype=float32", "data.source=synthetic", "data.image_size=64",
+    "data.synthetic_n=400", "model.block_size=16", "model.tokeniser=affine",
+    "batch_size=8", "eval_iters=1", "eval_batch_size=16", "log_interval=1000",
+    "preview=false", "progress=false", "peak_flops=1e12",
+]
+budgets = [2e8, 6e8]
+data_sizes = [16, 64]
+data_rung = "w16"
+evals_per_run = 2
+
+[[rungs]]
+name = "w16"
+overrides = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
+
+[[rungs]]
+name = "w32"
+overrides = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2"]
+"""
+
+
+@pytest.mark.slow
+def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path):
+    from astropt.training import train
+
+    ladder = load_ladder(_write_ladder(tmp_path, TINY))
+    calls = []
+
+    def counted_train(cfg):
+        calls.append(cfg.out_dir)
+        return train(cfg)
+
+    out = tmp_path / "study"
+    rows = run_study(ladder, out, train_fn=counted_train)
+    assert len(rows) == len(calls) == 6
+    for row in rows:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        # The training loop counts its own steps and FLOPs: they must be the
+        # runner's plan (the budget turned into steps through flops_per_token).
+        assert summary["steps"] == row["max_iters"]
+        assert summary["flops"] == pytest.approx(row["compute"], rel=1e-9)
+        assert (
+            abs(row["compute"] - row["budget_flops"])
+            <= row["flops_per_token"] * row["tokens_per_step"] / 2 + 1
+        )
+        assert math.isfinite(row["final_val_loss"])
+        assert len(row["curve"]) >= 2 and row["curve"][-1][1] == row["final_val_loss"]
+    # train_samples limits the training split of the data sweep.
+    by_id = {r["run_id"]: r for r in rows}
+    assert by_id["w16_C6e8_D16_s0"]["train_galaxies"] == 16
+    assert by_id["w16_C6e8_Dall_s0"]["train_galaxies"] == 320  # 400 - 10% - 10%
+
+    calls.clear()
+    assert run_study(ladder, out, train_fn=counted_train) == [] and calls == []
+
+    fig = tmp_path / "fig"
+    assert (
+        scaling.main(["fit", str(out / "results.jsonl"), "--out", str(fig), "--n-boot", "20"]) == 0
+    )
+    saved = json.loads((fig / "fit.json").read_text())
+    assert [p["galaxies"] for p in saved["data"]["points"]] == [16, 64, 320]
+    assert (fig / "loss_vs_compute.png").is_file() and (fig / "loss_vs_data.png").is_file()

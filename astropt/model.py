@@ -307,8 +307,13 @@ class GPT(nn.Module):
             )
         start = 0 if cache is None else cache.length()
         if positions is None:
+            # Checked from Python ints: no device sync on the training path.
+            if start + seq > cfg.block_size:
+                raise ValueError(
+                    f"sequence position {start + seq - 1} is beyond block_size {cfg.block_size}"
+                )
             positions = torch.arange(start, start + seq, device=patches.device)
-        if positions.max() >= cfg.block_size:
+        elif positions.max() >= cfg.block_size:
             raise ValueError(
                 f"sequence position {int(positions.max())} is beyond block_size {cfg.block_size}"
             )
@@ -349,12 +354,16 @@ class GPT(nn.Module):
         predictions = self.head(hidden)
         if targets is None:
             return predictions, None
+        # The loss in float32 whatever the autocast dtype: a bf16 mean over
+        # millions of values would lose the digits that show progress.
         if mask is not None:
-            per_value = F.huber_loss(predictions, targets, delta=1.0, reduction="none")
+            per_value = F.huber_loss(
+                predictions.float(), targets.float(), delta=1.0, reduction="none"
+            )
             weights = mask[..., None].to(per_value.dtype)
             loss = (per_value * weights).sum() / (weights.sum() * per_value.shape[-1]).clamp_min(1)
         else:
-            loss = F.huber_loss(predictions, targets, delta=1.0)
+            loss = F.huber_loss(predictions.float(), targets.float(), delta=1.0)
         return predictions, loss
 
     def compute_loss(
@@ -362,12 +371,23 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss of the configured objective on full sequences ``(B, N, patch_dim)``.
 
-        ``ar``: inputs are tokens ``0..N-2``, targets ``1..N-1``. ``mae``: a random
-        ``mask_ratio`` of each sequence is hidden (drawn from ``generator``).
-        Returns ``(predictions, loss)``.
+        ``ar``: inputs are tokens ``0..N-2``, targets ``1..N-1``. With ``prefix``
+        attention a prefix length ``k`` is drawn (or taken from the config) and
+        the loss counts positions ``k-1..N-2`` only: inside the prefix the next
+        patch is visible to bidirectional attention, so predicting it there
+        would teach copying. ``mae``: a random ``mask_ratio`` of each sequence is
+        hidden (drawn from ``generator``). Returns ``(predictions, loss)``.
         """
         if self.config.objective == "ar":
-            predictions, loss = self(tokens[:, :-1], targets=tokens[:, 1:])
+            inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            if self.config.attn_type != "prefix":
+                return self(inputs, targets=targets)
+            prefix = self._resolve_prefix(None, inputs.shape[1])
+            prefix = min(max(prefix, 1), inputs.shape[1])
+            predictions, _ = self(inputs, prefix_len=prefix)
+            loss = F.huber_loss(
+                predictions[:, prefix - 1 :].float(), targets[:, prefix - 1 :].float(), delta=1.0
+            )
             return predictions, loss
         batch, seq, _ = tokens.shape
         n_masked = max(1, round(self.config.mask_ratio * seq))

@@ -1,0 +1,246 @@
+"""The observation model: attention masks, objectives, caching, embeddings, sizes.
+
+Expected values come from the definitions (which positions may see which,
+Huber loss over the counted values, parameter formulas), never from the
+model's own earlier output.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import galaxy_stamps
+
+from astropt.model import GPT, GPTConfig, KVCache
+from astropt.tokens import images_to_tokens
+
+DIM = 16 * 16 * 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small ops on a shared 2-core machine: one thread avoids OpenMP spin contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> GPT:
+    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
+    values.update(overrides)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**values)).eval()
+
+
+def tokens(batch=2, seq=12, seed=1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, seq, DIM, generator=generator)
+
+
+def changed_positions(model, x, position, **kwargs) -> torch.Tensor:
+    """Bool per output position: does changing input token ``position`` move it?"""
+    with torch.no_grad():
+        before, _ = model(x, **kwargs)
+        x2 = x.clone()
+        x2[:, position] += 3.0
+        after, _ = model(x2, **kwargs)
+    return (before - after).abs().amax(dim=(0, 2)) > 1e-6
+
+
+# ----------------------------------------------------------- attention
+def test_causal_outputs_ignore_later_tokens():
+    model = tiny()
+    x = tokens()
+    for t in (0, 4, 10):
+        moved = changed_positions(model, x, t + 1)
+        assert not moved[: t + 1].any(), f"outputs <= {t} changed when token {t + 1} changed"
+        assert moved[t + 1 :].all(), "later outputs must depend on the changed token"
+
+
+def test_prefix_is_bidirectional_inside_the_prefix_only():
+    model = tiny(attn_type="prefix")
+    x = tokens()
+    k = 5
+    # A token inside the prefix is seen by every prefix position, earlier ones included.
+    moved = changed_positions(model, x, 3, prefix_len=k)
+    assert moved[:k].all()
+    assert moved[k:].all()  # and by everything after the prefix (causal)
+    # A token after the prefix is invisible to every earlier position, prefix included.
+    moved = changed_positions(model, x, 8, prefix_len=k)
+    assert not moved[:8].any()
+    assert moved[8:].all()
+
+
+def test_full_attention_sees_everything():
+    model = tiny(attn_type="full")
+    moved = changed_positions(model, tokens(), 11)
+    assert moved.all()
+
+
+def test_prefix_training_loss_skips_positions_that_can_see_their_target():
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, attn_type="prefix", prefix_len=4)
+    )
+    x = tokens(seq=10)
+    _, loss = model.compute_loss(x)
+    with torch.no_grad():
+        predictions, _ = model(x[:, :-1], prefix_len=4)
+    # Positions 0..2 predict tokens 1..3, visible inside the prefix: not counted.
+    expected = F.huber_loss(predictions[:, 3:], x[:, 4:], delta=1.0)
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_kv_cache_decoding_matches_full_forward():
+    model = tiny()
+    x = tokens(seq=9)
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = KVCache(model.config.n_layer)
+        first, _ = model(x[:, :4], cache=cache)
+        steps = [first]
+        for t in range(4, 9):
+            out, _ = model(x[:, t : t + 1], cache=cache)
+            steps.append(out)
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+# ----------------------------------------------------------- objectives
+def test_ar_loss_is_huber_on_next_patch():
+    model = tiny()
+    x = tokens()
+    _, loss = model.compute_loss(x)
+    with torch.no_grad():
+        predictions, _ = model(x[:, :-1])
+    diff = (predictions - x[:, 1:]).abs()
+    huber = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+    assert torch.allclose(loss, huber.mean(), atol=1e-6)
+
+
+def test_mae_loss_counts_masked_patches_only():
+    model = tiny(objective="mae")
+    x = tokens(batch=3, seq=10)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[:, [1, 4, 7]] = True
+    mask[0, 9] = True
+    with torch.no_grad():
+        predictions, loss = model(x, targets=x, mask=mask)
+        diff = (predictions - x).abs()
+        huber = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+        assert torch.allclose(loss, huber[mask].mean(), atol=1e-6)
+        # Targets at visible positions do not enter the loss...
+        other = x.clone()
+        other[~mask] = 100.0
+        _, same = model(x, targets=other, mask=mask)
+        assert torch.allclose(same, loss)
+        # ... targets at masked ones do.
+        other = x.clone()
+        other[mask] += 1.0
+        _, moved = model(x, targets=other, mask=mask)
+        assert not torch.allclose(moved, loss)
+
+
+def test_mae_hides_masked_inputs():
+    model = tiny(objective="mae")
+    x = tokens(batch=1, seq=8)
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, 2] = True
+    with torch.no_grad():
+        before, _ = model(x, mask=mask)
+        x2 = x.clone()
+        x2[0, 2] += 5.0  # hidden behind the mask token: no output may move
+        after, _ = model(x2, mask=mask)
+    assert torch.allclose(before, after)
+
+
+def test_mae_compute_loss_masks_the_configured_fraction():
+    model = tiny(objective="mae", mask_ratio=0.5)
+    x = tokens(batch=2, seq=10)
+    generator = torch.Generator().manual_seed(3)
+    _, loss = model.compute_loss(x, generator=generator)
+    assert torch.isfinite(loss)
+    # Same generator state, same mask, same loss: reproducible under a seed.
+    _, again = model.compute_loss(x, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loss, again)
+
+
+def test_tiny_model_overfits_a_fixed_batch():
+    # Four 64x64 galaxy-like stamps (16 tokens each), as the data pipeline scales them.
+    stamps = torch.from_numpy(galaxy_stamps(4, 64, seed=0)).permute(0, 3, 1, 2) / 255.0
+    x, _, _ = images_to_tokens(stamps, patch_size=16)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    with torch.no_grad():
+        _, first = model.compute_loss(x)
+    for _ in range(100):
+        _, loss = model.compute_loss(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, last = model.compute_loss(x)
+    assert last < first / 10, f"loss only fell from {first:.4f} to {last:.4f}"
+
+
+# ----------------------------------------------------------- embeddings
+def test_embed_layers_and_pools():
+    model = tiny(n_layer=4)
+    x = tokens(seq=9)
+    with torch.no_grad():
+        # The residual stream after block n_layer // 2, computed by hand.
+        h = model.tokeniser(x) + model.pos_emb(torch.arange(9))
+        for block in model.blocks[: model.config.n_layer // 2 + 1]:
+            h = block(h, "causal")
+        middle = model.embed(x, layer="middle")
+        assert torch.allclose(middle, h.mean(dim=1), atol=1e-5)
+        final = model.hidden_states(x, layer="final")
+        assert torch.allclose(model.embed(x, layer=-1), final.mean(dim=1))
+        assert torch.allclose(
+            model.embed(x, layer=-1, pool="prefix", prefix=3), final[:, :3].mean(1)
+        )
+        assert torch.allclose(model.embed(x, layer=-1, pool="last"), final[:, -1])
+    assert middle.shape == (2, 32)
+    with pytest.raises(ValueError):
+        model.embed(x, layer=7)
+    with pytest.raises(ValueError):
+        model.embed(x, pool="prefix")
+
+
+# ----------------------------------------------------------- sizes
+def test_num_params_and_flops_follow_the_formulas():
+    cfg = GPTConfig(n_layer=3, n_head=4, n_embd=64, block_size=100)
+    model = GPT(cfg)
+    e, d = 64, DIM
+    codec = d * 4 * e + 4 * e * e  # aim MLP, no biases
+    block = 4 * e * e + 8 * e * e + 2 * e  # qkv + proj, MLP, two LayerNorm weights
+    expected = 2 * codec + 3 * block + e + 100 * e  # + final LayerNorm + positions
+    assert model.num_params() == expected
+    assert model.num_params(exclude_positions=True) == expected - 100 * e
+    assert model.flops_per_token(50) == 6 * (expected - 100 * e) + 12 * 3 * e * 50
+
+
+def test_affine_tokeniser_and_bias_shapes():
+    model = GPT(
+        GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, tokeniser="affine", bias=True)
+    )
+    assert model.tokeniser.fc1.weight.shape == (32, DIM)
+    assert model.head.fc1.weight.shape == (DIM, 32)
+    assert model.tokeniser.fc1.bias is not None
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    model = tiny(block_size=8)
+    with pytest.raises(ValueError, match="block_size"):
+        model(tokens(seq=9))
+    with pytest.raises(ValueError, match="patch"):
+        model(torch.randn(1, 4, 10))
+
+
+def test_bf16_autocast_loss_is_float32():
+    model = tiny()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model.compute_loss(tokens())
+    assert loss.dtype == torch.float32

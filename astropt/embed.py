@@ -1,0 +1,936 @@
+"""Embedding export: galaxies in, one vector per galaxy out, resumable.
+
+``python -m astropt.embed --checkpoint RUN --data DIR --split test --out emb.parquet``
+
+An export is a *folder* named like a parquet file (``emb.parquet/``) that
+pandas and pyarrow read as one table::
+
+    emb.parquet/part-00000.parquet   rows 0 .. R-1       (R = rows per part)
+    emb.parquet/part-00001.parquet   rows R .. 2R-1
+    ...
+    emb.parquet/_manifest.json       settings, finished parts, loader state, "complete"
+
+Columns: ``id``, the catalogue columns of the data source, ``embedding``
+(fixed-size list of float32, ``d`` values) and optionally ``thumbnail``
+(fixed-size list of uint8, ``S*S*3`` RGB values, row-major ``(S, S, 3)``).
+
+Why a folder of parts: a part is written to a temporary name and renamed, then
+the manifest (also atomic) records it with the data loader's state *after* its
+last batch. An interrupted export therefore restarts exactly after the last
+recorded part: no duplicate rows, no gap. The order is deterministic (no
+shuffling, no augmentation), so the same data and weights give the same table.
+
+Baselines for the probe suite use the same format and the same rows:
+``kind="random-init"`` (the same architecture with fresh weights under a fixed
+seed) and ``kind="pixel-pca"`` (PCA of the raw normalised pixel tokens to the
+embedding dimension). :func:`baseline_paths` names them next to an export.
+
+Read any of them back with :func:`read_embeddings`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from astropt.hub import atomic_write, atomic_write_text
+
+FORMAT = "astropt-embeddings/1"
+MANIFEST = "_manifest.json"
+PCA_FILE = "_pca.npz"
+RESERVED_COLUMNS = ("id", "embedding", "thumbnail")
+DEFAULT_ROWS_PER_PART = 16384
+
+
+# --------------------------------------------------------------------------- encoders
+class ModelEncoder:
+    """Normalised patch tokens ``(B, N, P*P*C)`` -> embeddings ``(B, d)`` through a :class:`GPT`.
+
+    Runs under ``torch.inference_mode`` (no autograd bookkeeping), stops at the
+    requested block (``GPT.embed`` never runs later blocks nor the head), and
+    optionally under bfloat16 autocast. Output is float32 on the CPU.
+    """
+
+    def __init__(
+        self,
+        model,
+        layer: int | str | None = None,
+        pool: str = "mean",
+        prefix: int | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str = "auto",
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.layer = model.resolve_layer(layer)  # validates; None = final LayerNorm
+        if pool not in ("mean", "prefix", "last"):
+            raise ValueError(f"pool must be 'mean', 'prefix' or 'last', got {pool!r}")
+        if pool == "prefix" and (not prefix or prefix < 1):
+            raise ValueError("pool='prefix' needs prefix=k with k >= 1 tokens")
+        self.pool = pool
+        self.prefix = prefix if pool == "prefix" else None
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.dim = model.config.n_embd
+
+    @property
+    def layer_name(self) -> str:
+        return "final" if self.layer is None else str(self.layer)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device, non_blocking=True)
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.dtype == "bfloat16"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            layer = "final" if self.layer is None else self.layer
+            out = self.model.embed(tokens, layer=layer, pool=self.pool, prefix=self.prefix)
+        return out.float().cpu()
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+
+class PixelPCAEncoder:
+    """Flattened normalised pixel tokens -> their first ``k`` principal components.
+
+    ``mean``: ``(F,)``, ``components``: ``(k, F)`` with ``F = N * P*P*C``.
+    """
+
+    def __init__(
+        self, mean: np.ndarray, components: np.ndarray, device: str | torch.device = "cpu"
+    ):
+        self.device = torch.device(device)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
+        self.components = torch.as_tensor(components, dtype=torch.float32, device=self.device)
+        self.dim = int(components.shape[0])
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        flat = tokens.to(self.device, torch.float32).reshape(tokens.shape[0], -1)
+        if flat.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"pixel tokens have {flat.shape[1]} values per galaxy but the PCA was fitted "
+                f"on {self.mean.shape[0]}"
+            )
+        with torch.inference_mode():
+            return ((flat - self.mean) @ self.components.T).cpu()
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1()
+        digest.update(self.mean.cpu().numpy().tobytes())
+        digest.update(self.components.cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """``"auto"``: bfloat16 on a CUDA device that supports it, else float32."""
+    if dtype == "auto":
+        ok = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bfloat16" if ok else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+    return dtype
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: the first CUDA device when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the configuration and weights (tells checkpoints apart on resume).
+
+    Per-tensor sums and absolute sums rounded to 6 digits: cheap on any device
+    and stable across devices, unlike a hash of the raw bytes of GPU tensors.
+    """
+    digest = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            t = tensor.detach().double()
+            digest.update(f"{name}{tuple(t.shape)}{t.sum():.6e}{t.abs().sum():.6e}".encode())
+    return digest.hexdigest()
+
+
+def random_init_like(model_or_config, seed: int = 0):
+    """A freshly initialised :class:`GPT` with the same configuration, from a fixed seed.
+
+    The global torch RNG is left untouched (the draw happens in a forked RNG).
+    """
+    from astropt.model import GPT
+
+    config = getattr(model_or_config, "config", model_or_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT(config)
+
+
+# --------------------------------------------------------------------------- paths
+def baseline_paths(out: str | Path) -> dict[str, Path]:
+    """Where the baselines of the export ``out`` live: ``{"pca": ..., "random": ...}``.
+
+    ``emb.parquet`` -> ``emb.pca.parquet`` and ``emb.random.parquet`` beside it.
+    """
+    out = Path(out)
+    stem = out.name[: -len(".parquet")] if out.name.endswith(".parquet") else out.name
+    return {
+        "pca": out.with_name(f"{stem}.pca.parquet"),
+        "random": out.with_name(f"{stem}.random.parquet"),
+    }
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    """The manifest of an export folder, or None (a plain parquet file has none)."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text())
+
+
+# --------------------------------------------------------------------------- rows
+def _catalogue_columns(catalogue: dict[str, Any], batch_len: int) -> dict[str, np.ndarray]:
+    """Keep one-value-per-galaxy columns; rename clashes with our own columns."""
+    kept: dict[str, np.ndarray] = {}
+    for name, values in (catalogue or {}).items():
+        arr = values.detach().cpu().numpy() if torch.is_tensor(values) else np.asarray(values)
+        if arr.ndim != 1 or len(arr) != batch_len:
+            continue  # per-pixel arrays (e.g. flux_grz) are images, not catalogue values
+        if arr.dtype.kind not in "biufUSO":
+            continue
+        key = f"cat_{name}" if name in RESERVED_COLUMNS else name
+        kept[key] = arr
+    return kept
+
+
+def display_rgb(images: torch.Tensor, size: int) -> np.ndarray:
+    """Small display thumbnails ``(B, size, size, 3)`` uint8 from loader images ``(B, C, H, W)``.
+
+    Images already in [0, 1] (decoded JPEG/PNG, RGB as stored) are shown as
+    they are. Anything else is taken as scaled survey fluxes in g, r, z order
+    (the data pipeline's asinh or linear float scaling), shown as z, r, g ->
+    R, G, B with a per-image stretch from the 0.5th to the 99.5th percentile.
+    One-channel images become grey.
+    """
+    small = F.interpolate(images.detach().float().cpu(), size=(size, size), mode="area")
+    if small.shape[1] == 1:
+        small = small.expand(-1, 3, -1, -1)
+    elif small.shape[1] >= 3:
+        small = small[:, :3]
+    else:
+        small = torch.cat([small, small[:, :1]], dim=1)[:, :3]
+    in_unit_range = bool(small.min() >= 0) and bool(small.max() <= 1.0 + 1e-6)
+    if not in_unit_range:
+        small = small.flip(1)  # g, r, z -> z, r, g: the reddest band in the red channel
+        flat = small.flatten(1)
+        low = flat.quantile(0.005, dim=1)[:, None, None, None]
+        high = flat.quantile(0.995, dim=1)[:, None, None, None]
+        small = (small - low) / (high - low).clamp_min(1e-12)
+    rgb = (small.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return rgb.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _fixed_size_list(values: np.ndarray, value_type: pa.DataType) -> pa.FixedSizeListArray:
+    rows, width = values.shape[0], int(np.prod(values.shape[1:]))
+    flat = pa.array(np.ascontiguousarray(values).reshape(rows * width), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def _rows_table(
+    ids: list, catalogue: dict[str, np.ndarray], emb: np.ndarray, thumbs: np.ndarray | None
+) -> pa.Table:
+    id_array = np.asarray(ids)
+    columns: dict[str, pa.Array] = {"id": pa.array(id_array)}
+    for name, values in catalogue.items():
+        columns[name] = pa.array(values)
+    columns["embedding"] = _fixed_size_list(emb.astype(np.float32, copy=False), pa.float32())
+    if thumbs is not None:
+        columns["thumbnail"] = _fixed_size_list(thumbs, pa.uint8())
+    return pa.table(columns)
+
+
+def _jsonable(state: Any) -> Any | None:
+    """The loader state if it survives a JSON round trip unchanged, else None."""
+    try:
+        text = json.dumps(state)
+    except (TypeError, ValueError):
+        return None
+    return json.loads(text)
+
+
+# --------------------------------------------------------------------------- export core
+def export_loader(
+    encoder,
+    open_loader: Callable[[], Iterable],
+    out: str | Path,
+    *,
+    settings: dict,
+    meta: dict | None = None,
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    batch_size: int,
+    thumbnail_size: int = 0,
+    total: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run ``encoder`` over the batches of ``open_loader()`` and write the export folder ``out``.
+
+    ``open_loader()`` returns a *deterministic* iterable of batches (attributes
+    ``tokens (B, N, D)``, ``ids``, ``catalogue``, and ``images (B, C, H, W)``
+    when thumbnails are wanted); when it has ``state_dict``/``load_state_dict``
+    a resumed export restores it, else it skips the batches already written.
+    ``settings`` (JSON-able) must match to resume; anything else in the folder
+    is an error unless ``overwrite``. A part holds ``rows_per_part //
+    batch_size`` batches (fewer rows when the loader skipped bad samples), so
+    part boundaries are batch boundaries and resume positions are exact.
+    Returns ``out``.
+    """
+    out = Path(out)
+    batches_per_part = max(1, rows_per_part // batch_size)
+    settings = dict(settings, rows_per_part=rows_per_part, batch_size=batch_size)
+    settings["thumbnail_size"] = int(thumbnail_size)
+    settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists) for comparison
+
+    manifest = _prepare_folder(out, settings, overwrite)
+    if manifest.get("complete"):
+        return out
+    manifest["meta"] = dict(meta or {}, **manifest.get("meta", {}))
+    done_rows = sum(part["rows"] for part in manifest["parts"])
+
+    loader = open_loader()
+    skip_batches = 0
+    if manifest["parts"]:
+        state = manifest["parts"][-1].get("loader_state")
+        if state is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(state)
+        else:
+            skip_batches = sum(part["batches"] for part in manifest["parts"])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total,
+        initial=done_rows,
+        unit="gal",
+        desc=f"embed {out.name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    pending: list[tuple[list, dict, np.ndarray, np.ndarray | None]] = []
+    iterator = iter(loader)
+    try:
+        for batch in iterator:
+            if skip_batches:
+                skip_batches -= 1
+                continue
+            ids = list(batch.ids)
+            emb = encoder(batch.tokens).numpy()
+            if emb.shape[1] != manifest.setdefault("dim", emb.shape[1]):
+                raise RuntimeError(
+                    f"embedding width changed from {manifest['dim']} to {emb.shape[1]}"
+                )
+            thumbs = display_rgb(batch.images, thumbnail_size) if thumbnail_size else None
+            pending.append((ids, _catalogue_columns(batch.catalogue, len(ids)), emb, thumbs))
+            bar.update(len(ids))
+            if len(pending) >= batches_per_part:
+                _flush(out, manifest, pending, loader)
+                pending = []
+        if pending:
+            _flush(out, manifest, pending, loader)
+    finally:
+        bar.close()
+    manifest["complete"] = True
+    manifest["rows"] = sum(part["rows"] for part in manifest["parts"])
+    _write_manifest(out, manifest)
+    return out
+
+
+def _prepare_folder(out: Path, settings: dict, overwrite: bool) -> dict:
+    """Open (resume) or create the export folder; refuse a mismatching one."""
+    if out.exists() and overwrite:
+        _remove_export(out)
+    if out.is_file():
+        raise FileExistsError(f"{out} is a file; pass overwrite=True (--overwrite) to replace it")
+    manifest = read_manifest(out) if out.is_dir() else None
+    if manifest is None:
+        if out.is_dir() and any(child.name != PCA_FILE for child in out.iterdir()):
+            raise FileExistsError(
+                f"{out} exists and is not an embedding export; choose another --out or --overwrite"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": FORMAT, "settings": settings, "parts": [], "complete": False}
+        _write_manifest(out, manifest)
+        return manifest
+    if manifest.get("settings") != settings:
+        old = manifest.get("settings", {})
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise ValueError(
+            f"{out} holds an export made with other settings (differing: {', '.join(diff)}); "
+            "resume with the same options, choose another --out, or pass --overwrite"
+        )
+    return manifest
+
+
+def _remove_export(out: Path) -> None:
+    if out.is_file():
+        out.unlink()
+        return
+    if read_manifest(out) is None and any(child.name != PCA_FILE for child in out.iterdir()):
+        raise FileExistsError(f"refusing to overwrite {out}: it is not an embedding export")
+    for child in out.iterdir():
+        child.unlink()
+    out.rmdir()
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str))
+
+
+def _flush(out: Path, manifest: dict, pending: list, loader) -> None:
+    """Write one part atomically, then record it (with the loader state) in the manifest."""
+    index = len(manifest["parts"])
+    names = list(pending[0][1])
+    catalogue = {name: np.concatenate([p[1][name] for p in pending]) for name in names}
+    ids = [i for p in pending for i in p[0]]
+    emb = np.concatenate([p[2] for p in pending])
+    thumbs = None if pending[0][3] is None else np.concatenate([p[3] for p in pending])
+    table = _rows_table(ids, catalogue, emb, thumbs)
+    name = f"part-{index:05d}.parquet"
+    atomic_write(out / name, lambda tmp: pq.write_table(table, tmp))
+    state = _jsonable(loader.state_dict()) if hasattr(loader, "state_dict") else None
+    manifest["parts"].append(
+        {
+            "file": name,
+            "rows": len(ids),
+            "batches": len(pending),
+            "first_id": _jsonable(ids[0]) if ids else None,
+            "last_id": _jsonable(ids[-1]) if ids else None,
+            "loader_state": state,
+        }
+    )
+    manifest["dim"] = int(emb.shape[1])
+    _write_manifest(out, manifest)
+
+
+# --------------------------------------------------------------------------- reading
+def read_table(path: str | Path, columns: list[str] | None = None, allow_partial: bool = False):
+    """The whole export (folder or single parquet file) as one ``pyarrow.Table``, in row order."""
+    path = Path(path)
+    if path.is_file():
+        return pq.read_table(path, columns=columns)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise FileNotFoundError(f"{path} is neither a parquet file nor an embedding export folder")
+    if not manifest.get("complete") and not allow_partial:
+        rows = sum(p["rows"] for p in manifest["parts"])
+        raise RuntimeError(
+            f"{path} is an unfinished export ({rows} rows so far): run the same export command "
+            "again to finish it, or pass allow_partial=True"
+        )
+    tables = [pq.read_table(path / part["file"], columns=columns) for part in manifest["parts"]]
+    if not tables:
+        raise RuntimeError(f"{path} holds no rows")
+    return pa.concat_tables(tables)
+
+
+def _fixed_list_to_numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
+    array = column.combine_chunks()
+    width = array.type.list_size
+    return (
+        array.flatten()
+        .to_numpy(zero_copy_only=False)
+        .astype(dtype, copy=False)
+        .reshape(len(array), width)
+    )
+
+
+def read_embeddings(path: str | Path, allow_partial: bool = False):
+    """Read an export in one call: ``(ids, embeddings, catalogue)``.
+
+    ``ids``: ``(n,)`` array; ``embeddings``: ``(n, d)`` float32; ``catalogue``:
+    a pandas DataFrame of the other columns (thumbnails excluded) indexed by id.
+    Accepts an export folder or a single parquet file with ``id`` and ``embedding``.
+    """
+    path = Path(path)
+    schema_names = (
+        pq.read_schema(path).names if path.is_file() else [n for n in _folder_schema(path).names]
+    )
+    columns = [n for n in schema_names if n != "thumbnail"]
+    table = read_table(path, columns=columns, allow_partial=allow_partial)
+    if "embedding" not in table.column_names or "id" not in table.column_names:
+        raise ValueError(f"{path} has no 'id' and 'embedding' columns")
+    emb_col = table.column("embedding")
+    if pa.types.is_fixed_size_list(emb_col.type):
+        embeddings = _fixed_list_to_numpy(emb_col, np.float32)
+    else:  # variable-length lists written by other tools
+        embeddings = np.asarray(emb_col.to_pylist(), dtype=np.float32)
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    catalogue = table.drop_columns(["id", "embedding"]).to_pandas()
+    catalogue.index = ids
+    catalogue.index.name = "id"
+    return ids, embeddings, catalogue
+
+
+def _folder_schema(path: Path) -> pa.Schema:
+    manifest = read_manifest(path)
+    if manifest is None or not manifest["parts"]:
+        raise FileNotFoundError(f"{path} is neither a parquet file nor an embedding export folder")
+    return pq.read_schema(path / manifest["parts"][0]["file"])
+
+
+def read_thumbnails(path: str | Path, ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, thumbnails (n, S, S, 3) uint8)`` of an export made with thumbnails.
+
+    ``ids``: only these (in the order given); raises KeyError for unknown ids.
+    """
+    table = read_table(path, columns=["id", "thumbnail"], allow_partial=True)
+    all_ids = table.column("id").to_numpy(zero_copy_only=False)
+    flat = _fixed_list_to_numpy(table.column("thumbnail"), np.uint8)
+    side = int(round(math.sqrt(flat.shape[1] // 3)))
+    thumbs = flat.reshape(len(all_ids), side, side, 3)
+    if ids is None:
+        return all_ids, thumbs
+    position = {key: i for i, key in enumerate(all_ids.tolist())}
+    wanted = [position[key] for key in np.asarray(ids).tolist()]
+    return np.asarray(ids), thumbs[wanted]
+
+
+def has_thumbnails(path: str | Path) -> bool:
+    path = Path(path)
+    schema = pq.read_schema(path) if path.is_file() else _folder_schema(path)
+    return "thumbnail" in schema.names
+
+
+# --------------------------------------------------------------------------- data
+def data_config_for(model, **fields):
+    """A :class:`~astropt.data.DataConfig` that feeds ``model`` the inputs it was trained on.
+
+    ``patch_size``, ``order`` and ``transpose_hw`` come from the model's config;
+    augmentation is off (an export must be deterministic).
+    """
+    from astropt.data import DataConfig
+
+    cfg = model.config
+    fields = dict(fields)
+    fields.update(
+        patch_size=cfg.patch_size, order=cfg.order, transpose_hw=cfg.transpose_hw, augment=False
+    )
+    return DataConfig(**fields)
+
+
+def _check_data_config(model, data_cfg) -> None:
+    mismatched = [
+        f"{name}: data {getattr(data_cfg, name)!r} vs model {getattr(model.config, name)!r}"
+        for name in ("patch_size", "order", "transpose_hw")
+        if getattr(data_cfg, name) != getattr(model.config, name)
+    ]
+    if mismatched:
+        raise ValueError(
+            "the data config does not make the inputs this model expects ("
+            + "; ".join(mismatched)
+            + "); build it with astropt.embed.data_config_for(model, ...)"
+        )
+
+
+def _open_data(data_cfg, split: str, batch_size: int, max_samples: int | None):
+    from astropt.data import make_loader
+
+    def open_loader():
+        return make_loader(
+            data_cfg,
+            split,
+            batch_size=batch_size,
+            shuffle=False,
+            augment=False,
+            seed=0,
+            device="cpu",
+            drop_last=False,
+            repeat=False,
+            max_samples=max_samples,
+        )
+
+    return open_loader
+
+
+def _data_settings(data_cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(data_cfg), default=str))
+
+
+def _loader_total(open_loader, max_samples: int | None) -> int | None:
+    try:
+        known = open_loader().num_samples
+    except Exception:  # the count is only for the progress bar
+        known = None
+    if known is None:
+        return max_samples
+    return known if max_samples is None else min(known, max_samples)
+
+
+def export_embeddings(
+    model,
+    data_cfg,
+    out: str | Path,
+    split: str = "test",
+    *,
+    layer: int | str | None = None,
+    pool: str = "mean",
+    prefix: int | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    max_samples: int | None = None,
+    thumbnails: int = 0,
+    kind: str = "model",
+    checkpoint: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Embed every galaxy of ``split`` of ``data_cfg`` with ``model``; write the export ``out``.
+
+    ``layer``: ``"final"``, ``"middle"`` or a block index (default the model's
+    ``config.embed_layer``); ``pool``: ``"mean"``, ``"prefix"`` (first ``prefix``
+    tokens) or ``"last"``; ``dtype``: ``"auto"`` (bfloat16 autocast on CUDA
+    when supported), ``"float32"`` or ``"bfloat16"``; ``thumbnails``: side in
+    pixels of RGB thumbnails stored per galaxy for UMAP stamp panels (0 = none).
+    Rerunning the same call resumes an interrupted export. Returns ``out``.
+    """
+    _check_data_config(model, data_cfg)
+    device = resolve_device(device)
+    encoder = ModelEncoder(model, layer, pool, prefix, device, dtype)
+    open_loader = _open_data(data_cfg, split, batch_size, max_samples)
+    settings = {
+        "kind": kind,
+        "model": encoder.fingerprint(),
+        "data": _data_settings(data_cfg),
+        "split": split,
+        "layer": encoder.layer_name,
+        "pool": pool,
+        "prefix": encoder.prefix,
+        "max_samples": max_samples,
+        "dtype": encoder.dtype,
+    }
+    meta = {
+        "checkpoint": checkpoint,
+        "model_config": model.config.to_dict(),
+        "data_config": settings["data"],
+        "split": split,
+        "layer": encoder.layer_name,
+        "pool": pool,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return export_loader(
+        encoder,
+        open_loader,
+        out,
+        settings=settings,
+        meta=meta,
+        rows_per_part=rows_per_part,
+        batch_size=batch_size,
+        thumbnail_size=thumbnails,
+        total=_loader_total(open_loader, max_samples),
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def fit_pixel_pca(
+    batches: Iterable, n_components: int, fit_samples: int = 4096, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of flattened normalised pixel tokens from the first ``fit_samples`` galaxies.
+
+    Returns ``(mean (F,), components (k, F))`` float32 with
+    ``k = min(n_components, galaxies, F)``. Memory: ``fit_samples * F * 4`` bytes.
+    """
+    from sklearn.decomposition import PCA
+
+    rows: list[np.ndarray] = []
+    seen = 0
+    for batch in batches:
+        flat = batch.tokens.detach().float().cpu().reshape(batch.tokens.shape[0], -1).numpy()
+        rows.append(flat[: fit_samples - seen])
+        seen += len(rows[-1])
+        if seen >= fit_samples:
+            break
+    if not rows:
+        raise RuntimeError("no galaxies to fit the pixel PCA on")
+    data = np.concatenate(rows)
+    k = min(n_components, data.shape[0], data.shape[1])
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(data)
+    return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+
+
+def export_pixel_pca(
+    data_cfg,
+    out: str | Path,
+    n_components: int,
+    split: str = "test",
+    *,
+    fit_samples: int = 4096,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    max_samples: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """The pixel-PCA baseline: PCA of the raw normalised pixel tokens, same rows as an export.
+
+    Fitted without labels on the first ``fit_samples`` galaxies of ``split``
+    (unsupervised, like the model's own pretraining), stored in the folder
+    (``_pca.npz``) so a resumed export projects with the same components.
+    """
+    out = Path(out)
+    open_loader = _open_data(data_cfg, split, batch_size, max_samples)
+    if overwrite and out.exists():
+        _remove_export(out)
+    stored = out / PCA_FILE
+    if stored.is_file():
+        with np.load(stored) as saved:
+            mean, components = saved["mean"], saved["components"]
+    else:
+        mean, components = fit_pixel_pca(open_loader(), n_components, fit_samples, seed)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def save(tmp):
+            with open(tmp, "wb") as handle:
+                np.savez(handle, mean=mean, components=components)
+
+        atomic_write(stored, save)
+    encoder = PixelPCAEncoder(mean, components, resolve_device(device))
+    settings = {
+        "kind": "pixel-pca",
+        "model": f"pca-{n_components}-{fit_samples}-{seed}",
+        "data": _data_settings(data_cfg),
+        "split": split,
+        "max_samples": max_samples,
+    }
+    meta = {
+        "data_config": settings["data"],
+        "split": split,
+        "n_components": int(components.shape[0]),
+        "fit_samples": fit_samples,
+        "seed": seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return export_loader(
+        encoder,
+        open_loader,
+        out,
+        settings=settings,
+        meta=meta,
+        rows_per_part=rows_per_part,
+        batch_size=batch_size,
+        total=_loader_total(open_loader, max_samples),
+        overwrite=False,
+        progress=progress,
+    )
+
+
+def export_baselines(
+    model,
+    data_cfg,
+    out: str | Path,
+    split: str = "test",
+    *,
+    which: tuple[str, ...] = ("pca", "random"),
+    seed: int = 0,
+    fit_samples: int = 4096,
+    **options,
+) -> dict[str, Path]:
+    """Write the probe baselines of the export ``out`` beside it (see :func:`baseline_paths`).
+
+    ``"random"``: ``model``'s architecture with fresh weights from ``seed``, the
+    same layer/pool options; ``"pca"``: pixel PCA to ``model.config.n_embd``
+    components. ``options`` are passed to the exports (layer, pool, batch_size, ...).
+    """
+    paths = baseline_paths(out)
+    written: dict[str, Path] = {}
+    common = {
+        k: options[k]
+        for k in ("batch_size", "device", "rows_per_part", "max_samples", "overwrite", "progress")
+        if k in options
+    }
+    if "random" in which:
+        written["random"] = export_embeddings(
+            random_init_like(model, seed), data_cfg, paths["random"], split,
+            kind="random-init", **options,
+        )  # fmt: skip
+    if "pca" in which:
+        written["pca"] = export_pixel_pca(
+            data_cfg, paths["pca"], model.config.n_embd, split,
+            fit_samples=fit_samples, seed=seed, **common,
+        )  # fmt: skip
+    return written
+
+
+def export_baselines_for(path: str | Path, **overrides) -> dict[str, Path]:
+    """Baselines for an existing export, rebuilt from its manifest (model config, data, split)."""
+    from astropt.data import DataConfig
+    from astropt.model import GPT, GPTConfig
+
+    manifest = read_manifest(path)
+    if manifest is None or "model_config" not in manifest.get("meta", {}):
+        raise ValueError(f"{path} records no model and data: export the baselines explicitly")
+    meta, settings = manifest["meta"], manifest["settings"]
+    model = GPT(GPTConfig.from_dict(meta["model_config"]))
+    data_cfg = DataConfig(**meta["data_config"])
+    layer = settings["layer"]
+    options = {
+        "layer": int(layer) if layer.lstrip("-").isdigit() else layer,
+        "pool": settings["pool"],
+        "prefix": settings["prefix"],
+        "batch_size": settings["batch_size"],
+        "rows_per_part": settings["rows_per_part"],
+        "max_samples": settings["max_samples"],
+    }
+    options.update(overrides)
+    return export_baselines(model, data_cfg, path, settings["split"], **options)
+
+
+# --------------------------------------------------------------------------- command line
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _guess_source(path: str) -> str:
+    if not path:
+        return "synthetic"
+    p = Path(path)
+    if (p / "survey.json").is_file():
+        return "synthetic"
+    if p.exists():
+        parquet_like = any(p.rglob("*.parquet")) or any(p.rglob("*.arrow")) if p.is_dir() else True
+        return "hf" if parquet_like else "folder"
+    return "hf"  # a Hub dataset name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m astropt.embed",
+        description="Embed galaxies with a model and write a resumable parquet export "
+        "(id, catalogue columns, embedding). Rerun the same command to resume.",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="run folder, model folder, AstroPT ckpt.pt or Hub id"
+    )
+    parser.add_argument(
+        "--data",
+        default="",
+        help="data path (survey folder, parquet dir/glob, Hub name, image folder); '' = synthetic on the fly",
+    )
+    parser.add_argument("--source", default="auto", choices=["auto", "synthetic", "hf", "folder"])
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", required=True, help="output export folder, e.g. emb.parquet")
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="final | middle | block index (default: the model's embed_layer)",
+    )
+    parser.add_argument("--pool", default="mean", choices=["mean", "prefix", "last"])
+    parser.add_argument("--prefix", type=int, default=None, help="tokens averaged by --pool prefix")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART)
+    parser.add_argument(
+        "--thumbnails",
+        type=int,
+        default=0,
+        metavar="S",
+        help="store SxS RGB thumbnails (UMAP stamp panels)",
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="embed with fresh weights of the checkpoint's architecture",
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also write the pixel-PCA and random-init baselines beside --out",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of --random-init and the baselines"
+    )
+    parser.add_argument(
+        "--data-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other DataConfig field",
+    )
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from astropt.hub import load_model
+
+    model = load_model(args.checkpoint)
+    fields: dict[str, Any] = {
+        "source": _guess_source(args.data) if args.source == "auto" else args.source,
+        "path": args.data,
+        "image_size": args.image_size,
+    }
+    for item in args.data_opt:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--data-opt expects KEY=VALUE, got {item!r}")
+        fields[key] = _parse_value(value)
+    data_cfg = data_config_for(model, **fields)
+    kind = "model"
+    if args.random_init:
+        model, kind = random_init_like(model, args.seed), "random-init"
+    options = {
+        "layer": args.layer,
+        "pool": args.pool,
+        "prefix": args.prefix,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "rows_per_part": args.rows_per_part,
+        "max_samples": args.max_samples,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+    }
+    out = export_embeddings(
+        model, data_cfg, args.out, args.split, kind=kind, checkpoint=str(args.checkpoint),
+        thumbnails=args.thumbnails, **options,
+    )  # fmt: skip
+    ids, emb, _ = read_embeddings(out)
+    print(f"wrote {len(ids)} embeddings of width {emb.shape[1]} to {out}", file=sys.stderr)
+    if args.baselines:
+        for name, path in export_baselines(
+            model, data_cfg, out, args.split, seed=args.seed, **options
+        ).items():
+            print(f"wrote the {name} baseline to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

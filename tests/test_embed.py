@@ -1,0 +1,269 @@
+"""Embedding export: same rows as the data, same numbers as the model, resumable, baselines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from astropt.data import DataConfig, make_loader
+from astropt.embed import (
+    MANIFEST,
+    ModelEncoder,
+    baseline_paths,
+    display_rgb,
+    export_baselines,
+    export_embeddings,
+    main,
+    random_init_like,
+    read_embeddings,
+    read_manifest,
+    read_table,
+    read_thumbnails,
+)
+from astropt.model import GPT, GPTConfig
+
+N_GALAXIES = 48
+BATCH = 8
+
+
+def small_model(seed: int = 1) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, patch_size=8)
+    return GPT(config).eval()
+
+
+def survey_config(model: GPT) -> DataConfig:
+    """On-the-fly synthetic survey: 48 galaxies of 32x32 pixels, all in the test split."""
+    return DataConfig(
+        source="synthetic",
+        path="",
+        image_size=32,
+        patch_size=model.config.patch_size,
+        order=model.config.order,
+        transpose_hw=model.config.transpose_hw,
+        augment=False,
+        synthetic_n=N_GALAXIES,
+        synthetic_val_fraction=0.0,
+        synthetic_test_fraction=1.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def direct(model):
+    """What the loader yields and what the model says, computed without the exporter."""
+    loader = make_loader(survey_config(model), "test", batch_size=BATCH, shuffle=False)
+    ids, emb, redshift, mids = [], [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            ids += list(batch.ids)
+            emb.append(model.embed(batch.tokens, layer="final"))
+            mids.append(_middle_by_hand(model, batch.tokens))
+            redshift.append(batch.catalogue["redshift"])
+    return {
+        "ids": np.array(ids),
+        "final": torch.cat(emb).numpy(),
+        "middle": torch.cat(mids).numpy(),
+        "redshift": np.concatenate(redshift),
+    }
+
+
+def _middle_by_hand(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
+    """Residual stream after block n_layer // 2, averaged over tokens (AstroPT's recipe)."""
+    x = model.tokeniser(tokens) + model.pos_emb(torch.arange(tokens.shape[1]))
+    for block in model.blocks[: model.config.n_layer // 2 + 1]:
+        x = block(x, "causal")
+    return x.mean(dim=1)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("emb") / "emb.parquet"
+    export_embeddings(
+        model, survey_config(model), out, "test", layer="final", batch_size=BATCH,
+        rows_per_part=16, device="cpu", progress=False,
+    )  # fmt: skip
+    return out
+
+
+def test_export_rows_and_numbers_match_the_loader_and_model(exported, direct):
+    ids, emb, catalogue = read_embeddings(exported)
+    assert emb.dtype == np.float32 and emb.shape == (N_GALAXIES, 32)
+    np.testing.assert_array_equal(ids, direct["ids"])
+    assert len(set(ids.tolist())) == N_GALAXIES
+    np.testing.assert_allclose(emb, direct["final"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(catalogue["redshift"].to_numpy(), direct["redshift"])
+    assert {"galaxy10", "is_edge_on", "log_mstar"} <= set(catalogue.columns)
+    assert list(catalogue.index) == list(ids)
+    # The folder reads as one parquet table with a fixed-size float32 list column.
+    table = pq.read_table(exported)
+    assert table.num_rows == N_GALAXIES
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    manifest = read_manifest(exported)
+    assert manifest["complete"] and [p["rows"] for p in manifest["parts"]] == [16, 16, 16]
+
+
+def test_export_twice_is_identical(model, exported, tmp_path):
+    again = tmp_path / "again.parquet"
+    export_embeddings(
+        model, survey_config(model), again, "test", layer="final", batch_size=BATCH,
+        rows_per_part=16, device="cpu", progress=False,
+    )  # fmt: skip
+    assert read_table(again).equals(read_table(exported))
+
+
+def test_middle_layer_is_the_residual_stream_after_block_n_over_2(model, direct):
+    loader = make_loader(survey_config(model), "test", batch_size=BATCH, shuffle=False)
+    batch = next(iter(loader))
+    got = ModelEncoder(model, layer="middle", device="cpu")(batch.tokens).numpy()
+    np.testing.assert_allclose(got, direct["middle"][:BATCH], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, direct["final"][:BATCH])
+
+
+def test_bfloat16_autocast_is_close_to_float32(model):
+    tokens = torch.randn(4, 16, model.config.patch_dim)
+    full = ModelEncoder(model, device="cpu", dtype="float32")(tokens)
+    half = ModelEncoder(model, device="cpu", dtype="bfloat16")(tokens)
+    assert half.dtype == torch.float32
+    assert torch.allclose(full, half, rtol=0.1, atol=0.05)
+
+
+def test_interrupted_export_resumes_without_duplicates_or_gaps(model, exported, tmp_path):
+    out = tmp_path / "resumed.parquet"
+    interrupted = small_model()
+    calls = {"n": 0}
+    real_embed = interrupted.embed
+
+    def failing_embed(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # parts hold 2 batches: one part written, one batch lost
+            raise KeyboardInterrupt
+        return real_embed(*args, **kwargs)
+
+    interrupted.embed = failing_embed
+    options = dict(layer="final", batch_size=BATCH, rows_per_part=16, device="cpu", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        export_embeddings(interrupted, survey_config(model), out, "test", **options)
+    manifest = read_manifest(out)
+    assert not manifest["complete"] and [p["rows"] for p in manifest["parts"]] == [16]
+    with pytest.raises(RuntimeError, match="unfinished"):
+        read_embeddings(out)
+
+    calls["n"] = -100  # no more failures; count the batches the resumed run embeds
+    export_embeddings(interrupted, survey_config(model), out, "test", **options)
+    assert calls["n"] + 100 == N_GALAXIES // BATCH - 2  # restarted after the first part
+    assert read_table(out).equals(read_table(exported))
+
+
+def test_resume_refuses_other_settings_and_foreign_folders(model, exported, tmp_path):
+    with pytest.raises(ValueError, match="pool"):
+        export_embeddings(
+            model, survey_config(model), exported, "test", layer="final", pool="last",
+            batch_size=BATCH, rows_per_part=16, device="cpu", progress=False,
+        )  # fmt: skip
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        export_embeddings(model, survey_config(model), foreign, "test", progress=False)
+    mismatched = DataConfig(source="synthetic", patch_size=16)
+    with pytest.raises(ValueError, match="patch_size"):
+        export_embeddings(model, mismatched, tmp_path / "x.parquet", "test", progress=False)
+
+
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone(model):
+    state = torch.get_rng_state()
+    a, b = random_init_like(model, seed=3), random_init_like(model.config, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert not torch.equal(a.tokeniser.fc1.weight, model.tokeniser.fc1.weight)
+    assert not torch.equal(a.tokeniser.fc1.weight, random_init_like(model, 4).tokeniser.fc1.weight)
+
+
+def test_baselines_share_the_rows_and_pca_keeps_the_top_variance(model, exported, tmp_path):
+    out = tmp_path / "emb.parquet"
+    paths = export_baselines(
+        model, survey_config(model), out, "test", seed=0, layer="final",
+        batch_size=BATCH, rows_per_part=16, device="cpu", progress=False,
+    )  # fmt: skip
+    assert paths == baseline_paths(out)
+    model_ids = read_embeddings(exported)[0]
+    rand_ids, rand_emb, _ = read_embeddings(paths["random"])
+    pca_ids, pca_emb, pca_cat = read_embeddings(paths["pca"])
+    np.testing.assert_array_equal(rand_ids, model_ids)
+    np.testing.assert_array_equal(pca_ids, model_ids)
+    assert rand_emb.shape == pca_emb.shape == (N_GALAXIES, 32)
+    assert "redshift" in pca_cat.columns
+    assert read_manifest(paths["pca"])["settings"]["kind"] == "pixel-pca"
+
+    # Independent check: the PCA scores' variances are the top eigenvalues of
+    # the pixel covariance (all 48 galaxies were used for the fit).
+    pixels = torch.cat(
+        [b.tokens.reshape(len(b), -1) for b in make_loader(
+            survey_config(model), "test", batch_size=BATCH, shuffle=False)]
+    ).double().numpy()  # fmt: skip
+    centred = pixels - pixels.mean(axis=0)
+    gram_eigen = np.sort(np.linalg.eigvalsh(centred @ centred.T))[::-1] / (len(pixels) - 1)
+    np.testing.assert_allclose(pca_emb.var(axis=0, ddof=1)[:5], gram_eigen[:5], rtol=1e-3)
+
+
+def test_read_embeddings_accepts_a_plain_parquet_file(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "id": [5, 7, 9],
+            "redshift": [0.1, 0.2, 0.3],
+            "embedding": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+        }
+    )
+    path = tmp_path / "plain.parquet"
+    frame.to_parquet(path)
+    ids, emb, catalogue = read_embeddings(path)
+    np.testing.assert_array_equal(ids, [5, 7, 9])
+    np.testing.assert_array_equal(emb, [[1, 2], [3, 4], [5, 6]])
+    assert list(catalogue.columns) == ["redshift"]
+
+
+def test_display_rgb_handles_jpeg_range_and_fluxes():
+    unit = torch.rand(2, 3, 16, 16)
+    rgb = display_rgb(unit, 8)
+    assert rgb.shape == (2, 8, 8, 3) and rgb.dtype == np.uint8
+    # Area downsampling of a constant image keeps the value; [0, 1] shown as is.
+    flat = display_rgb(torch.full((1, 3, 16, 16), 0.5), 4)
+    assert np.all(flat == 128)
+    flux = torch.zeros(1, 3, 16, 16)
+    flux[0, 2] = 5.0  # only z is bright: the red channel after z, r, g -> R, G, B
+    flux[0, :, 0, 0] = -1.0
+    shown = display_rgb(flux, 16)
+    assert shown[0, 8, 8, 0] == 255 and shown[0, 8, 8, 2] < 100
+
+
+def test_command_line_with_thumbnails(model, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    out = tmp_path / "cli.parquet"
+    argv = [
+        "--checkpoint", str(model_dir), "--source", "synthetic", "--out", str(out),
+        "--image-size", "32", "--batch-size", "16", "--thumbnails", "8", "--device", "cpu",
+        "--data-opt", f"synthetic_n={N_GALAXIES}", "--data-opt", "synthetic_val_fraction=0",
+        "--data-opt", "synthetic_test_fraction=1.0", "--no-progress", "--max-samples", "20",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    ids, emb, _ = read_embeddings(out)
+    assert emb.shape == (20, 32)
+    thumb_ids, thumbs = read_thumbnails(out, ids[[3, 1]])
+    assert thumbs.shape == (2, 8, 8, 3) and thumbs.dtype == np.uint8
+    np.testing.assert_array_equal(thumb_ids, ids[[3, 1]])
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["meta"]["data_config"]["synthetic_n"] == N_GALAXIES
+    assert manifest["settings"]["layer"] == "final"  # the model's embed_layer default

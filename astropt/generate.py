@@ -1,0 +1,467 @@
+"""Complete galaxies from their centre: autoregressive patch generation.
+
+In spiral order the first tokens of a sequence are the centre of the stamp,
+so a short prefix is "the galaxy" and an autoregressive (``objective="ar"``)
+model can continue it outwards, one patch at a time. AstroPT 2.0.9's own
+``generate`` returns its input unchanged; this module is the working version.
+
+* :func:`complete` continues normalised patch sequences. With the key-value
+  cache (default) each new patch costs one token's forward pass; with
+  ``use_cache=False`` the whole sequence is recomputed at every step (the
+  slow path that the cached one is checked against).
+* :func:`completion_grid` reads galaxies through the data pipeline, completes
+  them from their central ``prefix`` patches and writes a PNG grid plus the
+  arrays (``.npz``); ``sample.py`` is its command line.
+
+Units. Tokens are per-patch normalised (zero mean, unit std over the
+``P*P*C`` values of each patch; :mod:`astropt.tokens`), and so are the
+model's predictions. Shown "as AstroPT does" they are folded back unchanged;
+shown in pixel units each patch is unnormalised with the *true* per-patch
+mean and std of the original image, which the model never predicts (so the
+brightness of each hidden patch comes from the data, its structure from the
+model). The figure title says this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from astropt.hub import atomic_write
+from astropt.model import GPT, KVCache
+from astropt.tokens import denormalise_patches, unpatchify
+
+# Display stretch of per-patch normalised values: +-NORM_CLIP std maps to [0, 1].
+NORM_CLIP = 3.0
+# Colour of patches that were blanked (not given to the model) in the "kept centre" panels.
+BLANK_RGB = (1.0, 1.0, 1.0)
+
+
+# --------------------------------------------------------------------- generation
+def check_can_complete(model: GPT) -> None:
+    """Raise a ValueError that says why ``model`` cannot complete sequences, if it cannot."""
+    cfg = model.config
+    if cfg.objective != "ar":
+        raise ValueError(
+            f"completion needs an autoregressive model (objective='ar'); this model has "
+            f"objective={cfg.objective!r}, which reconstructs masked patches and does not "
+            "predict the next one"
+        )
+    if cfg.attn_type == "full":
+        raise ValueError(
+            "completion needs causal or prefix attention; an 'ar' model with attn_type='full' "
+            "lets every token see the future, so its next-patch predictions are meaningless"
+        )
+
+
+def _check_lengths(model: GPT, n_prefix: int, n_new: int) -> None:
+    cfg = model.config
+    if n_prefix < 1:
+        raise ValueError("completion needs a prefix of at least one patch")
+    if not isinstance(n_new, int) or isinstance(n_new, bool) or n_new < 0:
+        raise ValueError(f"n_new must be a non-negative integer, got {n_new!r}")
+    # The last generated patch is never fed back, so the model sees positions
+    # 0 .. n_prefix + n_new - 2: they must fit in the positional table.
+    if n_prefix + n_new - 1 > cfg.block_size:
+        raise ValueError(
+            f"cannot generate {n_new} patches after a {n_prefix}-patch prefix: the model's "
+            f"block_size is {cfg.block_size}, so prefix + n_new can be at most "
+            f"{cfg.block_size + 1} (at most {cfg.block_size + 1 - n_prefix} new patches here)"
+        )
+
+
+def _prefix_residual_scale(predictions: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """Per-galaxy RMS of the model's teacher-forced errors on the prefix, ``(B, 1, 1)``.
+
+    ``predictions[:, t]`` predicts ``prefix[:, t + 1]``. With a one-patch
+    prefix there is nothing to measure and the scale is 1.0, the std of a
+    normalised patch (what predicting zero would leave).
+    """
+    batch = prefix.shape[0]
+    if prefix.shape[1] < 2:
+        return prefix.new_ones(batch, 1, 1)
+    errors = predictions[:, :-1].float() - prefix[:, 1:].float()
+    return errors.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().to(prefix.dtype)
+
+
+def _noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype
+) -> torch.Tensor:
+    # Draw on the generator's own device so a CPU generator drives a CUDA model
+    # with the same numbers it would give on the CPU.
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def complete(
+    model: GPT,
+    prefix_patches: torch.Tensor,
+    n_new: int,
+    use_cache: bool = True,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    residual_scale: float | None = None,
+) -> torch.Tensor:
+    """Continue normalised patch sequences by ``n_new`` patches.
+
+    ``prefix_patches``: ``(B, K, patch_dim)`` per-patch normalised tokens in
+    the model's order (the first ``K`` of a spiral sequence: the galaxy's
+    centre), ``K >= 1``. Returns the **full** sequence ``(B, K + n_new,
+    patch_dim)`` on the input's device and dtype: ``out[:, :K]`` is the
+    prefix, bit for bit, and ``out[:, K:]`` the generated patches, so the
+    result folds straight back into an image with
+    :func:`astropt.tokens.unpatchify` when ``K + n_new`` is the image's patch count.
+
+    ``use_cache``: with a :class:`~astropt.model.KVCache`, the prefix runs once
+    and each new patch is one token's forward pass; ``False`` recomputes the
+    whole sequence at every step (same numbers within float tolerance; for checking).
+
+    ``temperature``: 0 (default) is deterministic, each new patch being the
+    model's prediction. Above 0, Gaussian noise of standard deviation
+    ``temperature * residual_scale`` is added to every prediction before it
+    is fed back, for diverse completions. ``residual_scale`` is in normalised
+    units; ``None`` (default) measures it per galaxy as the RMS error of the
+    model's own next-patch predictions over its prefix (``K >= 2``; with
+    ``K == 1`` it is 1.0, the std of a normalised patch). ``generator`` drives
+    the noise (a CPU generator works with a model on any device).
+
+    Only ``objective="ar"`` models with causal or prefix attention can
+    complete; a prefix-attention model attends bidirectionally over the ``K``
+    given patches. ``K + n_new - 1`` must not exceed ``block_size``.
+    Dropout is off during generation and the model's train/eval mode is restored.
+    """
+    if prefix_patches.ndim != 3:
+        raise ValueError(
+            f"prefix_patches must be (B, K, patch_dim), got shape {tuple(prefix_patches.shape)}"
+        )
+    batch, n_prefix, dim = prefix_patches.shape
+    check_can_complete(model)
+    _check_lengths(model, n_prefix, n_new)
+    if dim != model.config.patch_dim:
+        raise ValueError(
+            f"prefix patches have {dim} values but the model expects {model.config.patch_dim}"
+        )
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if n_new == 0:
+        return prefix_patches.clone()
+
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    was_training = model.training
+    model.eval()
+    try:
+        sequence = prefix_patches.to(device=device, dtype=dtype)
+        cache = KVCache(model.config.n_layer) if use_cache else None
+        # prefix_len only matters for attn_type="prefix": the known patches see each other.
+        predictions, _ = model(sequence, cache=cache, prefix_len=n_prefix)
+        scale = None
+        if temperature > 0:
+            scale = (
+                _prefix_residual_scale(predictions, sequence)
+                if residual_scale is None
+                else torch.full((batch, 1, 1), float(residual_scale), device=device, dtype=dtype)
+            )
+        new: list[torch.Tensor] = []
+        for step in range(n_new):
+            patch = predictions[:, -1:]
+            if scale is not None:
+                patch = patch + temperature * scale * _noise(
+                    (batch, 1, dim), generator, device, dtype
+                )
+            new.append(patch)
+            if step == n_new - 1:
+                break  # the last patch is returned, never fed back
+            if use_cache:
+                predictions, _ = model(patch, cache=cache, prefix_len=n_prefix)
+            else:
+                sequence = torch.cat([sequence, patch], dim=1)
+                predictions, _ = model(sequence, prefix_len=n_prefix)
+    finally:
+        model.train(was_training)
+    generated = torch.cat(new, dim=1).to(device=prefix_patches.device, dtype=prefix_patches.dtype)
+    return torch.cat([prefix_patches, generated], dim=1)
+
+
+# ------------------------------------------------------------------ folding back
+def fold_tokens(
+    tokens: torch.Tensor,
+    image_hw: tuple[int, int],
+    patch_size: int,
+    order: str = "spiral",
+    transpose_hw: bool = False,
+) -> torch.Tensor:
+    """Fold ``(B, N, P*P*C)`` sequences into ``(B, C, H, W)`` images in display layout.
+
+    ``image_hw`` is the (height, width) of the images the tokens came from.
+    With ``transpose_hw`` (AstroPT's layout) the tokens were cut from the
+    transposed image ``(C, W, H)``; it is folded as such and transposed back,
+    so the result is always the natural ``(C, H, W)``.
+    """
+    height, width = image_hw
+    if transpose_hw:
+        return unpatchify(tokens, (width, height), patch_size, order).transpose(-1, -2)
+    return unpatchify(tokens, (height, width), patch_size, order)
+
+
+# --------------------------------------------------------------- completion grid
+@dataclass
+class CompletionGrid:
+    """What :func:`completion_grid` wrote and measured."""
+
+    png: Path
+    npz: Path
+    n: int  # galaxies completed
+    prefix: int  # patches kept from the centre
+    n_patches: int  # patches per galaxy
+    mse_completion: float  # normalised units, over hidden patches of all galaxies
+    mse_blank: float  # the same for a blank (all-zero) completion
+
+
+def _read_galaxies(data_cfg, split: str, n: int, seed: int):
+    """The first ``n`` galaxies of ``split``: ``(tokens, mean, std, images, ids)`` on the CPU."""
+    from astropt.data import make_loader
+
+    loader = make_loader(
+        data_cfg,
+        split,
+        batch_size=n,
+        shuffle=False,
+        augment=False,
+        seed=seed,
+        drop_last=False,
+        max_samples=n,
+    )
+    parts: dict[str, list] = {"tokens": [], "mean": [], "std": [], "images": [], "ids": []}
+    have = 0
+    for batch in loader:
+        take = min(n - have, batch.tokens.shape[0])
+        for name in ("tokens", "mean", "std", "images"):
+            parts[name].append(getattr(batch, name)[:take].detach().cpu().float())
+        parts["ids"].extend(list(batch.ids)[:take])
+        have += take
+        if have >= n:
+            break
+    if have == 0:
+        raise ValueError(f"no galaxies could be read from split {split!r} of {data_cfg.path!r}")
+    if have < n:
+        warnings.warn(
+            f"split {split!r} holds only {have} galaxies; completing {have}", stacklevel=3
+        )
+    tokens, mean, std, images = (torch.cat(parts[k]) for k in ("tokens", "mean", "std", "images"))
+    return tokens, mean, std, images, parts["ids"]
+
+
+def _is_display_rgb(images: np.ndarray) -> bool:
+    """True for pixels already in [0, 1] (decoded JPEG/PNG colour, shown as stored)."""
+    return images.shape[1] == 3 and images.min() >= 0.0 and images.max() <= 1.0
+
+
+def _to_display(
+    images: np.ndarray, kind: str, rgb: bool, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """``(B, C, H, W)`` values to ``(B, H, W, 3)`` display colours in [0, 1].
+
+    ``kind="normalised"``: +-NORM_CLIP std to [0, 1]. ``kind="pixel"``:
+    decoded colour images are shown as they are; other data (float bands)
+    get a linear stretch between the 0.5 and 99.5 percentiles of the
+    galaxy's ``reference`` image, and three float bands g, r, z are shown as
+    z, r, g in R, G, B (the survey's colour convention).
+    """
+    if kind == "normalised":
+        shown = images / (2 * NORM_CLIP) + 0.5
+    elif rgb:
+        shown = images
+    else:
+        ref = images if reference is None else reference
+        low = np.percentile(ref, 0.5, axis=(1, 2, 3), keepdims=True)
+        high = np.percentile(ref, 99.5, axis=(1, 2, 3), keepdims=True)
+        shown = (images - low) / np.maximum(high - low, 1e-12)
+        if images.shape[1] == 3:
+            shown = shown[:, ::-1]
+    if shown.shape[1] == 3:
+        colour = shown
+    else:  # one band, or a band count with no colour convention: grey from the band mean
+        colour = np.repeat(shown.mean(axis=1, keepdims=True), 3, axis=1)
+    return np.clip(colour, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+
+def _blank_outside(display: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Paint pixels outside the kept centre (``kept``: ``(B, H, W)`` bool) in the blank colour."""
+    out = display.copy()
+    out[~kept] = BLANK_RGB
+    return out
+
+
+def _plot_grid(panels: list[tuple[str, np.ndarray]], title: str, ids: list, out_png: Path) -> None:
+    """One column per galaxy, one row per panel kind; written atomically as PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    n_rows, n_cols = len(panels), panels[0][1].shape[0]
+    cell, label_width = 1.25, 1.0  # inches
+    width = max(cell * n_cols + label_width, 6.0)
+    # About 16 characters per inch at 8 points; the title gets as many lines as it needs.
+    lines = textwrap.wrap(title, width=int(width * 16))
+    title_height = 0.2 + 0.16 * len(lines)
+    height = cell * n_rows + title_height
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for row, (label, images) in enumerate(panels):
+        for col in range(n_cols):
+            ax = axes[row, col]
+            ax.imshow(images[col], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(label, fontsize=7)
+            if row == 0:
+                ax.set_title(str(ids[col])[:14], fontsize=6)
+    fig.suptitle("\n".join(lines), fontsize=8, y=1 - 0.08 / height, va="top")
+    grid_width = min(cell * n_cols, width - label_width - 0.1)
+    fig.subplots_adjust(
+        left=label_width / width,
+        right=(label_width + grid_width) / width,
+        bottom=0.02 / height,
+        top=1 - title_height / height,
+        wspace=0.04,
+        hspace=0.04,
+    )
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def completion_grid(
+    model: GPT,
+    data_cfg,
+    out_png: str | Path,
+    n: int = 16,
+    prefix: int = 16,
+    split: str = "test",
+    temperature: float = 0.0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> CompletionGrid:
+    """Complete ``n`` galaxies from their central ``prefix`` patches; write a PNG grid and ``.npz``.
+
+    ``data_cfg``: an :class:`astropt.data.DataConfig` for the source; its
+    ``patch_size``, ``order`` and ``transpose_hw`` are replaced by the
+    model's, augmentation is off and galaxies are read in stored order (the
+    first ``n`` of ``split``). ``temperature``/``seed``: noise of
+    :func:`complete` and its generator. ``device``: default the model's.
+
+    The PNG has one column per galaxy and six rows: original, kept centre
+    (hidden patches blank) and completion, first per-patch normalised (as
+    AstroPT shows them), then in pixel units (each patch unnormalised with the
+    original image's own per-patch mean and std). The ``.npz`` beside it
+    (same name) holds ``ids``, ``prefix``, ``tokens`` (true, normalised),
+    ``completion`` (normalised, prefix included), ``mean``/``std`` (per patch),
+    ``images`` (original pixels ``(n, C, H, W)``), ``completion_pixels`` and
+    ``completion_normalised`` (folded, ``(n, C, H, W)``), ``kept`` (``(n, H,
+    W)`` bool) and per-galaxy ``mse_completion``/``mse_blank`` over hidden patches.
+    """
+    check_can_complete(model)  # before reading any data
+    out_png = Path(out_png)
+    cfg = model.config
+    data_cfg = dataclasses.replace(
+        data_cfg,
+        patch_size=cfg.patch_size,
+        order=cfg.order,
+        transpose_hw=cfg.transpose_hw,
+        augment=False,
+    )
+    tokens, mean, std, images, ids = _read_galaxies(data_cfg, split, n, seed)
+    n_got, n_patches, _ = tokens.shape
+    if not 1 <= prefix < n_patches:
+        raise ValueError(f"prefix must be between 1 and {n_patches - 1} patches, got {prefix}")
+    if device is not None:
+        model = model.to(device)
+    run_device = next(model.parameters()).device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    completion = complete(
+        model,
+        tokens[:, :prefix].to(run_device),
+        n_patches - prefix,
+        temperature=temperature,
+        generator=generator,
+    ).cpu()
+
+    hidden_true, hidden_pred = tokens[:, prefix:], completion[:, prefix:]
+    mse_completion = (hidden_pred - hidden_true).pow(2).mean(dim=(1, 2))
+    mse_blank = hidden_true.pow(2).mean(dim=(1, 2))
+
+    image_hw = (images.shape[-2], images.shape[-1])
+
+    def fold(seq: torch.Tensor) -> np.ndarray:
+        return fold_tokens(seq, image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw).numpy()
+
+    kept_tokens = torch.zeros(n_got, n_patches, tokens.shape[-1])
+    kept_tokens[:, :prefix] = 1.0
+    kept = fold(kept_tokens).max(axis=1) > 0.5
+    norm_true, norm_completion = fold(tokens), fold(completion)
+    pixel_completion = fold(denormalise_patches(completion, mean, std))
+    originals = images.numpy()
+    rgb = _is_display_rgb(originals)
+
+    def show_pixels(x: np.ndarray) -> np.ndarray:
+        return _to_display(x, "pixel", rgb, reference=originals)
+
+    panels = [
+        ("original\n(normalised)", _to_display(norm_true, "normalised", rgb)),
+        (
+            "kept centre\n(normalised)",
+            _blank_outside(_to_display(norm_true, "normalised", rgb), kept),
+        ),
+        ("completion\n(normalised)", _to_display(norm_completion, "normalised", rgb)),
+        ("original\n(pixels)", show_pixels(originals)),
+        ("kept centre\n(pixels)", _blank_outside(show_pixels(originals), kept)),
+        ("completion\n(pixels)", show_pixels(pixel_completion)),
+    ]
+    noise = "deterministic" if temperature == 0 else f"temperature {temperature:g}, seed {seed}"
+    title = (
+        f"Completion from the central {prefix} of {n_patches} patches ({cfg.order} order, "
+        f"{noise}). Rows 1-3: per-patch normalised, as AstroPT shows them (+-{NORM_CLIP:g} std); "
+        f"rows 4-6: pixel units,\neach patch unnormalised with the original's own per-patch "
+        f"mean/std (the model predicts shape within a patch, not its brightness). "
+        f"MSE on hidden patches (normalised): completion {mse_completion.mean():.3f}, "
+        f"blank {mse_blank.mean():.3f}"
+    )
+    _plot_grid(panels, title, ids, out_png)
+
+    npz_path = out_png.with_suffix(".npz")
+    arrays = {
+        "ids": np.asarray([str(i) for i in ids]),
+        "prefix": np.asarray(prefix),
+        "temperature": np.asarray(temperature),
+        "seed": np.asarray(seed),
+        "tokens": tokens.numpy(),
+        "completion": completion.numpy(),
+        "mean": mean.numpy(),
+        "std": std.numpy(),
+        "images": originals,
+        "completion_pixels": pixel_completion,
+        "completion_normalised": norm_completion,
+        "kept": kept,
+        "mse_completion": mse_completion.numpy(),
+        "mse_blank": mse_blank.numpy(),
+    }
+
+    def write_npz(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file handle: numpy would append ".npz" to a name
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(npz_path, write_npz)
+    return CompletionGrid(
+        png=out_png,
+        npz=npz_path,
+        n=n_got,
+        prefix=prefix,
+        n_patches=n_patches,
+        mse_completion=float(mse_completion.mean()),
+        mse_blank=float(mse_blank.mean()),
+    )

@@ -555,6 +555,8 @@ class Trainer:
             device=self.device,
             **common,
         )
+        # Every evaluation reads the same batches: rewind to this state first.
+        self._val_start = self.val_loader.state_dict()
 
     def _wrap(self, model: GPT) -> None:
         """The module the loop calls: compiled and/or DDP/FSDP-wrapped objective."""
@@ -789,6 +791,7 @@ class Trainer:
         # evaluation of an MAE or prefix model draws the same masks.
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(self.cfg.seed + 7919)
+            self.val_loader.load_state_dict(self._val_start)
             for index, batch in enumerate(self.val_loader):
                 if index >= self.cfg.eval_iters:
                     break
@@ -828,7 +831,12 @@ class Trainer:
     # --------------------------------------------------------------- loop
     def _next_batch(self, iterator: Iterator) -> Any:
         try:
-            return next(iterator)
+            # torch's DataLoader draws a worker seed from the global RNG whenever
+            # it starts an epoch; keep that away from the training RNG (MAE
+            # masks, prefixes, dropout), or a resumed run would drift from an
+            # uninterrupted one.
+            with torch.random.fork_rng(devices=[]):
+                return next(iterator)
         except StopIteration:
             raise RuntimeError(
                 "the training loader stopped although it was asked to repeat: "

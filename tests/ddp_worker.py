@@ -1,0 +1,60 @@
+"""One process of the torchrun test: ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT SURVEY CACHE``.
+
+Trains a tiny model for 3 steps (batch 2 per process, ``grad_accum=2`` over the
+two processes: one micro-batch each) on the real data pipeline and writes, per
+rank, the ids and tokens it read at each step to ``OUT/rank{R}.pt``; the test
+compares step 1 with one process on the two ranks' batches concatenated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from astropt.config import load_config
+from astropt.training import train
+
+
+def main() -> None:
+    out, survey, cache = sys.argv[1:4]
+    torch.set_num_threads(1)
+    cfg = load_config(
+        None,
+        [
+            f"out_dir={out}",
+            "data.source=hf",
+            f"data.path={survey}",
+            f"data.cache_dir={cache}",
+            "data.augment=false",
+            "model.n_layer=2",
+            "model.n_head=2",
+            "model.n_embd=32",
+            "model.block_size=4",
+            "batch_size=2",
+            "grad_accum=2",
+            "max_iters=3",
+            "eval_interval=3",
+            "eval_iters=2",
+            "log_interval=1",
+            "log_checkpoints=3",  # steps 0, 1 and 3
+            "optim.warmup_iters=1",
+            "optim.lr=3e-3",
+            "peak_flops=1e9",
+            "preview=false",
+            "progress=false",
+        ],
+    )
+    seen: dict[str, list] = {"ids": [], "tokens": []}
+
+    def record(step: int, info: dict) -> None:
+        seen["ids"].append([i for b in info["batches"] for i in b.ids])
+        seen["tokens"].append(torch.cat([b.tokens for b in info["batches"]]).cpu())
+
+    train(cfg, on_step=record)
+    torch.save(seen, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+
+
+if __name__ == "__main__":
+    main()

@@ -719,7 +719,7 @@ def run_study(
     rungs: Sequence[str] | None = None,
     results: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
-    probe: bool = False,
+    probe: bool | str = False,
     dry_run: bool = False,
     train_fn: TrainFn | None = None,
     probe_fn: ProbeFn | None = None,
@@ -734,7 +734,9 @@ def run_study(
         budgets, data_sizes, data_rung, data_budget, seeds, rungs: replace the
             ladder's defaults (see ``plan_runs``).
         overrides: extra ``key=value`` for every run (after the ladder's).
-        probe: embed and probe each finished run (scores go into its row).
+        probe: embed and probe each finished run (scores go into its row):
+            True or ``"all"``; ``"compute"``: the compute sweep only (the
+            probe-versus-parameters figure needs no more).
         dry_run: print the plan (steps and compute per run) and train nothing.
         train_fn, probe_fn, load_config_fn: injectable for tests; default
             ``astropt.training.train``, ``default_probe`` and
@@ -825,7 +827,8 @@ def run_study(
             "run_dir": str(run_dir),
             "summary": summary,
         }
-        if probe and rank == 0 and probe_fn is not None:
+        wants_probe = probe in (True, "all") or probe == spec.sweep
+        if wants_probe and rank == 0 and probe_fn is not None:
             scores = probe_fn(run_dir, cfg)
             row["probe"] = scores
             row["probe_score"] = _probe_score(scores)
@@ -1245,7 +1248,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-budget", type=float, help="FLOPs of the data sweep runs")
     run.add_argument("--rungs", type=_names, help="only these rungs (comma separated)")
     run.add_argument("--seeds", type=_ints, help="seeds (comma separated; default the ladder's)")
-    run.add_argument("--probe", action="store_true", help="embed and probe every finished run")
+    run.add_argument(
+        "--probe",
+        nargs="?",
+        const="all",
+        choices=["all", "compute"],
+        help="embed and probe each finished run (all, or the compute sweep only)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (1 is fastest on a shared, oversubscribed machine)",
+    )
     run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
     run.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
@@ -1267,6 +1281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.command == "run":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         ladder = load_ladder(args.ladder)
         out = Path(args.out) if args.out else Path("runs") / "scaling" / ladder.name
         run_study(
@@ -1280,7 +1298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rungs=args.rungs,
             results=args.results,
             overrides=args.overrides,
-            probe=args.probe,
+            probe=args.probe or False,
             dry_run=args.dry_run,
         )
         return 0

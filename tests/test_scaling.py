@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -393,11 +395,11 @@ def test_fit_study_and_cli_write_fits_and_figures(tmp_path):
 TINY = """
 overrides = [
     "device=cpu", "dtype=float32", "data.source=synthetic", "data.image_size=64",
-    "data.synthetic_n=400", "model.block_size=16", "model.tokeniser=affine",
-    "batch_size=8", "eval_iters=1", "eval_batch_size=16", "log_interval=1000",
-    "preview=false", "progress=false", "peak_flops=1e12",
+    "model.block_size=16", "model.tokeniser=affine", "batch_size=8", "eval_iters=1",
+    "eval_batch_size=30", "log_interval=1000", "preview=false", "progress=false",
+    "peak_flops=1e12",
 ]
-budgets = [2e8, 6e8]
+budgets = [1e8, 4e8]
 data_sizes = [16, 64]
 data_rung = "w16"
 evals_per_run = 2
@@ -412,8 +414,21 @@ overrides = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2"]
 """
 
 
+@pytest.fixture(scope="module")
+def tiny_survey(tmp_path_factory):
+    """300 synthetic 64x64 galaxies (train 240, validation 30, test 30) on disk."""
+    out = tmp_path_factory.mktemp("survey")
+    script = Path(__file__).resolve().parents[1] / "data" / "make_synthetic_survey.py"
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--n", "300", "--image-size", "64",
+         "--seed", "0", "--quiet", "--overwrite"],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
 @pytest.mark.slow
-def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path):
+def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path, tiny_survey):
     from astropt.training import train
 
     ladder = load_ladder(_write_ladder(tmp_path, TINY))
@@ -424,7 +439,7 @@ def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path):
         return train(cfg)
 
     out = tmp_path / "study"
-    rows = run_study(ladder, out, train_fn=counted_train)
+    rows = run_study(ladder, out, train_fn=counted_train, overrides=[f"data.path={tiny_survey}"])
     assert len(rows) == len(calls) == 6
     for row in rows:
         summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
@@ -440,16 +455,25 @@ def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path):
         assert len(row["curve"]) >= 2 and row["curve"][-1][1] == row["final_val_loss"]
     # train_samples limits the training split of the data sweep.
     by_id = {r["run_id"]: r for r in rows}
-    assert by_id["w16_C6e8_D16_s0"]["train_galaxies"] == 16
-    assert by_id["w16_C6e8_Dall_s0"]["train_galaxies"] == 320  # 400 - 10% - 10%
+    assert by_id["w16_C4e8_D16_s0"]["train_galaxies"] == 16
+    assert by_id["w16_C4e8_Dall_s0"]["train_galaxies"] == 240  # the survey's train split
 
     calls.clear()
     assert run_study(ladder, out, train_fn=counted_train) == [] and calls == []
+
+    # The probe hook: embed the test split with the run's model, probe the headline targets.
+    cfg = scaling.build_run(
+        plan_runs(ladder)[0], ladder, out, overrides=[f"data.path={tiny_survey}"]
+    )[0]
+    targets = ["redshift", "log_mstar", "is_edge_on"]
+    scores = scaling.default_probe(Path(rows[0]["run_dir"]), cfg, targets=targets)
+    assert sorted(scores) == sorted(targets)
+    assert all(math.isfinite(v) for v in scores.values())
 
     fig = tmp_path / "fig"
     assert (
         scaling.main(["fit", str(out / "results.jsonl"), "--out", str(fig), "--n-boot", "20"]) == 0
     )
     saved = json.loads((fig / "fit.json").read_text())
-    assert [p["galaxies"] for p in saved["data"]["points"]] == [16, 64, 320]
+    assert [p["galaxies"] for p in saved["data"]["points"]] == [16, 64, 240]
     assert (fig / "loss_vs_compute.png").is_file() and (fig / "loss_vs_data.png").is_file()

@@ -7,7 +7,7 @@ sequence. "cached" runs the prefix once and then one token per new patch;
 a cache has to do). Both run in this process on the same model and prefix;
 the table also shows that they produce the same patches.
 
-    python bench/generate.py [--width 128] [--batch 1 8] [--device cpu] [--repeats 2] [--threads N]
+    python bench/generate.py [--width 128] [--batch 1 8] [--device cpu] [--repeats 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch's default). One by default: a decode step of a "
+        "small model is too small to split, and on a shared CPU more threads only add contention",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,6 +22,7 @@ from astropt.data import (
     TokenLoader,
     make_loader,
 )
+from astropt.tokens import images_to_tokens
 
 P = 8  # patch size for the 32x32 test stamps: a 4x4 grid, 16 tokens
 
@@ -257,8 +258,15 @@ def test_token_layout_matches_the_design(tiny_survey, hf_cache, transpose_hw):
     batch = next(iter(make_loader(cfg, "test", batch_size=6)))
     assert batch.tokens.shape == (6, 16, P * P * 3) and batch.tokens.dtype == torch.float32
     assert batch.mean.shape == batch.std.shape == (6, 16, 1)
+    assert batch.images.dtype == torch.float32 and batch.images.shape == (6, 3, 32, 32)
     expected = _expected_tokens(batch.images.numpy(), transpose_hw)
     np.testing.assert_allclose(batch.tokens.numpy(), expected, atol=2e-4)
+    # The same as astropt.tokens on the batch's images (8-bit batches are tokenised
+    # as integers, so agreement is to rounding, not bitwise).
+    tokens, mean, std = images_to_tokens(batch.images, P, "spiral", transpose_hw)
+    torch.testing.assert_close(batch.tokens, tokens, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch.mean, mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch.std, std, atol=1e-6, rtol=0)
     # The centre patch (raster 9 of a 4x4 grid) comes first; mean/std undo the normalisation.
     image = batch.images[0].transpose(1, 2) if transpose_hw else batch.images[0]
     centre = image[:, 2 * P : 3 * P, 1 * P : 2 * P].permute(1, 2, 0).reshape(-1)
@@ -468,6 +476,9 @@ def test_config_errors_are_explicit():
         DataConfig(image_size=40, patch_size=16)
     with pytest.raises(ValueError, match="order"):
         DataConfig(order="zigzag")
+    # A mistyped survey folder must not turn into a Hub download attempt.
+    with pytest.raises(FileNotFoundError, match="make_synthetic_survey"):
+        make_loader(DataConfig(source="synthetic", path="no/such/survey"), batch_size=2)
 
 
 def test_images_not_divisible_by_the_patch_need_a_crop(tiny_survey, hf_cache):
@@ -496,7 +507,9 @@ def test_on_the_fly_synthetic_survey():
     assert "redshift" in batch.catalogue and len(batch.catalogue["redshift"]) == 4
     # A galaxy depends only on its index: the same galaxy arrives identical in a
     # different batch composition.
-    plain = collect(make_loader(cfg, "train", batch_size=5, shuffle=False, augment=False))
+    plain = collect(
+        make_loader(cfg, "train", batch_size=5, shuffle=False, augment=False, drop_last=False)
+    )
     by_id = {i: img for b in plain for i, img in zip(b.ids, b.images, strict=True)}
     for i, img in zip(batch.ids, batch.images, strict=True):
         assert torch.equal(by_id[i], img)

@@ -21,6 +21,7 @@ batch an uninterrupted loader would have yielded next.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -159,7 +160,6 @@ class DataConfig:
         return [f.name for f in fields(cls)]
 
 
-@dataclass
 class Batch:
     """One batch of token sequences and what they came from.
 
@@ -170,14 +170,37 @@ class Batch:
     natural layout (``transpose_hw`` affects only the tokens). ``ids`` and each
     ``catalogue`` column have length ``B``. ``B`` can be below the requested
     batch size when samples were skipped.
+
+    8-bit images are kept as uint8 until ``images`` is first read (a training
+    step never reads them), and may be stored channels-last: call
+    ``.contiguous()`` before ``.view()``.
     """
 
-    tokens: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    ids: list
-    catalogue: dict[str, np.ndarray]
-    images: torch.Tensor
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        ids: list,
+        catalogue: dict[str, np.ndarray],
+        images: torch.Tensor,
+    ) -> None:
+        self.tokens = tokens
+        self.mean = mean
+        self.std = std
+        self.ids = ids
+        self.catalogue = catalogue
+        self._images = images
+
+    @property
+    def images(self) -> torch.Tensor:
+        if self._images.dtype == torch.uint8:
+            self._images = self._images.to(torch.float32).div_(255.0)
+        return self._images
+
+    @images.setter
+    def images(self, value: torch.Tensor) -> None:
+        self._images = value
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -197,7 +220,15 @@ class Batch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def __repr__(self) -> str:
+        return (
+            f"Batch(tokens={tuple(self.tokens.shape)}, images={tuple(self._images.shape)}, "
+            f"ids={self.ids[:3]}{'...' if len(self.ids) > 3 else ''}, "
+            f"catalogue={list(self.catalogue)}, device={self.tokens.device})"
+        )
+
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on ``device`` (ids and catalogue shared)."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Batch(
             tokens=move(self.tokens),
@@ -205,16 +236,44 @@ class Batch:
             std=move(self.std),
             ids=self.ids,
             catalogue=self.catalogue,
-            images=move(self.images),
+            images=move(self._images),
         )
 
 
 # ------------------------------------------------------------------ worker side
 
 
+@dataclass(frozen=True)
+class _TokenSpec:
+    patch_size: int
+    order: str
+    transpose_hw: bool
+
+
+def _tokenize(
+    images: torch.Tensor, spec: _TokenSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``images_to_tokens`` on a whole batch; uint8 batches are tokenised as integers.
+
+    Per-patch normalisation does not depend on the pixel unit, so 8-bit
+    values give the same tokens as their /255 scaling while skipping a full
+    float pass (and a 4x larger gather); only mean and std are rescaled.
+    """
+    tokens, mean, std = images_to_tokens(images, spec.patch_size, spec.order, spec.transpose_hw)
+    if images.dtype == torch.uint8:
+        mean, std = mean.div_(255.0), std.div_(255.0)
+    return tokens, mean, std
+
+
 @dataclass
 class _RawBatch:
-    """A decoded, stacked batch as it leaves a worker (images uint8 or float32)."""
+    """A stacked batch as it leaves a worker.
+
+    ``images``: ``(B, C, H, W)`` uint8 (8-bit sources) or float32 (scaled),
+    a view of a channels-last buffer. ``tokens``/``mean``/``std`` are filled in
+    the worker when the target device is the CPU, else left for the main
+    process to make on the device.
+    """
 
     pos: int
     images: torch.Tensor
@@ -222,6 +281,9 @@ class _RawBatch:
     catalogue: dict[str, np.ndarray]
     skipped: list[tuple[str, str, str]]
     read: int
+    tokens: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
 
     def pin_memory(self) -> _RawBatch:  # called by the DataLoader's pinning thread
         self.images = self.images.pin_memory()
@@ -232,7 +294,15 @@ def _keep(raw: Any) -> Any:
     return raw
 
 
-def _assemble(source: Any, rows: Rows, augs: Any, prep: Prep, strict: bool, pos: int) -> _RawBatch:
+def _assemble(
+    source: Any,
+    rows: Rows,
+    augs: Any,
+    prep: Prep,
+    strict: bool,
+    pos: int,
+    spec: _TokenSpec | None,
+) -> _RawBatch:
     """Decode, check, crop, augment and stack one batch of rows (runs in a worker)."""
     kept: list[int] = []
     arrays: list[np.ndarray] = []
@@ -249,26 +319,27 @@ def _assemble(source: Any, rows: Rows, augs: Any, prep: Prep, strict: bool, pos:
             array = augment(array, int(augs[j]))
         kept.append(j)
         arrays.append(array)
-    shape = arrays[0].shape if arrays else (prep.shape or (0, 0, 0))
-    # Pure 8-bit batches cross the process boundary as uint8 and are scaled on
-    # the device; anything else is scaled here, sample by sample.
-    if arrays and all(a.dtype == np.uint8 for a in arrays):
-        stack = np.empty((len(arrays), *shape), dtype=np.uint8)
-        for i, array in enumerate(arrays):
-            stack[i] = array
-    else:
-        stack = np.empty((len(arrays), *shape), dtype=np.float32)
-        for i, array in enumerate(arrays):
-            stack[i] = scale(array, prep)
+    chan, height, width = arrays[0].shape if arrays else (prep.shape or (0, 0, 0))
+    # The buffer is channels-last: decoded JPEGs are (H, W, C) already, so each
+    # copy below is contiguous, and the patch gather reads C-contiguous rows.
+    # Pure 8-bit batches stay uint8 (a quarter of the bytes) until the device.
+    eight_bit = bool(arrays) and all(a.dtype == np.uint8 for a in arrays)
+    stack = np.empty((len(arrays), height, width, chan), np.uint8 if eight_bit else np.float32)
+    for i, array in enumerate(arrays):
+        stack[i] = (array if eight_bit else scale(array, prep)).transpose(1, 2, 0)
+    images = torch.from_numpy(stack).permute(0, 3, 1, 2)
     index = np.asarray(kept, dtype=np.intp)
-    return _RawBatch(
+    raw = _RawBatch(
         pos=pos,
-        images=torch.from_numpy(stack),
+        images=images,
         ids=[rows.ids[j] for j in kept],
         catalogue={k: v[index] for k, v in rows.catalogue.items()},
         skipped=skipped,
         read=len(rows.names),
     )
+    if spec is not None and arrays:
+        raw.tokens, raw.mean, raw.std = _tokenize(images, spec)
+    return raw
 
 
 @dataclass(frozen=True)
@@ -352,12 +423,12 @@ class _BatchKeys(Sampler):
 class _MapBatches(TorchDataset):
     """Map source -> one assembled batch per :class:`_Key`."""
 
-    def __init__(self, source: Any, prep: Prep, strict: bool) -> None:
-        self.source, self.prep, self.strict = source, prep, strict
+    def __init__(self, source: Any, prep: Prep, strict: bool, spec: _TokenSpec | None) -> None:
+        self.source, self.prep, self.strict, self.spec = source, prep, strict, spec
 
     def __getitem__(self, key: _Key) -> _RawBatch:
         rows = self.source.fetch(key.indices)
-        return _assemble(self.source, rows, key.augs, self.prep, self.strict, key.pos)
+        return _assemble(self.source, rows, key.augs, self.prep, self.strict, key.pos, self.spec)
 
 
 class _StreamBatches(TorchIterableDataset):
@@ -382,8 +453,10 @@ class _StreamBatches(TorchIterableDataset):
         augment: bool,
         seed: int,
         rank: int,
+        spec: _TokenSpec | None,
     ) -> None:
         self.stream, self.reader, self.prep, self.strict = stream, reader, prep, strict
+        self.spec = spec
         self.batch_size, self.drop_last, self.augment = batch_size, drop_last, augment
         self.seed, self.rank = seed, rank
         self.epoch = 0
@@ -403,7 +476,7 @@ class _StreamBatches(TorchIterableDataset):
             if self.augment:
                 rng = np.random.default_rng([self.seed, self.epoch, self.rank, g, 3])
                 augs = rng.integers(0, 8, table.num_rows)
-            yield _assemble(self.reader, rows, augs, self.prep, self.strict, g)
+            yield _assemble(self.reader, rows, augs, self.prep, self.strict, g, self.spec)
 
 
 # ------------------------------------------------------------------------ main side
@@ -450,6 +523,7 @@ class TokenLoader:
         self._dataset = dataset
         self._keys = keys
         self._pin = device.type == "cuda"
+        self._spec = _TokenSpec(cfg.patch_size, cfg.order, cfg.transpose_hw)
         workers = cfg.num_workers
         self._loader = DataLoader(
             dataset,
@@ -525,12 +599,10 @@ class TokenLoader:
             )
 
     def _finish(self, raw: _RawBatch) -> Batch:
+        if raw.tokens is not None:  # made by the worker: the device is the CPU
+            return Batch(raw.tokens, raw.mean, raw.std, raw.ids, raw.catalogue, raw.images)
         images = raw.images.to(self.device, non_blocking=self._pin)
-        if images.dtype == torch.uint8:
-            images = images.to(torch.float32).div_(255.0)
-        tokens, mean, std = images_to_tokens(
-            images, self.cfg.patch_size, self.cfg.order, self.cfg.transpose_hw
-        )
+        tokens, mean, std = _tokenize(images, self._spec)
         return Batch(tokens, mean, std, raw.ids, raw.catalogue, images)
 
     # -- bookkeeping
@@ -672,6 +744,11 @@ def make_loader(
         softening=cfg.asinh_softening,
     )
 
+    # Tokens are made where the batch is used: on a CPU target inside the
+    # workers (the work spreads over them), on an accelerator after the copy.
+    worker_spec = (
+        _TokenSpec(cfg.patch_size, cfg.order, cfg.transpose_hw) if device.type == "cpu" else None
+    )
     streaming = cfg.streaming and cfg.source != "folder" and bool(cfg.path)
     if cfg.streaming and not streaming:
         log.info(
@@ -680,6 +757,7 @@ def make_loader(
         )
 
     if streaming:
+        _check_survey_folder(cfg)
         stream, label = open_hf(cfg, split, streaming=True)
         if stream.features is not None:
             schema = stream.features.arrow_schema
@@ -712,6 +790,7 @@ def make_loader(
             augment,
             seed,
             rank,
+            worker_spec,
         )
         keys = None
     else:
@@ -722,6 +801,7 @@ def make_loader(
             source = SyntheticSource(cfg, split, max_samples)
             label = f"synthetic survey (seed {cfg.synthetic_seed}) [{split}]"
         else:
+            _check_survey_folder(cfg)
             ds, label = open_hf(cfg, split, streaming=False)
             source = HFMapSource(ds, cfg, label, max_samples)
         if isinstance(source, SyntheticSource) and cfg.bands is None:
@@ -747,7 +827,7 @@ def make_loader(
                 f"{label}: rank {rank} of {world_size} gets {plan.per_rank} samples, not one "
                 f"batch of {batch_size}{' (drop_last is on)' if drop_last else ''}"
             )
-        dataset = _MapBatches(source, prep, cfg.strict)
+        dataset = _MapBatches(source, prep, cfg.strict, worker_spec)
         keys = _BatchKeys(plan)
     return TokenLoader(
         dataset=dataset,
@@ -763,6 +843,17 @@ def make_loader(
         world_size=world_size,
         shuffle=shuffle,
     )
+
+
+def _check_survey_folder(cfg: DataConfig) -> None:
+    # A synthetic survey path is a local folder: never let a typo fall through
+    # to a Hub lookup.
+    if cfg.source == "synthetic" and not os.path.isdir(cfg.path):
+        raise FileNotFoundError(
+            f"synthetic survey folder {cfg.path!r} not found: write one with "
+            f"python data/make_synthetic_survey.py --out {cfg.path} --n N --image-size S, "
+            "or set data.path='' to render galaxies on the fly"
+        )
 
 
 def _with_shape(prep: Prep, shape: tuple[int, int, int], cfg: DataConfig) -> Prep:

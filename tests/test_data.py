@@ -170,6 +170,12 @@ def test_resume_continues_with_exactly_the_next_batch(tiny_survey, hf_cache, wor
     _resume_matches(cfg, "train", cut=3, total=8, batch_size=8, seed=11)
     # A cut exactly at the end of an epoch.
     _resume_matches(cfg, "train", cut=5, total=7, batch_size=8, seed=11)
+    # Leaving a for-loop and starting another on the same loader continues too
+    # (the workers' prefetched batches are discarded, not skipped over).
+    loader = make_loader(cfg, "train", batch_size=8, seed=11, repeat=True)
+    pieces = collect(loader, 2) + collect(loader, 4)
+    straight = collect(make_loader(cfg, "train", batch_size=8, seed=11, repeat=True), 6)
+    assert [b.ids for b in pieces] == [b.ids for b in straight]
 
 
 def test_resume_streaming_with_workers(tiny_survey, hf_cache):

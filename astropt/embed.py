@@ -138,11 +138,31 @@ class PixelPCAEncoder:
         return digest.hexdigest()
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX tiles
+    (elsewhere bfloat16 is emulated and slower than float32).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        try:
+            return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+        except Exception:  # private helpers: treat any surprise as "no"
+            return False
+    return False
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """``"auto"``: bfloat16 on a CUDA device that supports it, else float32."""
+    """``"auto"``: bfloat16 autocast where the device has native bfloat16 matmuls, else float32.
+
+    Embeddings feed linear probes, where bfloat16's ~3 significant digits
+    change nothing, and it runs about 2x faster (CPU with AVX512-BF16) or more (GPU).
+    """
     if dtype == "auto":
-        ok = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return "bfloat16" if ok else "float32"
+        return "bfloat16" if native_bf16(device) else "float32"
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
     return dtype
@@ -606,8 +626,9 @@ def export_embeddings(
 
     ``layer``: ``"final"``, ``"middle"`` or a block index (default the model's
     ``config.embed_layer``); ``pool``: ``"mean"``, ``"prefix"`` (first ``prefix``
-    tokens) or ``"last"``; ``dtype``: ``"auto"`` (bfloat16 autocast on CUDA
-    when supported), ``"float32"`` or ``"bfloat16"``; ``thumbnails``: side in
+    tokens) or ``"last"``; ``dtype``: ``"auto"`` (bfloat16 autocast where the
+    device has native bfloat16 matmuls, see :func:`resolve_dtype`), ``"float32"``
+    or ``"bfloat16"``; ``thumbnails``: side in
     pixels of RGB thumbnails stored per galaxy for UMAP stamp panels (0 = none).
     Rerunning the same call resumes an interrupted export. Returns ``out``.
     """
@@ -800,6 +821,7 @@ def export_baselines_for(path: str | Path, **overrides) -> dict[str, Path]:
         "batch_size": settings["batch_size"],
         "rows_per_part": settings["rows_per_part"],
         "max_samples": settings["max_samples"],
+        "dtype": settings.get("dtype", "auto"),
     }
     options.update(overrides)
     return export_baselines(model, data_cfg, path, settings["split"], **options)

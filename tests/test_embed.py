@@ -91,7 +91,7 @@ def exported(model, tmp_path_factory):
     out = tmp_path_factory.mktemp("emb") / "emb.parquet"
     export_embeddings(
         model, survey_config(model), out, "test", layer="final", batch_size=BATCH,
-        rows_per_part=16, device="cpu", progress=False,
+        rows_per_part=16, device="cpu", dtype="float32", progress=False,
     )  # fmt: skip
     return out
 
@@ -117,7 +117,7 @@ def test_export_twice_is_identical(model, exported, tmp_path):
     again = tmp_path / "again.parquet"
     export_embeddings(
         model, survey_config(model), again, "test", layer="final", batch_size=BATCH,
-        rows_per_part=16, device="cpu", progress=False,
+        rows_per_part=16, device="cpu", dtype="float32", progress=False,
     )  # fmt: skip
     assert read_table(again).equals(read_table(exported))
 
@@ -125,7 +125,8 @@ def test_export_twice_is_identical(model, exported, tmp_path):
 def test_middle_layer_is_the_residual_stream_after_block_n_over_2(model, direct):
     loader = make_loader(survey_config(model), "test", batch_size=BATCH, shuffle=False)
     batch = next(iter(loader))
-    got = ModelEncoder(model, layer="middle", device="cpu")(batch.tokens).numpy()
+    got = ModelEncoder(model, layer="middle", device="cpu", dtype="float32")(batch.tokens)
+    got = got.numpy()
     np.testing.assert_allclose(got, direct["middle"][:BATCH], rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, direct["final"][:BATCH])
 
@@ -151,7 +152,10 @@ def test_interrupted_export_resumes_without_duplicates_or_gaps(model, exported, 
         return real_embed(*args, **kwargs)
 
     interrupted.embed = failing_embed
-    options = dict(layer="final", batch_size=BATCH, rows_per_part=16, device="cpu", progress=False)
+    options = dict(
+        layer="final", batch_size=BATCH, rows_per_part=16, device="cpu", dtype="float32",
+        progress=False,
+    )  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         export_embeddings(interrupted, survey_config(model), out, "test", **options)
     manifest = read_manifest(out)

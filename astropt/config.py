@@ -83,15 +83,13 @@ class RunConfig:
     init_from: str | None = None  # start from these weights (model/run folder, ckpt.pt, Hub id)
     seed: int = 0
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
-        "auto"  # autocast; auto: bf16 on CUDA
-    )
+    # Autocast dtype; auto: bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False  # torch.compile the model
     batch_size: int = 8  # galaxies per micro-batch per process
     train_samples: int | None = None  # use only the first N galaxies of the train split
-    grad_accum: int = (
-        1  # micro-batches per optimiser step over ALL processes (divided by world size)
-    )
+    # Micro-batches per optimiser step over ALL processes (each runs grad_accum / world size).
+    grad_accum: int = 1
     parallel: Literal["ddp", "fsdp"] = "ddp"  # how torchrun processes share the model
     peak_flops: float | None = None  # FLOP/s for MFU; None: measured matmul peak of this device
     preview: bool = True  # reconstruction preview PNG at each evaluation

@@ -181,13 +181,28 @@ class SelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        if attn_type == "causal" and past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:
+        mask, is_causal = None, attn_type == "causal" and past == 0
+        if not is_causal:
             mask = attention_mask(attn_type, seq, past + seq, prefix_len, x.device)
             if attn_type == "causal" and seq == 1:
                 mask = None  # one new token sees every cached one
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if x.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # torch's CPU attention kernels are slower in bf16 than in fp32 at
+            # these head sizes (fwd+bwd, head_dim 16-64: 1.2x to 10x slower), so
+            # attend in fp32 (autocast off, or it would cast straight back).
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(
+                    q.float(),
+                    k.float(),
+                    v.float(),
+                    attn_mask=mask,
+                    dropout_p=dropout,
+                    is_causal=is_causal,
+                ).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
+            )
         y = y.transpose(1, 2).reshape(batch, seq, width)
         return self.resid_dropout(self.proj(y))
 

@@ -42,6 +42,7 @@ def main() -> None:
             "optim.warmup_iters=1",
             "optim.lr=3e-3",
             "peak_flops=1e9",
+            "dtype=float32",
             "preview=false",
             "progress=false",
         ],

@@ -77,6 +77,7 @@ def make_cfg(survey, hf_cache, tmp_path):
                 "optim.warmup_iters=2",
                 "optim.lr=3e-3",
                 "peak_flops=1e9",
+                "dtype=float32",  # exact comparisons are fp32 ones
                 "preview=false",
                 "progress=false",
                 *overrides,

@@ -603,7 +603,12 @@ class Trainer:
             )
         return self.raw_model.state_dict()
 
-    def _full_optim_state(self) -> dict:
+    def _full_optim_state(self) -> dict | None:
+        if not self.optimizer.state:
+            # Before the first step there is nothing to save; and torch's
+            # distributed state-dict helper would "initialise" the state by
+            # running a zero-gradient step, shifting Adam's step count by one.
+            return None
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
@@ -692,7 +697,9 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
         self.best_val = float(state["best_val_loss"])
         self.best_step = state.get("best_step")
-        if self.fsdp:
+        if state["optimizer"] is None:
+            pass  # saved before the first step: a fresh optimiser is the same
+        elif self.fsdp:
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 set_optimizer_state_dict,
@@ -812,6 +819,11 @@ class Trainer:
                     _, loss = model.compute_loss(tokens)
                 total[0] += loss.double() * tokens.shape[0]
                 total[1] += tokens.shape[0]
+        if self.fsdp:
+            # FSDP keeps the root's parameters gathered after a forward without
+            # backward; shard them again so the optimiser's parameters are the
+            # module's (checkpointing maps one onto the other).
+            model.reshard()
         self._all_reduce(total)
         model.train(was_training)
         if total[1] == 0:

@@ -1,7 +1,8 @@
-"""One process of the torchrun test: ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT SURVEY CACHE``.
+"""One process of the torchrun test: ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT SURVEY CACHE MODE``.
 
 Trains a tiny model for 3 steps (batch 2 per process, ``grad_accum=2`` over the
-two processes: one micro-batch each) on the real data pipeline and writes, per
+two processes: one micro-batch each) on the real data pipeline, the model
+replicated (``MODE=ddp``) or sharded (``MODE=fsdp``), and writes, per
 rank, the ids and tokens it read at each step to ``OUT/rank{R}.pt``; the test
 compares step 1 with one process on the two ranks' batches concatenated.
 """
@@ -18,7 +19,7 @@ from astropt.training import train
 
 
 def main() -> None:
-    out, survey, cache = sys.argv[1:4]
+    out, survey, cache, mode = sys.argv[1:5]
     torch.set_num_threads(1)
     cfg = load_config(
         None,
@@ -43,6 +44,7 @@ def main() -> None:
             "optim.lr=3e-3",
             "peak_flops=1e9",
             "dtype=float32",
+            f"parallel={mode}",
             "preview=false",
             "progress=false",
         ],

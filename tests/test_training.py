@@ -359,8 +359,11 @@ def test_cli_config_errors_exit_2_naming_the_key(capsys):
 
 # ------------------------------------------------------------- torchrun
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process_on_the_joint_batch(tmp_path, survey, hf_cache):
-    out = tmp_path / "ddp"
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one_process_on_the_joint_batch(
+    tmp_path, survey, hf_cache, mode
+):
+    out = tmp_path / mode
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [
         sys.executable,
@@ -372,6 +375,7 @@ def test_torchrun_two_processes_match_one_process_on_the_joint_batch(tmp_path, s
         str(out),
         survey.path,
         hf_cache,
+        mode,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -392,7 +396,9 @@ def test_torchrun_two_processes_match_one_process_on_the_joint_batch(tmp_path, s
     optimizer.step()
     logged = rows(out)[1]
     assert logged["step"] == 1
-    assert logged["train_loss"] == pytest.approx(float(loss), rel=1e-5)  # mean over both ranks
+    assert logged["train_loss"] == pytest.approx(
+        float(loss.detach()), rel=1e-5
+    )  # mean of both ranks
     assert logged["grad_norm"] == pytest.approx(float(norm), rel=1e-4)  # scale-sensitive
     after = load_file(str(out / "checkpoints" / "step-0000001" / "model.safetensors"))
     for name, value in model.state_dict().items():

@@ -25,6 +25,10 @@ the path with or without ``.toml``)::
     data_sizes = [250, 500, 1000]      # training galaxies of the data sweep
     data_rung = "w64-l4"               # shape (and `data_budget`) of the data sweep
     data_budget = 1e12
+    evals_per_run = 8                  # validation points per run (learning curves)
+    warmup_frac = 0.05                 # warmup as a fraction of each run's steps
+    min_steps = 1                      # skip (rung, budget) pairs outside these step counts
+    max_steps = 100000
 
     [[rungs]]
     name = "w64-l4"
@@ -33,6 +37,13 @@ the path with or without ``.toml``)::
     [[rungs]]
     name = "astropt-095M"
     config = "../astropt-095M.toml"    # a rung may point at its own run config
+
+Each run's config is the rung's (or ``base``) file, then the ladder's
+overrides, the rung's, the command line's, then what the study sets:
+``out_dir=OUT/RUN_ID``, ``seed``, ``max_iters`` (budget / FLOPs per step),
+``eval_interval``, ``optim.warmup_iters``, ``optim.decay_iters=none`` (the
+cosine ends with the run), ``train_samples`` (data sweep) and ``resume=true``
+(an interrupted run continues from its last checkpoint).
 
 Units: compute in training FLOPs (forward + backward, the model's
 ``flops_per_token(seq_len)`` estimate times tokens processed), data size in
@@ -313,6 +324,10 @@ class Ladder:
     data_budget: float | None = None  # its budget (default: largest budget)
     evals_per_run: int = 8  # validation points per run (learning curves for the frontier)
     warmup_frac: float | None = 0.05  # optim.warmup_iters as a fraction of max_iters; None: keep
+    # Compute sweep only: skip a (rung, budget) with fewer steps (the shape is too
+    # big for the budget) or more (too small to matter at that budget).
+    min_steps: int = 1
+    max_steps: int | None = None
     seed: int = 0
 
     def rung(self, name: str) -> Rung:
@@ -332,6 +347,8 @@ _LADDER_KEYS = {
     "data_budget",
     "evals_per_run",
     "warmup_frac",
+    "min_steps",
+    "max_steps",
     "seed",
     "rungs",
 }
@@ -396,6 +413,8 @@ def load_ladder(path: str | os.PathLike) -> Ladder:
         data_rung=raw.get("data_rung"),
         data_budget=None if raw.get("data_budget") is None else float(raw["data_budget"]),
         evals_per_run=int(raw.get("evals_per_run", 8)),
+        min_steps=int(raw.get("min_steps", 1)),
+        max_steps=None if raw.get("max_steps") is None else int(raw["max_steps"]),
         warmup_frac=None
         if raw.get("warmup_frac", 0.05) is None
         else float(raw.get("warmup_frac", 0.05)),
@@ -700,6 +719,9 @@ def build_run(
         # A fixed warmup (AstroPT's 2000 steps) would be most of a small budget:
         # scale it with the run, as the cosine decay already is (decay_iters = max_iters).
         sized.append(f"optim.warmup_iters={round(ladder.warmup_frac * max_iters)}")
+    # The cosine ends with the run (Chinchilla): a run config's fixed decay_iters
+    # (AstroPT's 29700) would leave a short run at peak learning rate.
+    sized.append("optim.decay_iters=none")
     # A run folder without a result row is an interrupted run: continue it (with
     # no checkpoint there, training starts from scratch).
     sized.append("resume=true")
@@ -788,6 +810,19 @@ def run_study(
             load_config_fn=load_config_fn,
         )
         compute = max_iters * geom.flops_per_step
+        # The bounds prune the compute grid; a data sweep is chosen deliberately.
+        if spec.sweep == "compute" and (
+            max_iters < ladder.min_steps
+            or (ladder.max_steps is not None and max_iters > ladder.max_steps)
+        ):
+            log.info(
+                "skip %s: %d steps is outside the ladder's [min_steps, max_steps] = [%d, %s]",
+                spec.run_id,
+                max_iters,
+                ladder.min_steps,
+                ladder.max_steps,
+            )
+            continue
         if dry_run:
             print(
                 f"{spec.run_id:40s} N={geom.n_params:>13,d} steps={max_iters:>8d} "
@@ -862,43 +897,90 @@ def default_probe(
     run_dir: Path,
     cfg: Any,
     *,
-    split: str = "test",
+    splits: Sequence[str] = ("validation", "test"),
     max_samples: int | None = None,
     targets: Sequence[str] | None = None,
 ) -> dict:
     """Probe scores of a finished run: ``{target: headline metric}``.
 
-    Embeds ``split`` of the run's own data (augmentation off) with the run's
-    model (``checkpoints/best``, else ``latest``), then fits the linear probes
-    of :mod:`astropt.probe` on the headline targets (AstroPT's: magnitudes,
-    sSFR, stellar mass, redshift, morphology) present in the catalogue. The
-    headline metric is R^2 for a regression target and balanced accuracy for
-    a classification one, so their mean (``probe_score``) is higher-is-better.
+    Embeds the held-out ``splits`` of the run's own data (augmentation off;
+    both by default: a few hundred more galaxies make the scores much less
+    noisy) with the run's model (``checkpoints/best``, else ``latest``), then
+    fits the linear probes of :mod:`astropt.probe` on the headline targets
+    (AstroPT's: magnitudes, sSFR, stellar mass, redshift, morphology) present
+    in the catalogue. The headline metric is R^2 for a regression target and
+    balanced accuracy for a classification one, so their mean
+    (``probe_score``) is higher-is-better.
     """
-    from astropt.embed import export_embeddings
+    import pandas as pd
+
+    from astropt.embed import export_embeddings, read_embeddings
     from astropt.hub import load_model
-    from astropt.probe import HEADLINE_TARGETS, load_embedding_sets, resolve_targets, run_probes
+    from astropt.probe import HEADLINE_TARGETS, resolve_targets, run_probes
 
     model = load_model(run_dir)
     data_cfg = dataclasses.replace(cfg.data, augment=False, num_workers=0)
     device = "cpu" if getattr(cfg, "device", "auto") == "cpu" else "auto"
-    path = export_embeddings(
-        model,
-        data_cfg,
-        Path(run_dir) / f"embeddings-{split}",
-        split=split,
-        device=device,
-        max_samples=max_samples,
-        overwrite=True,
-        progress=False,
-    )
+    parts = []
+    for split in splits:
+        path = export_embeddings(
+            model,
+            data_cfg,
+            Path(run_dir) / f"embeddings-{split}",
+            split=split,
+            device=device,
+            max_samples=max_samples,
+            overwrite=True,
+            progress=False,
+        )
+        parts.append(read_embeddings(path))
+    ids = np.concatenate([p[0] for p in parts])
+    features = np.concatenate([p[1] for p in parts])
+    catalogue = pd.concat([p[2] for p in parts], ignore_index=True)
     if targets is None:
-        _, _, catalogue = load_embedding_sets({"model": path})
         available = {t.name for t in resolve_targets(None, catalogue)}
         targets = [t for t in HEADLINE_TARGETS if t.split(">")[0] in catalogue.columns]
         targets = targets or sorted(available)
-    run = run_probes({"model": path}, list(targets), label_sizes=None, folds=3)
+    run = run_probes(
+        {"model": (ids, features, catalogue)}, list(targets), label_sizes=None, folds=3
+    )
     return {str(row["target"]): float(row["model"]) for _, row in run.summary.iterrows()}
+
+
+def probe_results(
+    results: str | os.PathLike,
+    *,
+    sweep: str | None = "compute",
+    force: bool = False,
+    probe_fn: ProbeFn | None = None,
+) -> int:
+    """Probe finished runs of a results file after the fact; returns how many.
+
+    Rows of ``sweep`` (None: all) without probe scores (or all with
+    ``force``) are probed from their run folder's ``config.json`` and the
+    file is rewritten atomically with the scores added.
+    """
+    from astropt.config import load_config
+    from astropt.hub import atomic_write_text
+
+    probe_fn = probe_fn or default_probe
+    rows = read_results(results)
+    done = 0
+    for row in rows:
+        if sweep is not None and row.get("sweep") != sweep:
+            continue
+        if row.get("probe") and not force:
+            continue
+        run_dir = Path(row["run_dir"])
+        cfg = load_config(run_dir / "config.json", [])
+        row["probe"] = probe_fn(run_dir, cfg)
+        row["probe_score"] = _probe_score(row["probe"])
+        done += 1
+        log.info("probed %s: mean score %.4f", row["run_id"], row["probe_score"])
+    if done:
+        text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+        atomic_write_text(Path(results), text)
+    return done
 
 
 # ======================================================================
@@ -925,8 +1007,15 @@ def _fit_or_none(x, y, **kwargs) -> PowerLawFit | None:
         return None
 
 
-def compute_points(rows: Sequence[dict], use_curves: bool = True) -> list[dict]:
-    """(compute, loss) points of the compute sweep: final losses, plus learning curves."""
+def compute_points(
+    rows: Sequence[dict], use_curves: bool = True, curve_from: float = 0.25
+) -> list[dict]:
+    """(compute, loss) points of the compute sweep: final losses, plus learning curves.
+
+    Learning-curve points count from ``curve_from`` of each run's compute on:
+    the first evaluations fall in the warmup, at a learning rate no run of that
+    size would end with, and would otherwise set the low end of the frontier.
+    """
     points = []
     for row in rows:
         if row.get("sweep", "compute") != "compute" or _loss(row) is None:
@@ -937,20 +1026,34 @@ def compute_points(rows: Sequence[dict], use_curves: bool = True) -> list[dict]:
         if use_curves:
             for c, loss in row.get("curve") or []:
                 # The last evaluation duplicates the final loss.
-                if c < row["compute"] * (1 - 1e-9) and _finite(loss):
+                early = c < curve_from * row["compute"]
+                if not early and c < row["compute"] * (1 - 1e-9) and _finite(loss):
                     points.append({"compute": c, "loss": loss, "rung": row["rung"], "final": False})
     return points
 
 
-def data_points(rows: Sequence[dict]) -> tuple[list[dict], str | None, float | None]:
-    """Rows of the data sweep (one rung, one budget), with the full-split run when sized."""
-    sweep = [r for r in rows if r.get("sweep") == "data" and _loss(r) is not None]
+def data_points(
+    rows: Sequence[dict], rung: str | None = None, budget: float | None = None
+) -> tuple[list[dict], str | None, float | None]:
+    """Rows of one data sweep (one rung, one budget), with the full-split run when sized.
+
+    Without ``rung``/``budget``: the sweep with the most runs, ties going to
+    the larger budget (more epochs over small subsets: more data-limited).
+    """
+    sweep = [
+        r
+        for r in rows
+        if r.get("sweep") == "data"
+        and _loss(r) is not None
+        and (rung is None or r["rung"] == rung)
+        and (budget is None or float(r["budget_flops"]) == float(budget))
+    ]
     if not sweep:
         return [], None, None
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in sweep:
         groups.setdefault((r["rung"], float(r["budget_flops"])), []).append(r)
-    (rung, budget), members = max(groups.items(), key=lambda kv: len(kv[1]))
+    (rung, budget), members = max(groups.items(), key=lambda kv: (len(kv[1]), kv[0][1]))
     for r in rows:
         if (
             r.get("sweep", "compute") == "compute"
@@ -974,9 +1077,15 @@ def fit_study(
     ci: float = 0.95,
     seed: int = 0,
     use_curves: bool = True,
+    curve_from: float = 0.25,
+    data_rung: str | None = None,
+    data_budget: float | None = None,
 ) -> dict:
     """Fit L(C) on the compute-optimal frontier, L(D) on the data sweep, L(N) per shape.
 
+    The frontier is the Pareto set of final losses and (with ``use_curves``)
+    learning-curve points from ``curve_from`` of each run on, at compute no
+    smaller than the smallest finished run's.
     L(N) uses each shape's lowest final loss over the budgets (its best
     converged estimate on this grid). A law with fewer than three distinct
     x values is not fitted (None); with exactly three it is fitted without
@@ -985,7 +1094,12 @@ def fit_study(
     kw = {"n_boot": n_boot, "ci": ci, "seed": seed}
     out: dict[str, Any] = {"n_runs": len(rows)}
 
-    pts = compute_points(rows, use_curves)
+    pts = compute_points(rows, use_curves, curve_from)
+    # Below the smallest budget the frontier would be made only of early
+    # evaluations of bigger runs: it starts at the smallest finished run.
+    finals = [p["compute"] for p in pts if p["final"]]
+    c_min = min(finals) * (1 - 1e-9) if finals else 0.0
+    pts = [p for p in pts if p["compute"] >= c_min]
     frontier = [
         pts[i] for i in pareto_frontier([p["compute"] for p in pts], [p["loss"] for p in pts])
     ]
@@ -995,9 +1109,10 @@ def fit_study(
         "frontier": frontier,
         "points": len(pts),
         "use_curves": use_curves,
+        "curve_from": curve_from,
     }
 
-    dpts, d_rung, d_budget = data_points(rows)
+    dpts, d_rung, d_budget = data_points(rows, data_rung, data_budget)
     fit_d = _fit_or_none([p["galaxies"] for p in dpts], [p["loss"] for p in dpts], **kw)
     out["data"] = {
         "fit": fit_d.to_dict() if fit_d else None,
@@ -1006,21 +1121,46 @@ def fit_study(
         "budget_flops": d_budget,
     }
 
-    best: dict[str, dict] = {}
-    for r in rows:
-        if r.get("sweep", "compute") != "compute" or _loss(r) is None:
-            continue
-        if r["rung"] not in best or _loss(r) < _loss(best[r["rung"]]):
-            best[r["rung"]] = r
-    npts = sorted(
-        (
-            {"rung": k, "n_params": v["n_params"], "loss": _loss(v), "compute": v["compute"]}
-            for k, v in best.items()
-        ),
-        key=lambda p: p["n_params"],
-    )
-    fit_n = _fit_or_none([p["n_params"] for p in npts], [p["loss"] for p in npts], **kw)
-    out["params"] = {"fit": fit_n.to_dict() if fit_n else None, "points": npts}
+    # L(N): each shape at the largest budget every shape reached, so the shapes
+    # are compared at equal compute (a shape trained only at a bigger budget
+    # would otherwise look better for its compute, not its size).
+    compute_rows = [r for r in rows if r.get("sweep", "compute") == "compute" and _loss(r)]
+    by_rung: dict[str, dict[float, dict]] = {}
+    for r in compute_rows:
+        by_rung.setdefault(r["rung"], {})[float(r["budget_flops"])] = r
+    common = set.intersection(*(set(b) for b in by_rung.values())) if by_rung else set()
+    npts: list[dict] = []
+    note = None
+    if common:
+        budget_n = max(common)
+        npts = sorted(
+            (
+                {
+                    "rung": k,
+                    "n_params": v[budget_n]["n_params"],
+                    "loss": _loss(v[budget_n]),
+                    "compute": v[budget_n]["compute"],
+                }
+                for k, v in by_rung.items()
+            ),
+            key=lambda p: p["n_params"],
+        )
+    else:
+        budget_n = None
+        note = "no budget shared by every shape"
+    fit_n = None
+    if len(npts) >= 3 and npts[-1]["loss"] >= npts[0]["loss"]:
+        # A law that falls with N cannot describe a loss that rises with N:
+        # at these budgets the smaller shapes win (compute-limited, not size-limited).
+        note = "loss rises with N at this budget (compute-limited)"
+    elif npts:
+        fit_n = _fit_or_none([p["n_params"] for p in npts], [p["loss"] for p in npts], **kw)
+    out["params"] = {
+        "fit": fit_n.to_dict() if fit_n else None,
+        "points": npts,
+        "budget_flops": budget_n,
+        "note": note,
+    }
 
     out["probe"] = [
         {
@@ -1049,7 +1189,8 @@ def format_report(fit: dict) -> str:
     for key, x_name in (("compute", "FLOPs"), ("data", "galaxies"), ("params", "parameters")):
         f = fit[key]["fit"]
         if f is None:
-            lines.append(f"| L({key}) | {x_name} | not fitted (fewer than 3 x values) ||||||")
+            why = fit[key].get("note") or "fewer than 3 x values"
+            lines.append(f"| L({key}) | {x_name} | not fitted: {why} ||||||")
             continue
         ci = f"{round(100 * f['ci'])}%"
         lines.append(
@@ -1133,7 +1274,6 @@ def plot_study(rows: Sequence[dict], fit: dict, out_dir: str | os.PathLike) -> l
         _draw_fit(ax, fit["compute"]["fit"], min(fc), max(fc) * 3)
     ax.set(
         xscale="log",
-        yscale="log",
         xlabel="training compute C (FLOPs)",
         ylabel="validation loss (Huber)",
         title="Loss against compute",
@@ -1150,7 +1290,6 @@ def plot_study(rows: Sequence[dict], fit: dict, out_dir: str | os.PathLike) -> l
         _draw_fit(ax, fit["data"]["fit"], min(dx), max(dx) * 2)
         ax.set(
             xscale="log",
-            yscale="log",
             xlabel="training galaxies D",
             ylabel="validation loss (Huber)",
             title=f"Loss against data ({fit['data']['rung']}, "
@@ -1176,14 +1315,24 @@ def plot_study(rows: Sequence[dict], fit: dict, out_dir: str | os.PathLike) -> l
                 alpha=0.6,
                 label=f"C={format_flops(budget)}",
             )
-        ax.plot(nx, [p["loss"] for p in npts], "ks", mfc="none", ms=8, label="best per shape")
+        shared = fit["params"]["budget_flops"]
+        ax.plot(
+            nx,
+            [p["loss"] for p in npts],
+            "ks",
+            mfc="none",
+            ms=8,
+            label=f"compared at C={format_flops(shared)}",
+        )
         _draw_fit(ax, fit["params"]["fit"], min(nx), max(nx) * 2)
+        title = "Loss against parameters"
+        if fit["params"]["fit"] is None and fit["params"].get("note"):
+            title += f"\n(not fitted: {fit['params']['note']})"
         ax.set(
             xscale="log",
-            yscale="log",
             xlabel="parameters N (without positions)",
             ylabel="validation loss (Huber)",
-            title="Loss against parameters",
+            title=title,
         )
         ax.legend(fontsize=7)
         save(fig, "loss_vs_params.png")
@@ -1263,6 +1412,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
     run.add_argument("overrides", nargs="*", help="key=value overrides for every run")
 
+    probe = sub.add_parser("probe", help="probe finished runs of a results file afterwards")
+    probe.add_argument("results", help="results JSONL written by `run`")
+    probe.add_argument(
+        "--sweep", default="compute", choices=["compute", "data", "all"], help="rows to probe"
+    )
+    probe.add_argument("--force", action="store_true", help="probe rows that have scores too")
+    probe.add_argument("--threads", type=int, help="torch CPU threads")
+
     fit = sub.add_parser("fit", help="fit the power laws and draw the figures")
     fit.add_argument("results", help="results JSONL written by `run`")
     fit.add_argument("--out", help="folder for fit.json and PNGs (default: beside RESULTS)")
@@ -1274,6 +1431,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="frontier from final losses only (default: learning curves too)",
     )
+    fit.add_argument(
+        "--curve-from",
+        type=float,
+        default=0.25,
+        help="learning-curve points count from this fraction of each run's compute (0.25)",
+    )
+    fit.add_argument("--data-rung", help="data sweep to fit (default: the one with most runs)")
+    fit.add_argument("--data-budget", type=float, help="budget of the data sweep to fit")
     return parser
 
 
@@ -1303,13 +1468,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
 
+    if args.command == "probe":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        sweep = None if args.sweep == "all" else args.sweep
+        count = probe_results(args.results, sweep=sweep, force=args.force)
+        print(f"probed {count} runs of {args.results}")
+        return 0
+
     rows = read_results(args.results)
     if not rows:
         print(f"no rows in {args.results}", file=sys.stderr)
         return 1
     out = Path(args.out) if args.out else Path(args.results).parent
     fit = fit_study(
-        rows, n_boot=args.n_boot, ci=args.ci, seed=args.seed, use_curves=not args.no_curves
+        rows,
+        n_boot=args.n_boot,
+        ci=args.ci,
+        seed=args.seed,
+        use_curves=not args.no_curves,
+        curve_from=args.curve_from,
+        data_rung=args.data_rung,
+        data_budget=args.data_budget,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit.json").write_text(json.dumps(fit, indent=2, default=_json_default) + "\n")

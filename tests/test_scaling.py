@@ -123,6 +123,62 @@ def test_pareto_frontier_keeps_lowest_loss_at_each_compute():
     assert pareto_frontier([1, 2], [float("nan"), 1.0]).tolist() == [1]
 
 
+def test_compute_points_drop_warmup_evaluations_and_the_duplicate_final_one():
+    row = {
+        "rung": "r",
+        "sweep": "compute",
+        "compute": 100.0,
+        "final_val_loss": 1.0,
+        "curve": [[10.0, 5.0], [50.0, 2.0], [100.0, 1.0]],
+    }
+    data_row = {**row, "sweep": "data", "final_val_loss": 0.5}
+    pts = scaling.compute_points([row, data_row], curve_from=0.25)
+    assert sorted((p["compute"], p["loss"]) for p in pts) == [(50.0, 2.0), (100.0, 1.0)]
+    assert len(scaling.compute_points([row], use_curves=False)) == 1
+    assert len(scaling.compute_points([row], curve_from=0.0)) == 3
+
+
+def test_data_points_pick_one_sweep_and_add_its_full_split_run():
+    def row(rung, budget, size, loss, sweep="data"):
+        return {
+            "rung": rung,
+            "budget_flops": budget,
+            "sweep": sweep,
+            "data_size": size,
+            "train_galaxies": size if size else 1000,
+            "final_val_loss": loss,
+        }
+
+    rows = [row("a", 1e9, d, 1.0) for d in (10, 20)]
+    rows += [row("b", 3e9, d, 2.0) for d in (10, 20)]
+    rows += [row("b", 3e9, None, 1.5, "compute"), row("a", 3e9, None, 9.0, "compute")]
+    pts, rung, budget = scaling.data_points(rows)
+    # Equal numbers of runs: the larger budget wins; its full-split run joins it.
+    assert (rung, budget) == ("b", 3e9)
+    assert [(p["galaxies"], p["loss"]) for p in pts] == [(10, 2.0), (20, 2.0), (1000, 1.5)]
+    pts, rung, budget = scaling.data_points(rows, rung="a")
+    assert (rung, budget) == ("a", 1e9) and len(pts) == 2
+
+
+def test_params_law_compares_shapes_at_a_shared_budget_and_refuses_a_rising_loss():
+    def row(rung, n, budget, loss):
+        return {"rung": rung, "n_params": n, "budget_flops": budget, "compute": budget,
+                "sweep": "compute", "final_val_loss": loss}  # fmt: skip
+
+    falling = [row(r, n, c, saturating_power_law(n, 0.5, 30.0, 0.4) + 1e9 / c)
+               for r, n in (("a", 1e4), ("b", 1e5), ("c", 1e6), ("d", 1e7))
+               for c in (1e10, 1e11)]  # fmt: skip
+    # A bigger budget for the smallest shape only must not enter the comparison.
+    falling.append(row("a", 1e4, 1e13, 0.1))
+    fit = scaling.fit_study(falling, n_boot=50)["params"]
+    assert fit["budget_flops"] == 1e11 and fit["note"] is None
+    assert fit["fit"]["alpha"] == pytest.approx(0.4, rel=1e-3)
+
+    rising = [row(r, n, 1e10, 0.3 + 0.01 * i) for i, (r, n) in enumerate((("a", 1e4), ("b", 1e5), ("c", 1e6)))]  # fmt: skip
+    fit = scaling.fit_study(rising, n_boot=0)["params"]
+    assert fit["fit"] is None and "rises with N" in fit["note"]
+
+
 # ---------------------------------------------------------------- ladders
 
 
@@ -134,7 +190,7 @@ def _write_ladder(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
 
 LADDER = """
 overrides = ["data.image_size=64", "batch_size=4", "grad_accum=2"]
-budgets = [2e8, 1e8]
+budgets = [2e9, 1e9]
 data_sizes = [64, 32]
 evals_per_run = 4
 
@@ -193,10 +249,10 @@ def test_plan_covers_every_rung_and_budget_then_the_data_sweep(tmp_path):
     ladder = load_ladder(_write_ladder(tmp_path, LADDER))
     specs = plan_runs(ladder)
     compute = [(s.rung.name, s.budget) for s in specs if s.sweep == "compute"]
-    assert compute == [("small", 1e8), ("big", 1e8), ("small", 2e8), ("big", 2e8)]
+    assert compute == [("small", 1e9), ("big", 1e9), ("small", 2e9), ("big", 2e9)]
     data = [(s.rung.name, s.budget, s.data_size) for s in specs if s.sweep == "data"]
     # Default data rung: the middle of the ladder (index len // 2); budget: the largest.
-    assert data == [("big", 2e8, 32), ("big", 2e8, 64)]
+    assert data == [("big", 2e9, 32), ("big", 2e9, 64)]
     assert len({s.run_id for s in specs}) == len(specs)
     assert scaling.format_flops(3e11) == "3e11" and scaling.format_flops(2.5e12) == "2.5e12"
 
@@ -248,11 +304,12 @@ def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
         assert cfg.resume  # an interrupted run folder is continued, not refused
         assert cfg.optim.warmup_iters == round(0.05 * cfg.max_iters)  # ladder default warmup_frac
         assert cfg.eval_interval == max(1, cfg.max_iters // 4)  # evals_per_run = 4
+        assert cfg.optim.decay_iters is None  # the cosine ends with each run
         assert row["final_val_loss"] is not None
         assert len(row["curve"]) >= 1 and row["curve"][-1][0] <= row["compute"] * (1 + 1e-9)
     # Bigger budgets, more steps; the data sweep trains the same shape.
     by_id = {r["run_id"]: r for r in results}
-    assert by_id["small_C2e8_Dall_s0"]["max_iters"] > by_id["small_C1e8_Dall_s0"]["max_iters"]
+    assert by_id["small_C2e9_Dall_s0"]["max_iters"] > by_id["small_C1e9_Dall_s0"]["max_iters"]
 
     # Second call: everything is in the results file, nothing is trained again.
     again = _StubTrain()
@@ -267,6 +324,26 @@ def test_runner_converts_budgets_and_skips_finished_runs(tmp_path):
     rows = run_study(ladder, out, train_fn=third)
     assert [r["run_id"] for r in rows] == [dropped] and len(third.calls) == 1
     assert sorted(r["run_id"] for r in read_results(out / "results.jsonl")) == sorted(by_id)
+
+
+def test_step_bounds_prune_the_compute_grid_only(tmp_path):
+    ladder = load_ladder(_write_ladder(tmp_path, LADDER))
+    steps = {}
+    for spec in plan_runs(ladder):
+        steps[spec.run_id] = scaling.build_run(spec, ladder, tmp_path / "plan")[2]
+    big_most = max(v for k, v in steps.items() if k.startswith("big_") and "_Dall_" in k)
+    small_least = min(v for k, v in steps.items() if k.startswith("small_"))
+    assert big_most < small_least  # the bigger shape takes fewer steps per budget
+    bounded = load_ladder(
+        _write_ladder(tmp_path, f"min_steps = {big_most + 1}\n" + LADDER, "bounded.toml")
+    )
+    train = _StubTrain()
+    rows = run_study(bounded, tmp_path / "study", train_fn=train)
+    # Every compute run of "big" has too few steps; its data sweep still runs.
+    assert sorted(r["run_id"] for r in rows) == sorted(
+        [k for k in steps if k.startswith("small_")] + [k for k in steps if "_Dall_" not in k]
+    )
+    assert all(r["sweep"] == "data" for r in rows if r["rung"] == "big")
 
 
 def test_runner_under_torchrun_counts_all_ranks_and_only_rank0_writes(tmp_path, monkeypatch):
@@ -469,6 +546,20 @@ def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path, tiny_surve
     scores = scaling.default_probe(Path(rows[0]["run_dir"]), cfg, targets=targets)
     assert sorted(scores) == sorted(targets)
     assert all(math.isfinite(v) for v in scores.values())
+
+    # Probing afterwards: rows gain scores, computed from each run folder's config.json.
+    seen = []
+
+    def fake_probe(run_dir, cfg):
+        seen.append((run_dir.name, cfg.train_samples))
+        return {"a": 0.25, "b": 0.75}
+
+    results = out / "results.jsonl"
+    assert scaling.probe_results(results, sweep="data", probe_fn=fake_probe) == 2
+    assert sorted(seen) == [("w16_C4e8_D16_s0", 16), ("w16_C4e8_D64_s0", 64)]
+    probed = {r["run_id"]: r.get("probe_score") for r in read_results(results)}
+    assert probed["w16_C4e8_D16_s0"] == 0.5 and probed["w16_C1e8_Dall_s0"] is None
+    assert scaling.probe_results(results, sweep="data", probe_fn=fake_probe) == 0
 
     fig = tmp_path / "fig"
     assert (

@@ -334,6 +334,8 @@ def export_loader(
     done_rows = sum(part["rows"] for part in manifest["parts"])
 
     loader = open_loader()
+    if total is None:
+        total = getattr(loader, "num_samples", None)  # None for streams: a bar without an end
     skip_batches = 0
     if manifest["parts"]:
         state = manifest["parts"][-1].get("loader_state")
@@ -488,10 +490,8 @@ def read_embeddings(path: str | Path, allow_partial: bool = False):
     Accepts an export folder or a single parquet file with ``id`` and ``embedding``.
     """
     path = Path(path)
-    schema_names = (
-        pq.read_schema(path).names if path.is_file() else [n for n in _folder_schema(path).names]
-    )
-    columns = [n for n in schema_names if n != "thumbnail"]
+    schema = pq.read_schema(path) if path.is_file() else _folder_schema(path)
+    columns = [name for name in schema.names if name != "thumbnail"]
     table = read_table(path, columns=columns, allow_partial=allow_partial)
     if "embedding" not in table.column_names or "id" not in table.column_names:
         raise ValueError(f"{path} has no 'id' and 'embedding' columns")
@@ -509,8 +509,10 @@ def read_embeddings(path: str | Path, allow_partial: bool = False):
 
 def _folder_schema(path: Path) -> pa.Schema:
     manifest = read_manifest(path)
-    if manifest is None or not manifest["parts"]:
+    if manifest is None:
         raise FileNotFoundError(f"{path} is neither a parquet file nor an embedding export folder")
+    if not manifest["parts"]:
+        raise RuntimeError(f"{path} holds no rows yet: run the export command again to finish it")
     return pq.read_schema(path / manifest["parts"][0]["file"])
 
 
@@ -588,18 +590,18 @@ def _open_data(data_cfg, split: str, batch_size: int, max_samples: int | None):
     return open_loader
 
 
-def _data_settings(data_cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(data_cfg), default=str))
+# DataConfig fields that change how fast galaxies arrive, never which or in what order.
+_RUNTIME_DATA_FIELDS = ("num_workers", "prefetch_factor", "cache_dir")
 
 
-def _loader_total(open_loader, max_samples: int | None) -> int | None:
-    try:
-        known = open_loader().num_samples
-    except Exception:  # the count is only for the progress bar
-        known = None
-    if known is None:
-        return max_samples
-    return known if max_samples is None else min(known, max_samples)
+def _data_settings(data_cfg, runtime: bool = True) -> dict:
+    """The data config as JSON; without the speed-only fields when ``runtime`` is False
+    (so a resumed export may use other worker counts)."""
+    values = json.loads(json.dumps(dataclasses.asdict(data_cfg), default=str))
+    if not runtime:
+        for name in _RUNTIME_DATA_FIELDS:
+            values.pop(name, None)
+    return values
 
 
 def export_embeddings(
@@ -639,7 +641,7 @@ def export_embeddings(
     settings = {
         "kind": kind,
         "model": encoder.fingerprint(),
-        "data": _data_settings(data_cfg),
+        "data": _data_settings(data_cfg, runtime=False),
         "split": split,
         "layer": encoder.layer_name,
         "pool": pool,
@@ -650,7 +652,7 @@ def export_embeddings(
     meta = {
         "checkpoint": checkpoint,
         "model_config": model.config.to_dict(),
-        "data_config": settings["data"],
+        "data_config": _data_settings(data_cfg),
         "split": split,
         "layer": encoder.layer_name,
         "pool": pool,
@@ -665,7 +667,6 @@ def export_embeddings(
         rows_per_part=rows_per_part,
         batch_size=batch_size,
         thumbnail_size=thumbnails,
-        total=_loader_total(open_loader, max_samples),
         overwrite=overwrite,
         progress=progress,
     )
@@ -739,12 +740,12 @@ def export_pixel_pca(
     settings = {
         "kind": "pixel-pca",
         "model": f"pca-{n_components}-{fit_samples}-{seed}",
-        "data": _data_settings(data_cfg),
+        "data": _data_settings(data_cfg, runtime=False),
         "split": split,
         "max_samples": max_samples,
     }
     meta = {
-        "data_config": settings["data"],
+        "data_config": _data_settings(data_cfg),
         "split": split,
         "n_components": int(components.shape[0]),
         "fit_samples": fit_samples,
@@ -759,7 +760,6 @@ def export_pixel_pca(
         meta=meta,
         rows_per_part=rows_per_part,
         batch_size=batch_size,
-        total=_loader_total(open_loader, max_samples),
         overwrite=False,
         progress=progress,
     )
@@ -835,6 +835,12 @@ def _parse_value(text: str):
         return text
 
 
+def guess_source(path: str) -> str:
+    """The data source for a path: a survey folder (``survey.json``) is ``synthetic``,
+    parquet/arrow files or a Hub name are ``hf``, other folders ``folder``, ``""`` synthetic."""
+    return _guess_source(path)
+
+
 def _guess_source(path: str) -> str:
     if not path:
         return "synthetic"
@@ -875,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART)
     parser.add_argument(
@@ -918,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         "source": _guess_source(args.data) if args.source == "auto" else args.source,
         "path": args.data,
         "image_size": args.image_size,
+        "num_workers": args.num_workers,
     }
     for item in args.data_opt:
         key, sep, value = item.partition("=")

@@ -752,6 +752,7 @@ def plot_label_efficiency(curves: pd.DataFrame, path: str | Path) -> Path | None
     if curves.empty:
         return None
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     targets = list(dict.fromkeys(curves.target))
     ncols = min(4, len(targets))
@@ -763,6 +764,9 @@ def plot_label_efficiency(curves: pd.DataFrame, path: str | Path) -> Path | None
         for name, group in sel.groupby("embedding", sort=False):
             ax.plot(group.n_labels, group.value, marker="o", ms=3, label=name)
         ax.set_xscale("log")
+        sizes = sorted(sel.n_labels.unique())
+        ax.set_xticks(sizes, [str(int(n)) for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log minor labels overlap
         ax.set_title(target, fontsize=9)
         ax.set_xlabel("labelled galaxies", fontsize=8)
         ax.set_ylabel(sel.metric.iloc[0], fontsize=8)

@@ -1,11 +1,14 @@
 """Scaling study: loss and probe quality against compute, data and parameters.
 
-Two halves:
+Three commands:
 
 * ``run``: train every rung of a *ladder* of model shapes for every compute
   budget (FLOPs), plus a sweep over the number of training galaxies, appending
-  one JSON row per finished run to a results file. Finished runs (rows already
-  in the file) are skipped, so an interrupted study resumes where it stopped.
+  one JSON row per finished run to a results file (with ``--probe``, the
+  run's linear-probe scores too). Finished runs (rows already in the file) are
+  skipped and an interrupted run continues from its checkpoint, so a study
+  resumes where it stopped. Under ``torchrun`` rank 0 alone writes.
+* ``probe``: add probe scores to finished runs afterwards.
 * ``fit``: fit the saturating power law ``L(x) = L_inf + A * x**-alpha`` in
   compute ``C`` (on the compute-optimal frontier), data size ``D`` and
   parameters ``N``, with bootstrap confidence intervals on ``alpha`` and
@@ -13,8 +16,13 @@ Two halves:
 
 Command lines::
 
-    python -m astropt.scaling run --ladder configs/scaling/cpu --out runs/scaling-cpu
-    python -m astropt.scaling fit runs/scaling-cpu/results.jsonl --out docs/scaling
+    python -m astropt.scaling run --ladder configs/scaling/cpu --out runs/scaling/cpu \
+        --rungs w32-l2,w64-l3 --budgets 1e10,1e11 --probe compute data.path=SURVEY
+    torchrun --nproc_per_node=8 -m astropt.scaling run --ladder configs/scaling/astropt
+    python -m astropt.scaling probe runs/scaling/cpu/results.jsonl
+    python -m astropt.scaling fit runs/scaling/cpu/results.jsonl --out docs/scaling
+
+Do not run ``probe`` while a ``run`` appends to the same results file.
 
 A ladder is one TOML file (``configs/scaling/cpu.toml``; ``--ladder`` accepts
 the path with or without ``.toml``)::
@@ -764,9 +772,9 @@ def run_study(
             ``astropt.training.train``, ``default_probe`` and
             ``astropt.config.load_config``.
 
-    Under ``torchrun`` every rank runs the same plan (the results file is read
-    before any training, and training synchronises the ranks) and only rank 0
-    writes rows and probes.
+    Under ``torchrun`` the study starts one process group for all its runs
+    (nccl for CUDA runs, else gloo); every rank runs the plan rank 0 reads
+    from the results file, and only rank 0 probes and writes rows.
     """
     out_root = Path(out_root)
     results_path = Path(results) if results is not None else out_root / "results.jsonl"
@@ -780,7 +788,69 @@ def run_study(
         seeds=seeds,
         rungs=rungs,
     )
-    done = {row.get("run_id") for row in read_results(results_path)}
+    group = None
+    # torchrun sets MASTER_ADDR for the env:// rendezvous; tests that only fake
+    # RANK/WORLD_SIZE (with a stub training) get no group.
+    if world_size > 1 and not dry_run and specs and "MASTER_ADDR" in os.environ:
+        first = build_run(specs[0], ladder, out_root, overrides=overrides,
+                          world_size=world_size, load_config_fn=load_config_fn)[0]  # fmt: skip
+        group = _StudyProcessGroup(getattr(first, "device", "auto"))
+    try:
+        return _run_specs(
+            specs, ladder, out_root, results_path, rank, world_size, group, overrides,
+            probe, dry_run, train_fn, probe_fn, load_config_fn,
+        )  # fmt: skip
+    finally:
+        if group is not None:
+            group.close()
+
+
+class _StudyProcessGroup:
+    """One process group for a whole study under ``torchrun``.
+
+    Training joins an existing group and leaves it up; a group destroyed and
+    created again in the same processes (one per run) fails to reconnect
+    (gloo, stale rendezvous keys), so the study owns it. Ranks meet at a
+    barrier after each run, while rank 0 probes and writes the row.
+    """
+
+    def __init__(self, device: str):
+        import torch
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.owned = not dist.is_initialized()
+        if self.owned:
+            cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+            if cuda:
+                local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(local)
+                dist.init_process_group("nccl", device_id=local)
+            else:
+                dist.init_process_group("gloo")
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def close(self) -> None:
+        if self.owned and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def _run_specs(
+    specs, ladder, out_root, results_path, rank, world_size, group, overrides,
+    probe, dry_run, train_fn, probe_fn, load_config_fn,
+) -> list[dict]:  # fmt: skip
+    done = {row.get("run_id") for row in read_results(results_path)} if rank == 0 else set()
+    if group is not None:
+        # Every rank must skip exactly the runs rank 0 skips.
+        done = group.broadcast(done)
     pending = [s for s in specs if s.run_id not in done]
     if rank == 0:
         log.info(
@@ -799,7 +869,8 @@ def run_study(
     new_rows = []
     for spec in specs:
         if spec.run_id in done:
-            log.info("skip %s (already in %s)", spec.run_id, results_path)
+            if rank == 0:
+                log.info("skip %s (already in %s)", spec.run_id, results_path)
             continue
         cfg, geom, max_iters = build_run(
             spec,
@@ -830,7 +901,8 @@ def run_study(
             )
             continue
         run_dir = out_root / spec.run_id
-        log.info("train %s: %d steps, %.3g FLOPs", spec.run_id, max_iters, compute)
+        if rank == 0:
+            log.info("train %s: %d steps, %.3g FLOPs", spec.run_id, max_iters, compute)
         t0 = time.time()
         summary = _finished_summary(run_dir, max_iters)
         if summary is not None:
@@ -869,6 +941,8 @@ def run_study(
             row["probe_score"] = _probe_score(scores)
         if rank == 0:
             append_result(results_path, row)
+        if group is not None:
+            group.barrier()
         new_rows.append(row)
     return new_rows
 
@@ -1392,17 +1466,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folders and results.jsonl (default runs/scaling/LADDER)")
     run.add_argument("--results", help="results JSONL (default OUT/results.jsonl)")
     run.add_argument("--budgets", type=_floats, help="FLOPs, comma separated (e.g. 1e11,3e11)")
-    run.add_argument("--data-sizes", type=_ints, help="training galaxies of the data sweep")
+    run.add_argument(
+        "--data-sizes", type=_ints, help='training galaxies of the data sweep ("": no sweep)'
+    )
     run.add_argument("--data-rung", help="shape of the data sweep")
     run.add_argument("--data-budget", type=float, help="FLOPs of the data sweep runs")
     run.add_argument("--rungs", type=_names, help="only these rungs (comma separated)")
     run.add_argument("--seeds", type=_ints, help="seeds (comma separated; default the ladder's)")
     run.add_argument(
         "--probe",
-        nargs="?",
-        const="all",
         choices=["all", "compute"],
-        help="embed and probe each finished run (all, or the compute sweep only)",
+        help="embed and probe each finished run: all, or the compute sweep only",
     )
     run.add_argument(
         "--threads",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -568,3 +569,27 @@ def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path, tiny_surve
     saved = json.loads((fig / "fit.json").read_text())
     assert [p["galaxies"] for p in saved["data"]["points"]] == [16, 64, 240]
     assert (fig / "loss_vs_compute.png").is_file() and (fig / "loss_vs_data.png").is_file()
+
+
+@pytest.mark.slow
+def test_study_under_torchrun_trains_several_runs_in_one_job(tmp_path, tiny_survey):
+    # Several runs in one torchrun job: the process group must survive from
+    # one training to the next, rank 0 alone writes, and a second job skips all.
+    ladder = _write_ladder(tmp_path, TINY)
+    out = tmp_path / "study"
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "astropt.scaling", "run", "--ladder", str(ladder), "--out", str(out),
+        "--budgets", "1e8", "--data-sizes", "", "--threads", "1",
+        f"data.path={tiny_survey}", "grad_accum=2",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    for _ in range(2):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        rows = read_results(out / "results.jsonl")
+        assert sorted(r["run_id"] for r in rows) == ["w16_C1e8_Dall_s0", "w32_C1e8_Dall_s0"]
+    for row in rows:
+        assert row["world_size"] == 2 and row["summary"]["world_size"] == 2
+        assert row["summary"]["flops"] == pytest.approx(row["compute"], rel=1e-9)

@@ -166,13 +166,36 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         batch, seq, width = x.shape
         head_dim = width // self.n_head
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_head, head_dim).unbind(2)
+        qkv = self.qkv(x).view(batch, seq, 3, self.n_head, head_dim)
         dropout = self.dropout if self.training else 0.0
         past = 0 if cache is None else cache.length(layer)
+        mask, is_causal = None, attn_type == "causal" and past == 0
+        if not is_causal:
+            mask = attention_mask(attn_type, seq, past + seq, prefix_len, x.device)
+            if attn_type == "causal" and seq == 1:
+                mask = None  # one new token sees every cached one
+        if x.device.type == "cpu":
+            # One copy in, one copy out: torch's CPU attention kernels are ~10%
+            # faster on contiguous (B, H, T, D) heads than on views of the fused
+            # projection, and slower in bf16 than in fp32 at these head sizes
+            # (forward + backward, head_dim 16-64: 1.2x to 10x), so attend in
+            # fp32 with autocast off (it would cast straight back).
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).to(
+                torch.float32, memory_format=torch.contiguous_format
+            )
+            if cache is not None:
+                k, v = cache.append(layer, k, v)
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
+                )
+            y = y.transpose(1, 2).to(qkv.dtype, memory_format=torch.contiguous_format)
+            return self.resid_dropout(self.proj(y.view(batch, seq, width)))
+        q, k, v = qkv.unbind(2)  # (B, T, H, D) views
         if (
             _flash_attn_func is not None
-            and x.is_cuda
-            and x.dtype in (torch.float16, torch.bfloat16)
+            and q.is_cuda
+            and q.dtype in (torch.float16, torch.bfloat16)
             and attn_type != "prefix"
             and cache is None
         ):
@@ -181,28 +204,9 @@ class SelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        mask, is_causal = None, attn_type == "causal" and past == 0
-        if not is_causal:
-            mask = attention_mask(attn_type, seq, past + seq, prefix_len, x.device)
-            if attn_type == "causal" and seq == 1:
-                mask = None  # one new token sees every cached one
-        if x.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # torch's CPU attention kernels are slower in bf16 than in fp32 at
-            # these head sizes (fwd+bwd, head_dim 16-64: 1.2x to 10x slower), so
-            # attend in fp32 (autocast off, or it would cast straight back).
-            with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(
-                    q.float(),
-                    k.float(),
-                    v.float(),
-                    attn_mask=mask,
-                    dropout_p=dropout,
-                    is_causal=is_causal,
-                ).to(q.dtype)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
-            )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
+        )
         y = y.transpose(1, 2).reshape(batch, seq, width)
         return self.resid_dropout(self.proj(y))
 

@@ -150,8 +150,10 @@ def measure_matmul_peak(
     """
     device = torch.device(device)
     n = size or (4096 if device.type == "cuda" else 1024)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    # A private generator: measuring must not move the training RNG.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(device, dtype)
+    b = torch.randn(n, n, generator=generator).to(device, dtype)
 
     def sync():
         if device.type == "cuda":

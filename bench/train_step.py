@@ -15,9 +15,13 @@ The reference package is installed with pip into ``bench/_astropt_ref`` (git
 ignored) and run in a subprocess whose ``sys.path`` starts with that folder
 and cannot see this project (DESIGN.md section 9). Each implementation runs in
 its own subprocess, alternating over several rounds so that load from other
-processes hits both alike; a row reports the best and the median step time.
+processes hits both alike (persistent workers, alternating short bursts of
+steps); a row reports the best and the median step time.
 
-    python bench/train_step.py [--rounds 3] [--steps 5] [--device cpu] [--no-reference]
+    python bench/train_step.py [--rounds 6] [--steps 2] [--device cpu] [--threads N] [--no-reference]
+
+On a CPU shared with other busy processes, ``--threads 1`` gives steadier
+figures (OpenMP threads that spin-wait for each other suffer most from it).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ SHAPES = {  # name: (layers, heads, width)
 }
 BATCH, TOKENS, PATCH_VALUES = 8, 256, 16 * 16 * 3
 DTYPES = ("float32", "bfloat16")
+REPLY = "@reply "  # marks the worker's answers on its stdout
 
 
 # ---------------------------------------------------------------- reference
@@ -142,10 +147,17 @@ def _builders(impl: str, device, ref_folder: str | None):
     return build
 
 
-def worker(impl: str, device_name: str, steps: int, ref_folder: str | None) -> dict:
-    """Time ``steps`` optimiser steps of every shape and dtype; JSON-ready results."""
+def worker(impl: str, device_name: str, ref_folder: str | None, threads: int | None) -> None:
+    """Serve commands on stdin, one JSON object a line, answering on stdout.
+
+    ``{"op": "build", "shape": NAME, "dtype": D}`` builds the model and runs two
+    warm-up steps (allocator, kernels, optimiser state); ``{"op": "time",
+    "steps": N}`` times N optimiser steps of the last built model.
+    """
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(device_name)
     build = _builders(impl, device, ref_folder)
 
@@ -153,80 +165,114 @@ def worker(impl: str, device_name: str, steps: int, ref_folder: str | None) -> d
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    results = {}
-    for shape, (layers, heads, width) in SHAPES.items():
-        for dtype in DTYPES:
-            step, flops, params = build(layers, heads, width, dtype)
-            for _ in range(2):  # warm-up: allocator, kernels, optimiser state
+    step = None
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] == "build":
+            step = None  # free the previous model first
+            step, flops, params = build(*SHAPES[command["shape"]], command["dtype"])
+            for _ in range(2):
                 step()
+            sync()
+            reply = {"flops": flops, "params": params}
+        else:
             times = []
-            for _ in range(steps):
+            for _ in range(command["steps"]):
                 sync()
                 start = time.perf_counter()
                 step()
                 sync()
                 times.append(time.perf_counter() - start)
-            results[f"{shape}/{dtype}"] = {"times": times, "flops": flops, "params": params}
-    return results
+            reply = {"times": times}
+        print(REPLY + json.dumps(reply), flush=True)
 
 
-def run_worker(impl: str, args, ref: Path | None) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", impl]
-    command += ["--device", args.device, "--steps", str(args.steps)]
-    if ref is not None:
-        command += ["--ref", str(ref)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
-    if result.returncode != 0:
-        raise RuntimeError(f"{impl} worker failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+class Worker:
+    """One implementation in its own process, driven step batch by step batch."""
+
+    def __init__(self, impl: str, args, ref: Path | None):
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", impl]
+        command += ["--device", args.device]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        if ref is not None:
+            command += ["--ref", str(ref)]
+        self.impl = impl
+        self.process = subprocess.Popen(
+            command, cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def ask(self, **command) -> dict:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        while True:  # skip anything else the model code prints
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {self.impl} worker died (see its error output above)")
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY) :])
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 # ---------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating rounds per implementation"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=5, help="timed steps per shape, dtype and round"
-    )
+    parser.add_argument("--rounds", type=int, default=6, help="alternating bursts per model")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per burst")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--no-reference", action="store_true", help="time our model only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ref", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.steps, args.ref)))
+        worker(args.worker, args.device, args.ref, args.threads)
         return 0
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     from astropt.training import measure_matmul_peak
 
     device = torch.device(args.device)
     ref = None if args.no_reference else ensure_reference()
     impls = ["ours"] + (["astropt"] if ref is not None else [])
+    workers = [Worker(impl, args, ref) for impl in impls]
     times: dict[tuple[str, str], list[float]] = {}
     flops: dict[str, float] = {}
     peaks = {dtype: 0.0 for dtype in DTYPES}
     size = 4096 if device.type == "cuda" else 2048
-    for round_index in range(args.rounds):
-        for dtype in DTYPES:  # the best of every round: the machine's attainable peak
-            peak = measure_matmul_peak(device, getattr(torch, dtype), size=size, seconds=1.0)
-            peaks[dtype] = max(peaks[dtype], peak)
-        order = impls if round_index % 2 == 0 else impls[::-1]
-        for impl in order:
-            for key, value in run_worker(impl, args, ref).items():
-                times.setdefault((impl, key), []).extend(value["times"])
-                if value["flops"]:
-                    flops[key] = value["flops"]
+    try:
+        for shape in SHAPES:
+            for dtype in DTYPES:
+                key = f"{shape}/{dtype}"
+                for w in workers:
+                    built = w.ask(op="build", shape=shape, dtype=dtype)
+                    if built["flops"]:
+                        flops[key] = built["flops"]
+                # Alternate short bursts so that load from other processes hits both alike.
+                for round_index in range(args.rounds):
+                    order = workers if round_index % 2 == 0 else workers[::-1]
+                    for w in order:
+                        reply = w.ask(op="time", steps=args.steps)
+                        times.setdefault((w.impl, key), []).extend(reply["times"])
+                # The machine's attainable peak: the best of every measurement.
+                peak = measure_matmul_peak(device, getattr(torch, dtype), size=size, seconds=1.0)
+                peaks[dtype] = max(peaks[dtype], peak)
+    finally:
+        for w in workers:
+            w.close()
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"load average {load:.1f}; batch {BATCH} x {TOKENS} tokens of {PATCH_VALUES} values; "
-        f"{args.rounds} rounds x {args.steps} steps"
+        f"{args.rounds} alternating bursts of {args.steps} steps per model"
     )
     print(f"measured matmul peak ({size}x{size}): " + ", ".join(
         f"{dtype} {peaks[dtype] / 1e9:.1f} GFLOP/s" for dtype in DTYPES))  # fmt: skip

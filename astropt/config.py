@@ -410,13 +410,43 @@ def config_from_dict(values: dict) -> RunConfig:
     return resolve(cfg)
 
 
+def _field_notes(cls: type) -> dict[str, str]:
+    """The comment written beside (or just above) each field in ``cls``'s source."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    notes: dict[str, str] = {}
+    above: list[str] = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("#: ").strip())
+            continue
+        match = re.match(r"(\w+)\s*:[^=]*(?:=.*?)?(?:#\s*(.*))?$", stripped)
+        if match and not stripped.startswith(("def ", "class ", "@")):
+            note = match.group(2) or " ".join(above)
+            if note:
+                notes[match.group(1)] = note
+        above = []
+    return notes
+
+
 def describe_keys() -> str:
-    """One line per key: name, type and default (the ``--help`` listing)."""
+    """Every key with its type, default and note (the ``--help`` listing)."""
     defaults = _flatten(RunConfig().to_dict())
     keys = valid_keys()
+    notes = {name: note for name, note in _field_notes(RunConfig).items()}
+    for section, cls in SECTIONS.items():
+        notes.update({f"{section}.{k}": v for k, v in _field_notes(cls).items()})
     lines = []
     for key, default in defaults:
         if key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
             continue
-        lines.append(f"  {key:28s} {_type_name(keys[key]):34s} default {default!r}")
+        lines.append(f"  {key} ({_type_name(keys[key])}, default {default!r})")
+        if key in notes:
+            lines.append(f"      {notes[key]}")
     return "\n".join(lines)

@@ -1273,8 +1273,10 @@ def main(argv: list[str] | None = None) -> int:
         epilog="examples:\n"
         "  python train.py configs/quickstart.toml out_dir=runs/x max_iters=200\n"
         "  python train.py configs/quickstart.toml out_dir=runs/x resume=true\n"
-        "  torchrun --nproc_per_node=8 train.py configs/astropt-095M.toml\n\n"
-        "keys (type, default):\n" + describe_keys(),
+        "  torchrun --standalone --nproc_per_node=8 train.py configs/astropt-095M.toml\n"
+        "  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\\n"
+        "      --rdzv_endpoint=HOST:29500 train.py configs/astropt-095M.toml  # node 1: --node_rank=1\n\n"
+        "keys:\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="run config TOML (or a run's config.json)")

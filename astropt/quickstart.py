@@ -129,7 +129,7 @@ class Quickstart:
             seed=0,
             overwrite=True,
         )
-        return {"splits": info.get("splits", info.get("split_sizes"))}
+        return {"splits": info["splits"]}
 
     def train(self) -> dict:
         from astropt.config import load_config

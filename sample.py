@@ -14,22 +14,15 @@ import sys
 
 import torch
 
+from astropt.embed import add_model_data_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python sample.py",
         description="Complete galaxies from their central patches and save a PNG grid and .npz.",
     )
-    parser.add_argument(
-        "--checkpoint", required=True, help="run folder, model folder, AstroPT ckpt.pt or Hub id"
-    )
-    parser.add_argument(
-        "--data",
-        default="",
-        help="survey folder, parquet dir/glob, Hub name or image folder; '' = synthetic on the fly",
-    )
-    parser.add_argument("--source", default="auto", choices=["auto", "synthetic", "hf", "folder"])
-    parser.add_argument("--split", default="test")
+    add_model_data_arguments(parser)
     parser.add_argument("--prefix", type=int, required=True, help="central patches kept")
     parser.add_argument("--n", type=int, default=16, help="galaxies (the first n of the split)")
     parser.add_argument("--out", required=True, help="PNG path; the .npz goes beside it")
@@ -40,14 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise in units of the residual scale measured on the prefix (0: deterministic)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from astropt.embed import _guess_source, data_config_for
+    from astropt.embed import data_config_from_args
     from astropt.generate import completion_grid
     from astropt.hub import load_model
 
@@ -55,12 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(args.checkpoint)
-    data_cfg = data_config_for(
-        model,
-        source=_guess_source(args.data) if args.source == "auto" else args.source,
-        path=args.data,
-        image_size=args.image_size,
-    )
+    data_cfg = data_config_from_args(model, args)
     result = completion_grid(
         model,
         data_cfg,

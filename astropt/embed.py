@@ -835,22 +835,29 @@ def _parse_value(text: str):
         return text
 
 
-def guess_source(path: str) -> str:
-    """The data source for a path: a survey folder (``survey.json``) is ``synthetic``,
-    parquet/arrow files or a Hub name are ``hf``, other folders ``folder``, ``""`` synthetic."""
-    return _guess_source(path)
+def add_model_data_arguments(parser: argparse.ArgumentParser, split: str = "test") -> None:
+    """The ``--checkpoint/--data/--source/--split/--image-size`` options shared by the CLIs."""
+    parser.add_argument(
+        "--checkpoint", required=True, help="run folder, model folder, AstroPT ckpt.pt or Hub id"
+    )
+    parser.add_argument(
+        "--data",
+        default="",
+        help="survey folder, parquet dir/glob, Hub name or image folder; '' = synthetic on the fly",
+    )
+    parser.add_argument("--source", default="auto", choices=["auto", "synthetic", "hf", "folder"])
+    parser.add_argument("--split", default=split)
+    parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
 
 
-def _guess_source(path: str) -> str:
-    if not path:
-        return "synthetic"
-    p = Path(path)
-    if (p / "survey.json").is_file():
-        return "synthetic"
-    if p.exists():
-        parquet_like = any(p.rglob("*.parquet")) or any(p.rglob("*.arrow")) if p.is_dir() else True
-        return "hf" if parquet_like else "folder"
-    return "hf"  # a Hub dataset name
+def data_config_from_args(model, args: argparse.Namespace, **fields):
+    """The :class:`DataConfig` the options of :func:`add_model_data_arguments` describe, for ``model``."""
+    from astropt.data import guess_source
+
+    source = guess_source(args.data) if args.source == "auto" else args.source
+    return data_config_for(
+        model, source=source, path=args.data, image_size=args.image_size, **fields
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -859,16 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed galaxies with a model and write a resumable parquet export "
         "(id, catalogue columns, embedding). Rerun the same command to resume.",
     )
-    parser.add_argument(
-        "--checkpoint", required=True, help="run folder, model folder, AstroPT ckpt.pt or Hub id"
-    )
-    parser.add_argument(
-        "--data",
-        default="",
-        help="data path (survey folder, parquet dir/glob, Hub name, image folder); '' = synthetic on the fly",
-    )
-    parser.add_argument("--source", default="auto", choices=["auto", "synthetic", "hf", "folder"])
-    parser.add_argument("--split", default="test")
+    add_model_data_arguments(parser)
     parser.add_argument("--out", required=True, help="output export folder, e.g. emb.parquet")
     parser.add_argument(
         "--layer",
@@ -880,7 +878,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART)
@@ -921,18 +918,13 @@ def main(argv: list[str] | None = None) -> int:
     from astropt.hub import load_model
 
     model = load_model(args.checkpoint)
-    fields: dict[str, Any] = {
-        "source": _guess_source(args.data) if args.source == "auto" else args.source,
-        "path": args.data,
-        "image_size": args.image_size,
-        "num_workers": args.num_workers,
-    }
+    fields: dict[str, Any] = {"num_workers": args.num_workers}
     for item in args.data_opt:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--data-opt expects KEY=VALUE, got {item!r}")
         fields[key] = _parse_value(value)
-    data_cfg = data_config_for(model, **fields)
+    data_cfg = data_config_from_args(model, args, **fields)
     kind = "model"
     if args.random_init:
         model, kind = random_init_like(model, args.seed), "random-init"

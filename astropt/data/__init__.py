@@ -14,6 +14,7 @@ simulator), :mod:`~astropt.data.loader` (sampling, workers, collation, resume).
 
 from .decode import REASONS, BadSampleError, DataError
 from .loader import Batch, DataConfig, SkippedSampleWarning, TokenLoader, make_loader
+from .sources import guess_source
 
 __all__ = [
     "REASONS",
@@ -23,5 +24,6 @@ __all__ = [
     "DataError",
     "SkippedSampleWarning",
     "TokenLoader",
+    "guess_source",
     "make_loader",
 ]

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -622,3 +623,17 @@ class SyntheticSource:
 
     def decode(self, payload: Any, name: str) -> np.ndarray:
         return payload[1]
+
+
+def guess_source(path: str) -> str:
+    """The data source for a path: a survey folder (``survey.json``) or ``""`` is
+    ``synthetic``, parquet/arrow files or a Hub dataset name ``hf``, other folders ``folder``."""
+    if not path:
+        return "synthetic"
+    p = Path(path)
+    if (p / "survey.json").is_file():
+        return "synthetic"
+    if p.exists():
+        parquet_like = any(p.rglob("*.parquet")) or any(p.rglob("*.arrow")) if p.is_dir() else True
+        return "hf" if parquet_like else "folder"
+    return "hf"  # a Hub dataset name

@@ -64,19 +64,6 @@ def _inverse_order_cached(n: int) -> torch.Tensor:
     return torch.argsort(_spiral_order_cached(n))
 
 
-@lru_cache(maxsize=64)
-def _spiral_rows_cols(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = _spiral_order_cached(n)
-    return order // n, order % n
-
-
-def _device_grid_index(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, cols = _spiral_rows_cols(n)
-    if rows.device != device:
-        rows, cols = rows.to(device), cols.to(device)
-    return rows, cols
-
-
 def _device_order(n: int, device: torch.device, inverse: bool = False) -> torch.Tensor:
     order = _inverse_order_cached(n) if inverse else _spiral_order_cached(n)
     return order if order.device == device else order.to(device)
@@ -116,20 +103,22 @@ def patchify(
         raise ValueError(
             f"image size {height}x{width} is not divisible by the patch size {patch_size}"
         )
-    if order == "raster":
-        return rearrange(
-            images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size
-        )
-    if height != width:
+    if order == "spiral" and height != width:
         raise ValueError(
             f"spiral order needs a square patch grid, got {height // patch_size}x"
             f"{width // patch_size} patches ({height}x{width} pixels); use order='raster'"
         )
-    # A view with the patch grid in front, then one gather that reorders and
-    # packs the patches in a single copy.
-    grid = rearrange(images, "b c (h p1) (w p2) -> b h w p1 p2 c", p1=patch_size, p2=patch_size)
-    rows, cols = _device_grid_index(height // patch_size, images.device)
-    return grid[:, rows, cols].flatten(2)
+    # Within a patch the channel varies fastest, so packing patches from a
+    # channels-last copy moves contiguous runs of P*C values: several times
+    # faster than gathering from (C, H, W) planes (free when the batch is
+    # already channels-last, as decoded JPEGs are).
+    channels_last = images.permute(0, 2, 3, 1).contiguous()
+    patches = rearrange(
+        channels_last, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size
+    )
+    if order == "raster":
+        return patches
+    return patches.index_select(1, _device_order(height // patch_size, images.device))
 
 
 def unpatchify(

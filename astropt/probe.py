@@ -336,9 +336,13 @@ def logistic_cv(
 ):
     """Logistic regression (multinomial for >2 classes) with ``C`` chosen by stratified k-fold CV.
 
-    Features are standardised (training statistics); ``C`` minimises the
-    validation log loss. With too few members in some class for two folds,
-    ``C = 1``. Returns ``(C, fitted pipeline)``.
+    Features are standardised (training statistics). Classes are weighted by
+    inverse frequency (``class_weight="balanced"``): the headline metric is
+    balanced accuracy, and an unweighted fit of a rare class (bars, mergers,
+    artefacts) predicts the majority for every embedding, which hides any
+    difference between them. ``C`` minimises the class-weighted validation
+    log loss. With too few members in some class for two folds, ``C = 1``.
+    Returns ``(C, fitted pipeline)``.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -346,8 +350,9 @@ def logistic_cv(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    _, counts = np.unique(y, return_counts=True)
+    classes, counts = np.unique(y, return_counts=True)
     k = min(folds, int(counts.min()))
+    sample_weight = (len(y) / (len(classes) * counts))[np.searchsorted(classes, y)]
     best_c = 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -355,7 +360,7 @@ def logistic_cv(
             losses = np.zeros(len(cs))
             for train, valid in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
                 xt, xv = _standardise(x[train], x[valid])
-                clf = LogisticRegression(max_iter=500, warm_start=True)
+                clf = LogisticRegression(max_iter=500, warm_start=True, class_weight="balanced")
                 for i, c in enumerate(sorted(cs)):  # warm starts along increasing C
                     clf.set_params(C=c).fit(xt, y[train])
                     # Summed validation log loss; columns of predict_proba follow
@@ -363,9 +368,13 @@ def logistic_cv(
                     proba = clf.predict_proba(xv)
                     column = np.searchsorted(clf.classes_, y[valid])
                     picked = proba[np.arange(len(valid)), column]
-                    losses[i] -= np.log(np.clip(picked, 1e-15, None)).sum()
+                    log_likelihood = np.log(np.clip(picked, 1e-15, None))
+                    losses[i] -= (sample_weight[valid] * log_likelihood).sum()
             best_c = float(sorted(cs)[int(np.argmin(losses))])
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=best_c, max_iter=1000))
+        model = make_pipeline(
+            StandardScaler(),
+            LogisticRegression(C=best_c, max_iter=1000, class_weight="balanced"),
+        )
         model.fit(x, y)
     return best_c, model
 

@@ -481,3 +481,9 @@ class GPT(nn.Module):
         from astropt import hub
 
         return hub.load_model(path_or_repo_id, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload as a model folder to the Hugging Face Hub (see :func:`astropt.hub.push_to_hub`)."""
+        from astropt import hub
+
+        return hub.push_to_hub(self, repo_id, **kwargs)

@@ -101,6 +101,14 @@ def test_push_to_hub_dry_run_stages_the_upload_folder(tmp_path):
     _same(model, load_model(folder))
 
 
+def test_model_methods_save_push_and_load_the_same_weights(tmp_path):
+    model = _model(3)
+    staged = Path(model.push_to_hub("someone/m", dry_run=True, staging_dir=tmp_path / "stage"))
+    model.save_pretrained(tmp_path / "saved")
+    for folder in (staged, tmp_path / "saved"):
+        _same(model, type(model).from_pretrained(folder))
+
+
 # ------------------------------------------------------------ load_model
 
 

@@ -7,18 +7,23 @@ loralib``); it shares our import name, so this script puts it first on
 checks which ``astropt`` it got. Tensors come in and go out as ``.npy`` files;
 checkpoints are written the way AstroPT's ``scripts/train.py`` writes them.
 
-SPEC_JSON: ``{"out": DIR, "build": [...], "tokens": [...], "load": [...]}``:
+SPEC_JSON: ``{"out": DIR, "build": [...], "tokens": [...], "spiral": [...],
+"load": [...]}``:
 
 * build: ``{"name", "seed", "n_layer", "n_head", "n_embd", "block_size",
   "tokeniser", "patch_size", "n_chan", "compile", "inputs"}``: build their GPT
   with random weights, take one AdamW step (so the optimiser state is real),
-  save ``DIR/NAME/ckpt.pt``, then run the forward pass and
+  save ``DIR/NAME/ckpt.pt``, then run the forward pass, the training loss and
   ``generate_embeddings`` on ``inputs`` (``(B, T, patch values)`` float32):
-  ``DIR/NAME_preds.npy`` and ``DIR/NAME_emb.npy``;
-* tokens: ``{"name", "image", "patch_size"}``: their preprocessing of a JPEG
-  (``np.array(PIL image).swapaxes(0, 2)``, ``process_galaxy`` with spiral order
-  and their train script's per-patch normalisation): ``DIR/NAME_tokens.npy``
-  (as trained: cast to float16 and back) and ``DIR/NAME_tokens_fp32.npy``;
+  ``DIR/NAME_preds.npy``, ``DIR/NAME_loss.npy`` (their train script's split:
+  inputs ``0..T-2``, targets ``1..T-1``) and ``DIR/NAME_emb.npy``;
+* tokens: ``{"name", "image", "patch_size"}``: their preprocessing of an image
+  file (``np.array(PIL image).swapaxes(0, 2)``, ``process_galaxy`` with spiral
+  order and their train script's per-patch normalisation):
+  ``DIR/NAME_tokens.npy`` (as trained: float16) and ``DIR/NAME_tokens_fp32.npy``;
+* spiral: grid sides ``n``: their ``spiralise`` applied to the raster indices
+  ``0..n*n-1`` (the raster index of each sequence position), all in
+  ``DIR/spiral.json`` as ``{"n": [...]}``;
 * load: ``{"name", "ckpt_dir", "inputs"}``: load a checkpoint with their
   ``model_utils.load_astropt`` (strict ``load_state_dict``), then as build.
 """
@@ -56,7 +61,7 @@ import astropt  # noqa: E402
 if not os.path.abspath(astropt.__file__).startswith(REF_DIR + os.sep):
     sys.exit(f"imported the wrong astropt: {astropt.__file__} (expected under {REF_DIR})")
 
-from astropt import local_datasets, model_utils  # noqa: E402
+from astropt import _version, local_datasets, model_utils  # noqa: E402
 from astropt import model as ref_model  # noqa: E402
 
 GalaxyImageDataset = local_datasets.GalaxyImageDataset
@@ -99,8 +104,11 @@ def run_model(model, inputs_path, out, name):
     with torch.no_grad():
         outputs, _ = model(inputs)
         embeddings = model.generate_embeddings(inputs)
+        split = GalaxyImageDataset.process_modes(inputs, model.modality_registry, "cpu")
+        _, loss = model(split["X"], targets=split["Y"])
     np.save(os.path.join(out, f"{name}_preds.npy"), outputs["images"].numpy())
     np.save(os.path.join(out, f"{name}_emb.npy"), embeddings["images"].numpy())
+    np.save(os.path.join(out, f"{name}_loss.npy"), loss.numpy())
 
 
 def build(job, out):
@@ -139,7 +147,7 @@ def build(job, out):
                 parameter.mul_(1 + 0.3 * torch.randn_like(parameter))
     # The train script's config: every int/float/bool/str setting.
     config = {
-        "out_dir": os.path.join(out, job["name"]),
+        "out_dir": f"logs/{job['name']}",
         "eval_interval": 1000,
         "init_from": "scratch",
         "use_hf": True,
@@ -179,8 +187,8 @@ def build(job, out):
         "config": config,
         "modality_registry": registry,
     }
-    os.makedirs(config["out_dir"], exist_ok=True)
-    torch.save(checkpoint, os.path.join(config["out_dir"], "ckpt.pt"))
+    os.makedirs(os.path.join(out, job["name"]), exist_ok=True)
+    torch.save(checkpoint, os.path.join(out, job["name"], "ckpt.pt"))
     run_model(model, job["inputs"], out, job["name"])
 
 
@@ -194,9 +202,19 @@ def tokens(job, out):
             modality_registry=registry,
         )
         # process_galaxy_wrapper of their train script, on a decoded PIL image.
-        galaxy = Image.open(job["image"])
-        patches = dataset.process_galaxy(np.array(galaxy).swapaxes(0, 2)).to(torch.float)
+        galaxy = Image.open(job["image"]).convert("RGB")
+        patches = dataset.process_galaxy(np.array(galaxy).swapaxes(0, 2))
+        if not half:
+            patches = patches.to(torch.float)
         np.save(os.path.join(out, f"{job['name']}_tokens{suffix}.npy"), patches.numpy())
+
+
+def spiral(sides, out):
+    _, registry = image_registry(1, 1)
+    dataset = GalaxyImageDataset(paths=None, spiral=True, modality_registry=registry)
+    orders = {str(n): dataset.spiralise(np.arange(n * n)).tolist() for n in sides}
+    with open(os.path.join(out, "spiral.json"), "w") as handle:
+        json.dump(orders, handle)
 
 
 def load(job, out):
@@ -214,10 +232,13 @@ def main():
         build(job, out)
     for job in spec.get("tokens", []):
         tokens(job, out)
+    if spec.get("spiral"):
+        spiral(spec["spiral"], out)
     for job in spec.get("load", []):
         load(job, out)
     with open(os.path.join(out, "worker.json"), "w") as handle:
-        json.dump({"astropt": astropt.__file__, "torch": torch.__version__}, handle)
+        versions = {"astropt": _version.__version__, "torch": torch.__version__}
+        json.dump({**versions, "numpy": np.__version__}, handle, indent=1)
 
 
 if __name__ == "__main__":

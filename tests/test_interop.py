@@ -1,11 +1,14 @@
 """AstroPT checkpoints: our loader against the reference package itself.
 
-The reference ``astropt`` 2.0.9 shares our import name, so it is installed
-into a gitignored folder (``tests/.astropt_ref/``, once; from PyPI) and run in
-a subprocess (``tests/astropt_ref_worker.py``) that cannot see our package
-(DESIGN.md section 9). Everything it computes comes back through files. Tests
-that need it skip, saying why, when pip cannot install it. The rest (safe
-unpickling, unsupported variants, name mapping) run without it.
+The reference ``astropt`` 2.0.9 shares our import name, so it only ever runs in
+a subprocess that cannot see our package (``tests/astropt_ref_worker.py``,
+DESIGN.md section 9); everything it computes comes back through files.
+``tests/golden/`` holds such files, written by ``tests/make_golden.py`` (see
+there for what they are): every parity test runs on them, offline. When pip
+can install the reference (into the gitignored ``tests/.astropt_ref/``), the
+same tests run again on a fresh reference run, which must also reproduce the
+golden files. The rest (safe unpickling, unsupported variants, name mapping)
+needs no reference.
 """
 
 from __future__ import annotations
@@ -14,16 +17,15 @@ import io
 import json
 import os
 import pickle
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+import make_golden
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from astropt.data import DataConfig, make_loader
 from astropt.interop import (
     AstroPTModality,
     AstroPTModalityRegistry,
@@ -31,141 +33,97 @@ from astropt.interop import (
     export_astropt_checkpoint,
     load_astropt_checkpoint,
     read_astropt_checkpoint,
+    strip_compile_prefixes,
     write_astropt_checkpoint,
 )
 from astropt.model import GPT, GPTConfig
-from astropt.tokens import images_to_tokens
+from astropt.tokens import images_to_tokens, spiral_order
 
-HERE = Path(__file__).resolve().parent
-REF_VERSION = "2.0.9"
-REF_DIR = HERE / ".astropt_ref" / f"astropt-{REF_VERSION}"
-WORKER = HERE / "astropt_ref_worker.py"
 TOL = 1e-5
-
-# Two reference shapes: the AIM tokeniser on 16x16 RGB patches, saved from a
-# torch.compile wrapper ("_orig_mod." keys); the affine tokeniser on 8x8
-# single-band patches, fed a sequence shorter than its block.
-SHAPES = {
-    "aim": dict(n_layer=3, n_head=4, n_embd=64, block_size=64, tokeniser="aim",
-                patch_size=16, n_chan=3, compile=True, batch=2, seq=64),
-    "affine": dict(n_layer=4, n_head=4, n_embd=128, block_size=100, tokeniser="affine",
-                   patch_size=8, n_chan=1, compile=False, batch=3, seq=81),
-}  # fmt: skip
-IMAGE_SIDE = 80  # 5x5 grid of 16-pixel patches
+MODELS = make_golden.MODELS
 
 
 # ---------------------------------------------------------------- reference
 
 
-_INSTALL_FAILURE: list[str] = []  # remembered so one session asks pip only once
+_LIVE: dict[str, Path | str] = {}  # one fresh reference run (or pip's refusal) per session
 
 
-def _install_reference() -> Path:
-    """pip-install astropt==2.0.9 (no dependencies) into tests/.astropt_ref once."""
-    if _INSTALL_FAILURE:
-        pytest.skip(_INSTALL_FAILURE[0])
-    if (REF_DIR / "astropt" / "model.py").is_file() and (REF_DIR / "loralib").is_dir():
-        return REF_DIR
-    staging = REF_DIR.with_name(f"{REF_DIR.name}.partial-{os.getpid()}")
-    command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--timeout", "30", "--retries", "1", "--target", str(staging),
-        f"astropt=={REF_VERSION}", "loralib",
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        reason = str(err)
-    else:
-        reason = ((done.stderr or done.stdout).strip().splitlines() or ["pip failed"])[-1]
-        if done.returncode == 0:
-            reason = ""
-    if reason:
-        shutil.rmtree(staging, ignore_errors=True)
-        _INSTALL_FAILURE.append(
-            f"cannot pip-install the reference astropt=={REF_VERSION}: {reason}"
-        )
-        pytest.skip(_INSTALL_FAILURE[0])
-    try:
-        os.replace(staging, REF_DIR)
-    except OSError:  # another run installed it meanwhile
-        if not (REF_DIR / "astropt" / "model.py").is_file():
-            raise
-    return REF_DIR
+def _live_reference(tmp_path_factory) -> Path:
+    """Install the reference (once) and run make_golden.generate into a temporary folder."""
+    if "out" not in _LIVE:
+        reason = make_golden.install_reference()
+        if reason:
+            _LIVE["out"] = reason
+        else:
+            out = tmp_path_factory.mktemp("astropt_ref") / "out"
+            make_golden.generate(make_golden.REF_DIR, out)
+            _LIVE["out"] = out
+    if isinstance(_LIVE["out"], str):
+        pytest.skip(_LIVE["out"])
+    return _LIVE["out"]
 
 
-def _run_worker(ref_dir: Path, spec: dict, workdir: Path) -> None:
-    spec_path = workdir / f"spec-{len(list(workdir.glob('spec-*')))}.json"
-    spec_path.write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, str(WORKER), str(ref_dir), str(spec_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=workdir,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"reference worker failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+@pytest.fixture(scope="module", params=["golden", pytest.param("live", marks=pytest.mark.slow)])
+def reference(request, tmp_path_factory) -> Path:
+    """A folder of the reference's outputs: the committed golden files, or a fresh run."""
+    if request.param == "golden":
+        return make_golden.GOLDEN_DIR
+    return _live_reference(tmp_path_factory)
 
 
-def _write_test_jpeg(path: Path) -> np.ndarray:
-    """A smooth RGB image with no symmetry (a transpose or flip changes it); returns the decoded pixels."""
-    y, x = np.mgrid[0:IMAGE_SIDE, 0:IMAGE_SIDE].astype(np.float64)
-    red = 128 + 90 * np.sin(x / 13.0 + 0.4) * (0.3 + y / IMAGE_SIDE)
-    green = 30 + 2.2 * x + 0.4 * y
-    blue = 210 - 1.6 * y + 25 * np.cos(x * y / 700.0)
-    pixels = np.clip(np.stack([red, green, blue], axis=-1), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path, quality=95)
-    return np.array(Image.open(path))
+@pytest.mark.slow
+def test_golden_files_are_what_the_reference_writes(tmp_path_factory):
+    """A fresh reference run reproduces tests/golden (else: rerun tests/make_golden.py)."""
+    live, golden = _live_reference(tmp_path_factory), make_golden.GOLDEN_DIR
+    generated = {p.relative_to(live) for p in live.rglob("*") if p.is_file()}
+    committed = {p.relative_to(golden) for p in golden.rglob("*") if p.is_file()}
+    assert generated == committed - {Path("README.md")}
+    for name in sorted(generated):
+        if name.suffix == ".npy":
+            np.testing.assert_allclose(np.load(golden / name), np.load(live / name), atol=1e-6)
+        elif name.suffix == ".pt":
+            ours, theirs = (
+                read_astropt_checkpoint(root / name)["model"] for root in (golden, live)
+            )
+            assert ours.keys() == theirs.keys()
+            assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+        elif name.suffix == ".png":
+            assert np.array_equal(
+                np.array(Image.open(golden / name)), np.array(Image.open(live / name))
+            )
+        elif name.name != "worker.json":
+            assert (golden / name).read_bytes() == (live / name).read_bytes(), name
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """Run the reference once: two checkpoints, their outputs, their tokens of a JPEG."""
-    ref_dir = _install_reference()
-    work = tmp_path_factory.mktemp("astropt_ref")
-    out = work / "out"
-    rng = np.random.default_rng(1234)
-    build = []
-    for name, shape in SHAPES.items():
-        inputs = rng.standard_normal(
-            (shape["batch"], shape["seq"], shape["patch_size"] ** 2 * shape["n_chan"])
-        ).astype(np.float32)
-        np.save(work / f"{name}_inputs.npy", inputs)
-        build.append(
-            dict(name=name, seed=len(build), inputs=str(work / f"{name}_inputs.npy"), **shape)
-        )
-    jpeg = work / "galaxy.jpg"
-    pixels = _write_test_jpeg(jpeg)
-    spec = {
-        "out": str(out),
-        "build": build,
-        "tokens": [{"name": "jpeg", "image": str(jpeg), "patch_size": 16}],
-    }
-    _run_worker(ref_dir, spec, work)
-    return {"dir": ref_dir, "work": work, "out": out, "jpeg": jpeg, "pixels": pixels}
-
-
-def _ours(model: GPT, inputs: np.ndarray, layer=None) -> tuple[np.ndarray, np.ndarray]:
-    """Next-patch predictions and (default-layer, mean-pooled) embeddings."""
+def _ours(model: GPT, inputs: np.ndarray, layer=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Next-patch predictions, (default-layer, mean-pooled) embeddings and the training loss."""
     model.eval()
     x = torch.from_numpy(inputs)
     with torch.no_grad():
         predictions, _ = model(x)
         embeddings = model.embed(x, layer=layer, pool="mean")
-    return predictions.numpy(), embeddings.numpy()
+        _, loss = model.compute_loss(x)
+    return predictions.numpy(), embeddings.numpy(), loss.item()
+
+
+def _assert_outputs_match(reference: Path, name: str, model: GPT, layer=None) -> None:
+    inputs = np.load(reference / f"{name}_inputs.npy")
+    predictions, embeddings, loss = _ours(model, inputs, layer)
+    their_predictions = np.load(reference / f"{name}_preds.npy")
+    assert predictions.shape == their_predictions.shape
+    np.testing.assert_allclose(predictions, their_predictions, rtol=0, atol=TOL)
+    np.testing.assert_allclose(embeddings, np.load(reference / f"{name}_emb.npy"), rtol=0, atol=TOL)
+    assert loss == pytest.approx(np.load(reference / f"{name}_loss.npy").item(), abs=TOL)
 
 
 # ------------------------------------------------- reference -> our model
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_loaded_checkpoint_matches_reference(reference, name):
-    shape = SHAPES[name]
-    ckpt = reference["out"] / name / "ckpt.pt"
-    model = load_astropt_checkpoint(ckpt)
+    shape = MODELS[name]
+    model = load_astropt_checkpoint(reference / name / "ckpt.pt")
     cfg = model.config
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (
         shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"],
@@ -175,24 +133,18 @@ def test_loaded_checkpoint_matches_reference(reference, name):
     )  # fmt: skip
     # AstroPT's data conventions travel with the model.
     assert cfg.transpose_hw and cfg.order == "spiral" and cfg.embed_layer == "middle"
-
-    inputs = np.load(reference["work"] / f"{name}_inputs.npy")
-    predictions, embeddings = _ours(model, inputs)
-    their_predictions = np.load(reference["out"] / f"{name}_preds.npy")
-    their_embeddings = np.load(reference["out"] / f"{name}_emb.npy")
-    assert predictions.shape == their_predictions.shape
-    np.testing.assert_allclose(predictions, their_predictions, rtol=0, atol=TOL)
-    np.testing.assert_allclose(embeddings, their_embeddings, rtol=0, atol=TOL)
+    _assert_outputs_match(reference, name, model)
 
     # The comparison can fail: the final-LayerNorm embedding is a different vector.
+    inputs = np.load(reference / f"{name}_inputs.npy")
     with torch.no_grad():
         final = model.embed(torch.from_numpy(inputs), layer="final").numpy()
-    assert np.abs(final - their_embeddings).max() > 100 * TOL
+    assert np.abs(final - np.load(reference / f"{name}_emb.npy")).max() > 100 * TOL
 
 
 def test_reference_checkpoint_is_what_their_training_script_writes(reference):
     """The fixture really exercises the compile prefix, numpy scalars and optimiser state."""
-    checkpoint = read_astropt_checkpoint(reference["out"] / "aim")
+    checkpoint = read_astropt_checkpoint(reference / "aim")
     assert set(checkpoint) == {
         "model", "optimizer", "model_args", "iter_num", "best_val_loss", "config",
         "modality_registry",
@@ -203,113 +155,99 @@ def test_reference_checkpoint_is_what_their_training_script_writes(reference):
     assert checkpoint["optimizer"]["state"]  # AdamW moments after one step
     modality = checkpoint["modality_registry"].modalities["images"]
     assert isinstance(modality, AstroPTModality)
-    assert (modality.patch_size, modality.input_size) == (16, 768)
+    assert (modality.patch_size, modality.input_size) == (4, 48)
     assert checkpoint["model_args"]["modalities"][0] == modality
 
 
 # ------------------------------------------------------------ data path
 
 
-def _decoded_batch(pixels: np.ndarray) -> torch.Tensor:
-    """Decoded (H, W, C) uint8 pixels as our (1, C, H, W) image batch in pixel units."""
+def _decoded_batch(path: Path) -> torch.Tensor:
+    """An RGB image file as our (1, C, H, W) image batch in pixel units."""
+    pixels = np.array(Image.open(path).convert("RGB"))
     return torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
 
 
-def test_tokens_match_reference_preprocessing(reference):
-    theirs = np.load(reference["out"] / "jpeg_tokens_fp32.npy")
-    theirs_as_trained = np.load(reference["out"] / "jpeg_tokens.npy")
-    images = _decoded_batch(reference["pixels"])
-    ours, _, _ = images_to_tokens(images, patch_size=16, order="spiral", transpose_hw=True)
+@pytest.mark.parametrize("name", sorted(make_golden.TOKEN_IMAGES))
+def test_tokens_match_reference_preprocessing(reference, name):
+    side, patch_size = make_golden.TOKEN_IMAGES[name]
+    theirs = np.load(reference / f"{name}_tokens_fp32.npy")
+    theirs_as_trained = np.load(reference / f"{name}_tokens.npy")
+    assert theirs_as_trained.dtype == np.float16
+    images = _decoded_batch(reference / f"{name}.png")
+    ours, _, _ = images_to_tokens(images, patch_size=patch_size, order="spiral", transpose_hw=True)
     ours = ours[0].numpy()
-    assert ours.shape == theirs.shape == ((IMAGE_SIDE // 16) ** 2, 16 * 16 * 3)
+    assert ours.shape == theirs.shape == ((side // patch_size) ** 2, patch_size**2 * 3)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOL)
     # They train on tokens rounded to float16; ours rounded the same way agree to
     # a float16 step (values near a rounding boundary may land either side).
     rounded = torch.from_numpy(ours).half().float().numpy()
-    np.testing.assert_allclose(rounded, theirs_as_trained, rtol=2**-10, atol=1e-6)
+    np.testing.assert_allclose(
+        rounded, theirs_as_trained.astype(np.float32), rtol=2**-10, atol=1e-6
+    )
 
     # Pixel scale does not matter to per-patch normalisation (beyond the 1e-8 epsilon).
-    scaled, _, _ = images_to_tokens(images / 255.0, patch_size=16, transpose_hw=True)
+    scaled, _, _ = images_to_tokens(images / 255.0, patch_size=patch_size, transpose_hw=True)
     np.testing.assert_allclose(scaled[0].numpy(), theirs, rtol=0, atol=1e-4)
 
     # The image is not symmetric, so the layout is really being tested.
-    natural, _, _ = images_to_tokens(images, patch_size=16, transpose_hw=False)
+    natural, _, _ = images_to_tokens(images, patch_size=patch_size, transpose_hw=False)
     assert np.abs(natural[0].numpy() - theirs).max() > 0.5
 
 
-def _data_module():
-    try:
-        from astropt import data
-    except ImportError:
-        return None
-    if not (hasattr(data, "DataConfig") and hasattr(data, "make_loader")):
-        return None
-    return data
+def test_spiral_order_matches_reference(reference):
+    orders = json.loads((reference / "spiral.json").read_text())
+    assert sorted(map(int, orders)) == make_golden.SPIRAL_SIDES
+    for side, order in orders.items():
+        assert spiral_order(int(side)).tolist() == order, f"{side}x{side} grid"
 
 
 def test_data_pipeline_matches_reference_preprocessing(reference, tmp_path):
-    data = _data_module()
-    if data is None:
-        pytest.skip("astropt.data (DataConfig, make_loader) has not landed yet")
     folder = tmp_path / "images"
     folder.mkdir()
-    (folder / "galaxy.jpg").write_bytes(reference["jpeg"].read_bytes())
-    cfg = data.DataConfig(
-        source="folder", path=str(folder), patch_size=16, order="spiral",
+    (folder / "galaxy.png").write_bytes((reference / "grid5.png").read_bytes())
+    cfg = DataConfig(
+        source="folder", path=str(folder), patch_size=8, order="spiral",
         transpose_hw=True, augment=False,
     )  # fmt: skip
-    loader = data.make_loader(cfg, "train", batch_size=1, shuffle=False, augment=False)
+    loader = make_loader(cfg, "train", batch_size=1, shuffle=False, augment=False)
     batch = next(iter(loader))
-    theirs = np.load(reference["out"] / "jpeg_tokens_fp32.npy")
-    # Our JPEG pixels are scaled to [0, 1]; only the 1e-8 epsilon sees the scale.
+    theirs = np.load(reference / "grid5_tokens_fp32.npy")
+    # Our pixels are scaled to [0, 1]; only the 1e-8 epsilon sees the scale.
     np.testing.assert_allclose(batch.tokens[0].numpy(), theirs, rtol=0, atol=1e-4)
 
 
 # ------------------------------------------------- our model -> reference
 
 
-def _randomise(model: GPT, seed: int) -> GPT:
-    """Random values in every tensor (biases, LayerNorm gains too) so no name swap goes unseen."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.named_parameters():
-            noise = torch.randn(tensor.shape, generator=generator)
-            if "norm" in name and name.endswith(".weight"):
-                tensor.copy_(1 + 0.3 * noise)
-            else:
-                tensor.copy_(0.05 * noise)
-    return model
+def _export_source(reference: Path, name: str) -> GPT:
+    if name == "roundtrip_aim":  # a model loaded from their checkpoint, written back
+        return load_astropt_checkpoint(reference / "aim" / "ckpt.pt")
+    return make_golden.fresh_model()
 
 
-def test_exported_checkpoints_load_strictly_in_reference(reference, tmp_path):
-    rng = np.random.default_rng(7)
-    jobs, expected = [], {}
-    # 1. A model loaded from their checkpoint, written back.
-    loaded = load_astropt_checkpoint(reference["out"] / "aim" / "ckpt.pt")
-    # 2. One of ours with biases, the affine tokeniser and 2 channels.
-    fresh_cfg = GPTConfig(
-        n_layer=2, n_head=2, n_embd=64, block_size=16, tokeniser="affine", bias=True,
-        patch_size=4, n_chan=2,
-    )  # fmt: skip
-    fresh = _randomise(GPT(fresh_cfg), seed=3)
-    for name, model in (("roundtrip_aim", loaded), ("fresh_affine_bias", fresh)):
-        export_astropt_checkpoint(model, tmp_path / name)
-        inputs = rng.standard_normal((2, model.config.block_size, model.config.patch_dim))
-        inputs = inputs.astype(np.float32)
-        np.save(tmp_path / f"{name}_inputs.npy", inputs)
-        # Their generate_embeddings is always the middle block.
-        expected[name] = _ours(model, inputs, layer="middle")
-        jobs.append(
-            {"name": name, "ckpt_dir": str(tmp_path / name),
-             "inputs": str(tmp_path / f"{name}_inputs.npy")}
-        )  # fmt: skip
-    out = tmp_path / "out"
-    _run_worker(reference["dir"], {"out": str(out), "load": jobs}, tmp_path)
-    for name, (predictions, embeddings) in expected.items():
-        np.testing.assert_allclose(
-            np.load(out / f"{name}_preds.npy"), predictions, rtol=0, atol=TOL
-        )
-        np.testing.assert_allclose(np.load(out / f"{name}_emb.npy"), embeddings, rtol=0, atol=TOL)
+@pytest.mark.parametrize("name", make_golden.EXPORTS)
+def test_exported_checkpoints_load_strictly_in_reference(reference, name, tmp_path):
+    """Their ``load_astropt`` (strict) read our export of this model and computed our outputs.
+
+    The reference read ``reference/NAME/ckpt.pt``; what we export today must be
+    that checkpoint, so it would load the same way.
+    """
+    model = _export_source(reference, name)
+    ours = read_astropt_checkpoint(export_astropt_checkpoint(model, tmp_path / name))
+    theirs = read_astropt_checkpoint(reference / name)
+    assert ours["model"].keys() == theirs["model"].keys()
+    for key, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][key], tensor), key
+    assert ours["model_args"] == theirs["model_args"]
+    assert ours["modality_registry"].modalities == theirs["modality_registry"].modalities
+    assert ours["config"] == theirs["config"]
+    # Their generate_embeddings is always the middle block.
+    _assert_outputs_match(reference, name, model, layer="middle")
+    if name == "roundtrip_aim":  # their weights come back unchanged
+        original = strip_compile_prefixes(read_astropt_checkpoint(reference / "aim")["model"])
+        assert original.keys() == ours["model"].keys()
+        assert all(torch.equal(original[key], ours["model"][key]) for key in original)
 
 
 # ------------------------------------------- without the reference package
@@ -318,7 +256,7 @@ def test_exported_checkpoints_load_strictly_in_reference(reference, tmp_path):
 @pytest.fixture
 def small_model() -> GPT:
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, patch_size=4, n_chan=3)
-    return _randomise(GPT(cfg), seed=0).eval()
+    return make_golden.randomise(GPT(cfg), seed=0).eval()
 
 
 def _outputs(model: GPT, seed: int = 0):

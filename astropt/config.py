@@ -119,15 +119,30 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def valid_keys() -> dict[str, Any]:
-    """Every settable dotted key with its type: ``{"max_iters": int, "model.n_layer": int, ...}``."""
+def sections_of(root: type) -> dict[str, type]:
+    """The ``[section]`` tables of a config dataclass: its fields that are dataclasses."""
+    hints = _hints(root)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(root)
+        if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def valid_keys(root: type = RunConfig) -> dict[str, Any]:
+    """Every settable dotted key with its type: ``{"max_iters": int, "model.n_layer": int, ...}``.
+
+    ``root``: the config dataclass (:class:`RunConfig`, or another command's
+    config built the same way: top-level fields plus dataclass sections).
+    """
     keys: dict[str, Any] = {}
-    run_hints = _hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
-        if f.name in SECTIONS:
+    sections = sections_of(root)
+    run_hints = _hints(root)
+    for f in dataclasses.fields(root):
+        if f.name in sections:
             continue
         keys[f.name] = run_hints[f.name]
-    for section, cls in SECTIONS.items():
+    for section, cls in sections.items():
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
@@ -146,8 +161,10 @@ def _nearest(key: str, keys: list[str]) -> str | None:
     return by_leaf[close[0]] if close else None
 
 
-def _unknown_key(key: str, keys: dict[str, Any], origin: str) -> ConfigError:
-    hint = _nearest(key, [*keys, *(f"[{s}]" for s in SECTIONS)])
+def _unknown_key(
+    key: str, keys: dict[str, Any], origin: str, sections: dict[str, type] = SECTIONS
+) -> ConfigError:
+    hint = _nearest(key, [*keys, *(f"[{s}]" for s in sections)])
     suggestion = f"; did you mean '{hint}'?" if hint else ""
     return ConfigError(f"unknown config key '{key}' ({origin}){suggestion}")
 
@@ -269,18 +286,22 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 # ------------------------------------------------------------------ apply
-def _flatten(table: dict, prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(
+    table: dict, prefix: str = "", sections: dict[str, type] = SECTIONS
+) -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for name, value in table.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict) and key in SECTIONS:
-            items.extend(_flatten(value, key + "."))
+        if isinstance(value, dict) and key in sections:
+            items.extend(_flatten(value, key + ".", sections))
         else:
             items.append((key, value))
     return items
 
 
-def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Any, str]]:
+def _read_file(
+    path: Path, seen: tuple[Path, ...] = (), sections: dict[str, type] = SECTIONS
+) -> list[tuple[str, Any, str]]:
     """``(key, value, origin)`` entries of a TOML (or saved JSON) config, bases first."""
     path = path.resolve()
     if path in seen:
@@ -300,8 +321,8 @@ def _read_file(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Any, 
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: 'base' must be a path string, got {base!r}")
-        entries.extend(_read_file(path.parent / base, (*seen, path)))
-    entries.extend((key, value, str(path)) for key, value in _flatten(table))
+        entries.extend(_read_file(path.parent / base, (*seen, path), sections))
+    entries.extend((key, value, str(path)) for key, value in _flatten(table, "", sections))
     return entries
 
 
@@ -313,7 +334,7 @@ def _parse_override(text: str) -> tuple[str, str]:
     return key, value.strip()
 
 
-def _set(cfg: RunConfig, key: str, value: Any, keys: dict[str, Any]) -> None:
+def _set(cfg: Any, key: str, value: Any, keys: dict[str, Any]) -> None:
     target: Any = cfg
     name = key
     if "." in key:
@@ -322,20 +343,34 @@ def _set(cfg: RunConfig, key: str, value: Any, keys: dict[str, Any]) -> None:
     setattr(target, name, coerce(value, keys[key], key))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple = (), root: type = RunConfig
+) -> Any:
     """Build a resolved :class:`RunConfig` from defaults, a TOML/JSON file and overrides.
 
     ``path``: a TOML file (or a run folder's ``config.json``), or None for the
     defaults. ``overrides``: ``key=value`` strings applied last, in order.
-    Raises :class:`ConfigError` for unknown keys (naming the nearest valid one)
-    and for values that do not parse as the field's type.
+    ``root``: another config dataclass read by the same rules (e.g.
+    :class:`astropt.finetune.FinetuneConfig`); its ``validate()`` method, when
+    it has one, runs last. Raises :class:`ConfigError` for unknown keys
+    (naming the nearest valid one) and for values that do not parse as the
+    field's type.
     """
-    keys = valid_keys()
-    cfg = RunConfig()
-    entries: list[tuple[str, Any, str]] = [] if path is None else _read_file(Path(path))
+    sections = sections_of(root)
+    keys = valid_keys(root)
+    cfg = root()
+    entries: list[tuple[str, Any, str]] = (
+        [] if path is None else _read_file(Path(path), sections=sections)
+    )
     for text in overrides:
         key, value = _parse_override(text)
         entries.append((key, value, "command line"))
+    if root is not RunConfig:
+        for key, value, origin in entries:
+            if key not in keys:
+                raise _unknown_key(key, keys, origin, sections)
+            _set(cfg, key, value, keys)
+        return _rebuild(cfg)
     explicit_conventions: dict[str, tuple[Any, str]] = {}
     for key, value, origin in entries:
         if key not in keys:
@@ -369,6 +404,20 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _rebuild(cfg: Any) -> Any:
+    """Re-run the sections' dataclass checks, then ``cfg.validate()`` (configs other than RunConfig)."""
+    try:
+        for name, cls in sections_of(type(cfg)).items():
+            setattr(cfg, name, cls(**dataclasses.asdict(getattr(cfg, name))))
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except (TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(str(error)) from error
+    return cfg
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject values no run can use, with the key to change."""
     positive = {
@@ -397,17 +446,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.mask_ratio must be in (0, 1), got {cfg.model.mask_ratio}")
 
 
-def config_from_dict(values: dict) -> RunConfig:
-    """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (checked like a file)."""
-    keys = valid_keys()
-    cfg = RunConfig()
-    for key, value in _flatten(values):
+def config_from_dict(values: dict, root: type = RunConfig) -> Any:
+    """Rebuild a :class:`RunConfig` (or ``root``) from its ``to_dict`` output (checked like a file)."""
+    sections = sections_of(root)
+    keys = valid_keys(root)
+    cfg = root()
+    for key, value in _flatten(values, "", sections):
         if key not in keys:
-            raise _unknown_key(key, keys, "dict")
-        if key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
+            raise _unknown_key(key, keys, "dict", sections)
+        if root is RunConfig and key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
             continue  # derived from data.* by resolve()
         _set(cfg, key, value, keys)
-    return resolve(cfg)
+    return resolve(cfg) if root is RunConfig else _rebuild(cfg)
 
 
 def _field_notes(cls: type) -> dict[str, str]:
@@ -435,16 +485,17 @@ def _field_notes(cls: type) -> dict[str, str]:
     return notes
 
 
-def describe_keys() -> str:
+def describe_keys(root: type = RunConfig) -> str:
     """Every key with its type, default and note (the ``--help`` listing)."""
-    defaults = _flatten(RunConfig().to_dict())
-    keys = valid_keys()
-    notes = {name: note for name, note in _field_notes(RunConfig).items()}
-    for section, cls in SECTIONS.items():
+    sections = sections_of(root)
+    defaults = _flatten(dataclasses.asdict(root()), "", sections)
+    keys = valid_keys(root)
+    notes = {name: note for name, note in _field_notes(root).items()}
+    for section, cls in sections.items():
         notes.update({f"{section}.{k}": v for k, v in _field_notes(cls).items()})
     lines = []
     for key, default in defaults:
-        if key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
+        if root is RunConfig and key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
             continue
         lines.append(f"  {key} ({_type_name(keys[key])}, default {default!r})")
         if key in notes:

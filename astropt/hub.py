@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 README_NAME = "README.md"
+TASK_HEAD_NAME = "task_head.json"  # a finetuned model's head (astropt.finetune.model)
 LIBRARY_NAME = "astropt"
 _REPO_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<path>[^:]*))?$")
 _FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".json")
@@ -222,7 +223,11 @@ def model_card(
 
 
 def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu"):
-    """Read a model folder written by :func:`save_pretrained` into a :class:`GPT`."""
+    """Read a model folder written by :func:`save_pretrained` into a :class:`GPT`.
+
+    A folder with a ``task_head.json`` (a finetuned model) loads as
+    :class:`astropt.finetune.model.FinetunedGPT`, head included.
+    """
     from astropt.model import GPT, GPTConfig
 
     directory = Path(directory)
@@ -231,7 +236,15 @@ def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu")
         if not needed.is_file():
             raise FileNotFoundError(f"{directory} is not a model folder: {needed.name} is missing")
     config = GPTConfig.from_dict(json.loads(config_path.read_text()))
-    model = GPT(config)
+    head_path = directory / TASK_HEAD_NAME
+    if head_path.is_file():
+        # A finetuned model: the trunk plus its task head. Imported here because
+        # astropt.finetune is built on this module, not the other way round.
+        from astropt.finetune.model import FinetunedGPT
+
+        model = FinetunedGPT(config, json.loads(head_path.read_text()))
+    else:
+        model = GPT(config)
     state = load_file(str(weights_path), device=str(map_location))
     load_state_checked(model, state, source=str(weights_path))
     return model

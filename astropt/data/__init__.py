@@ -13,7 +13,7 @@ simulator), :mod:`~astropt.data.loader` (sampling, workers, collation, resume).
 """
 
 from .decode import REASONS, BadSampleError, DataError
-from .loader import Batch, DataConfig, SkippedSampleWarning, TokenLoader, make_loader
+from .loader import Batch, DataConfig, SkippedSampleWarning, TokenLoader, make_loader, map_loader
 from .sources import guess_source
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "TokenLoader",
     "guess_source",
     "make_loader",
+    "map_loader",
 ]

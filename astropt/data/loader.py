@@ -792,7 +792,6 @@ def make_loader(
             rank,
             worker_spec,
         )
-        keys = None
     else:
         if cfg.source == "folder":
             source: Any = FolderSource(cfg, split, max_samples)
@@ -804,34 +803,97 @@ def make_loader(
             _check_survey_folder(cfg)
             ds, label = open_hf(cfg, split, streaming=False)
             source = HFMapSource(ds, cfg, label, max_samples)
-        if isinstance(source, SyntheticSource) and cfg.bands is None:
-            # The simulator's shape is known: no need to render a galaxy to find it.
-            side = cfg.image_size or source.side
-            shape = (3, side, side)
-        else:
-            shape = _probe_map(source, prep, cfg.strict, label)
-        prep = _with_shape(prep, shape, cfg)
-        plan = _EpochPlan(
-            n=len(source),
+        return map_loader(
+            source,
+            cfg,
+            label,
+            split=split,
             batch_size=batch_size,
             shuffle=shuffle,
             augment=augment,
             seed=seed,
             rank=rank,
             world_size=world_size,
+            device=device,
             drop_last=drop_last,
-            even_shards=cfg.even_shards,
+            repeat=repeat,
         )
-        if plan.num_batches == 0:
-            raise ValueError(
-                f"{label}: rank {rank} of {world_size} gets {plan.per_rank} samples, not one "
-                f"batch of {batch_size}{' (drop_last is on)' if drop_last else ''}"
-            )
-        dataset = _MapBatches(source, prep, cfg.strict, worker_spec)
-        keys = _BatchKeys(plan)
     return TokenLoader(
         dataset=dataset,
-        keys=keys,
+        keys=None,
+        cfg=cfg,
+        split=split,
+        label=label,
+        batch_size=batch_size,
+        device=device,
+        repeat=repeat,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+    )
+
+
+def map_loader(
+    source: Any,
+    cfg: DataConfig,
+    label: str,
+    *,
+    split: str,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: str | torch.device,
+    drop_last: bool,
+    repeat: bool,
+) -> TokenLoader:
+    """A :class:`TokenLoader` over any map source (``len``, ``fetch(indices) -> Rows``,
+    ``decode(payload, name)``), with the sampling, workers and resume of :func:`make_loader`.
+
+    ``label`` names the source in messages. Used by :func:`make_loader` and by
+    callers with sources of their own (e.g. the labelled subsets of
+    :mod:`astropt.finetune`).
+    """
+    device = torch.device(device)
+    prep = Prep(
+        crop=cfg.image_size,
+        shape=None,
+        bands=cfg.bands,
+        float_scaling=cfg.float_scaling,
+        softening=cfg.asinh_softening,
+    )
+    worker_spec = (
+        _TokenSpec(cfg.patch_size, cfg.order, cfg.transpose_hw) if device.type == "cpu" else None
+    )
+    if isinstance(source, SyntheticSource) and cfg.bands is None:
+        # The simulator's shape is known: no need to render a galaxy to find it.
+        side = cfg.image_size or source.side
+        shape = (3, side, side)
+    else:
+        shape = _probe_map(source, prep, cfg.strict, label)
+    prep = _with_shape(prep, shape, cfg)
+    plan = _EpochPlan(
+        n=len(source),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        augment=augment,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+        even_shards=cfg.even_shards,
+    )
+    if plan.num_batches == 0:
+        raise ValueError(
+            f"{label}: rank {rank} of {world_size} gets {plan.per_rank} samples, not one "
+            f"batch of {batch_size}{' (drop_last is on)' if drop_last else ''}"
+        )
+    return TokenLoader(
+        dataset=_MapBatches(source, prep, cfg.strict, worker_spec),
+        keys=_BatchKeys(plan),
         cfg=cfg,
         split=split,
         label=label,
@@ -885,4 +947,5 @@ __all__ = [
     "SkippedSampleWarning",
     "TokenLoader",
     "make_loader",
+    "map_loader",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import warnings
@@ -495,14 +494,6 @@ def test_images_not_divisible_by_the_patch_need_a_crop(tiny_survey, hf_cache):
     assert next(iter(make_loader(cfg, "test", batch_size=2))).tokens.shape == (2, 4, 432)
 
 
-needs_simulator = pytest.mark.skipif(
-    importlib.util.find_spec("astropt.simulate") is None,
-    reason="astropt.simulate (issue 3, the survey simulator) is not in the tree yet; "
-    "on-the-fly synthetic data needs it",
-)
-
-
-@needs_simulator
 def test_on_the_fly_synthetic_survey():
     cfg = DataConfig(source="synthetic", image_size=32, patch_size=P, synthetic_n=20)
     train = make_loader(cfg, "train", batch_size=4, seed=0, augment=False)

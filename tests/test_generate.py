@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_parquet_survey
 
 from astropt.generate import complete, fold_tokens
 from astropt.model import GPT, GPTConfig
+from astropt.simulate import make_stamps
 from astropt.tokens import images_to_tokens, normalise_patches, unpatchify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,15 +181,8 @@ def test_training_mode_is_restored():
 
 # ------------------------------------------------------------ a model that learnt
 def stamps(n: int, size: int, seed: int) -> torch.Tensor:
-    """``(n, 3, size, size)`` galaxy images in [0, 1]: the simulator's when it exists."""
-    try:
-        from astropt.simulate import make_stamps
-    except ImportError:
-        from conftest import galaxy_stamps  # smooth random blobs plus noise
-
-        rgb = galaxy_stamps(n, size, seed=seed)
-    else:
-        rgb = make_stamps(n, size, seed)[0]
+    """``(n, 3, size, size)`` galaxy images in [0, 1] from the survey simulator."""
+    rgb = make_stamps(n, size, seed)[0]
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255
 
 
@@ -222,9 +217,6 @@ def _load_sample_module():
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory):
-    pytest.importorskip("astropt.data", reason="the data pipeline (issue 4) has not landed")
-    from conftest import write_parquet_survey
-
     root = tmp_path_factory.mktemp("generate_survey")
     return write_parquet_survey(str(root), sizes={"train": 4, "test": 6})
 

@@ -155,15 +155,32 @@ def test_mae_hides_masked_inputs():
     assert torch.allclose(before, after)
 
 
-def test_mae_compute_loss_masks_the_configured_fraction():
-    model = tiny(objective="mae", mask_ratio=0.5)
-    x = tokens(batch=2, seq=10)
-    generator = torch.Generator().manual_seed(3)
-    _, loss = model.compute_loss(x, generator=generator)
-    assert torch.isfinite(loss)
-    # Same generator state, same mask, same loss: reproducible under a seed.
-    _, again = model.compute_loss(x, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(loss, again)
+@pytest.mark.parametrize(("ratio", "seq", "n_masked"), [(0.5, 10, 5), (0.25, 16, 4), (0.75, 8, 6)])
+def test_mae_compute_loss_masks_the_configured_fraction(ratio, seq, n_masked):
+    model = tiny(objective="mae", mask_ratio=ratio)
+    x = tokens(batch=4, seq=seq)
+    masks = []
+
+    def record_mask(module, args, kwargs):
+        masks.append(kwargs["mask"])
+
+    model.register_forward_pre_hook(record_mask, with_kwargs=True)
+    with torch.no_grad():
+        predictions, loss = model.compute_loss(x, generator=torch.Generator().manual_seed(3))
+    (mask,) = masks
+    assert mask.shape == (4, seq) and mask.dtype == torch.bool
+    # round(ratio * seq) patches hidden in every sequence, a different set per sequence.
+    assert mask.sum(dim=1).tolist() == [n_masked] * 4
+    assert len({tuple(row.tolist()) for row in mask}) > 1
+    # The loss is the Huber loss over the hidden patches only.
+    diff = (predictions - x).abs()
+    huber = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+    assert torch.allclose(loss, huber[mask].mean(), atol=1e-6)
+    # The mask comes from the generator: same seed, same mask; another seed, another.
+    with torch.no_grad():
+        model.compute_loss(x, generator=torch.Generator().manual_seed(3))
+        model.compute_loss(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(masks[1], mask) and not torch.equal(masks[2], mask)
 
 
 def test_tiny_model_overfits_a_fixed_batch():

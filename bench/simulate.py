@@ -24,6 +24,12 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from astropt import simulate as sim  # noqa: E402
+from astropt.simulate.population import (  # noqa: E402
+    _galaxy_uniforms,
+    _population_from_uniforms,
+)
+from astropt.simulate.stamps import _slice  # noqa: E402
+from astropt.simulate.writer import _rows  # noqa: E402
 
 TARGET = 100.0  # stamps/s at 256 x 256 on one core (issue 3)
 
@@ -37,7 +43,7 @@ def _timed(fn):
 def full_pipeline(n: int, size: int, seed: int = 0, start: int = 0) -> tuple[float, float]:
     """CPU and wall seconds to make n JPEG stamps the way write_survey does."""
     task = (np.arange(start, start + n), size, seed, False, sim.DR8)
-    cols, cpu, wall = _timed(lambda: sim._rows(task))
+    cols, cpu, wall = _timed(lambda: _rows(task))
     assert len(cols["image"]) == n
     return cpu, wall
 
@@ -45,12 +51,12 @@ def full_pipeline(n: int, size: int, seed: int = 0, start: int = 0) -> tuple[flo
 def stages(n: int, size: int = 256, seed: int = 0) -> list[tuple[str, float]]:
     """CPU seconds per stage for n stamps."""
     idx = np.arange(10_000, 10_000 + n)
-    (u, gens), t_u, _ = _timed(lambda: sim._galaxy_uniforms(seed, idx))
-    params, t_pop, _ = _timed(lambda: sim._population_from_uniforms(u, sim.DR8))
+    (u, gens), t_u, _ = _timed(lambda: _galaxy_uniforms(seed, idx))
+    params, t_pop, _ = _timed(lambda: _population_from_uniforms(u, sim.DR8))
     chunk = max(1, (1 << 19) // (size * size))
     t_draw = t_psf = t_noise = t_rgb = t_jpeg = 0.0
     for c in range(0, n, chunk):
-        p = sim._slice(params, slice(c, c + chunk))
+        p = _slice(params, slice(c, c + chunk))
         g = gens[c : c + chunk]
         _, dt, _ = _timed(lambda p=p: sim.render(p, size, None, psf=False, noise=False))
         t_draw += dt

@@ -1,0 +1,254 @@
+"""The survey folder: parquet shards in the ``Smith42/galaxies`` schema, and a montage."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from astropt.simulate.spec import (
+    _F32,
+    BANDS,
+    DR8,
+    GALAXY10_CLASSES,
+    LABEL_COLUMNS,
+    SIM_VERSION,
+    SurveySpec,
+)
+from astropt.simulate.stamps import _check_size, encode_jpeg, iter_render, to_rgb_uint8
+
+SPLITS = ("train", "validation", "test")
+
+
+def split_of(indices) -> np.ndarray:
+    """Split of galaxy i: train if i % 10 < 8, validation if 8, test if 9 (0, 1, 2)."""
+    r = np.asarray(indices) % 10
+    return np.where(r < 8, 0, np.where(r == 8, 1, 2))
+
+
+def split_indices(n: int, split: str) -> np.ndarray:
+    """Galaxy indices of a split of an ``n``-galaxy survey, in order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    idx = np.arange(n)
+    return idx[split_of(idx) == SPLITS.index(split)]
+
+
+def survey_features(image_size: int, float_bands: bool):
+    """The ``datasets.Features`` of a shard (image, dr8_id, labels[, flux_grz])."""
+    from datasets import Features, Image, List, Value
+
+    feats = {"image": Image()}
+    for k, (dtype, _, _) in LABEL_COLUMNS.items():
+        feats[k] = Value(dtype)
+    if float_bands:
+        feats["flux_grz"] = List(Value("float32"), length=3 * image_size * image_size)
+    return Features(feats)
+
+
+def _rows(task: tuple) -> dict:
+    """Worker: render one chunk of galaxies into parquet-ready columns."""
+    indices, size, seed, float_bands, survey = task
+    cols: dict[str, list] = {"image": [], **{k: [] for k in LABEL_COLUMNS}}
+    if float_bands:
+        cols["flux_grz"] = []
+    for flux, labels in iter_render(np.asarray(indices), size, seed, survey=survey):
+        cols["image"].extend(
+            encode_jpeg(im, survey.jpeg_quality) for im in to_rgb_uint8(flux, survey=survey)
+        )
+        for k, v in labels.items():
+            cols[k].append(v)
+        if float_bands:
+            cols["flux_grz"].append(flux.reshape(len(flux), -1))
+    return {k: v if k == "image" else np.concatenate(v) for k, v in cols.items()}
+
+
+def _write_shard(path: Path, cols: list[dict], schema, float_bands: bool) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = []
+    for field in schema:
+        name = field.name
+        if name == "image":
+            data = [b for c in cols for b in c["image"]]
+            arrays.append(
+                pa.StructArray.from_arrays(
+                    [pa.array(data, pa.binary()), pa.nulls(len(data), pa.string())],
+                    fields=list(field.type),
+                )
+            )
+        elif name == "flux_grz":
+            flat = np.concatenate([c["flux_grz"] for c in cols]).astype(_F32)
+            arrays.append(
+                pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), type=field.type)
+            )
+        else:
+            arrays.append(pa.array(np.concatenate([c[name] for c in cols]), type=field.type))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    tmp = path.with_suffix(".parquet.tmp")
+    # fixed writer settings: the same rows always give the same bytes
+    pq.write_table(
+        table,
+        tmp,
+        compression="snappy",
+        row_group_size=max(len(table), 1),
+        use_dictionary=False,
+        write_statistics=True,
+        version="2.6",
+    )
+    os.replace(tmp, path)
+
+
+def write_survey(
+    out: str | os.PathLike,
+    n: int,
+    image_size: int = 256,
+    seed: int = 0,
+    *,
+    workers: int = 1,
+    float_bands: bool = False,
+    shard_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    survey: SurveySpec = DR8,
+) -> dict:
+    """Write ``out/{train,validation,test}/shard-NNNNN.parquet`` and ``out/survey.json``.
+
+    Shards hold consecutive galaxies of one split (``split_of``); the shard layout
+    depends only on (n, shard_size), never on ``workers``, and every galaxy only on
+    (seed, i), so the files are byte-identical for any worker count. ``survey.json``
+    is written last: its presence marks a complete survey. Returns its contents.
+    """
+    from tqdm.auto import tqdm
+
+    size = _check_size(image_size)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists and is not empty (pass overwrite=True / --overwrite)"
+            )
+        for split in SPLITS:
+            for f in (out / split).glob("shard-*.parquet*") if (out / split).is_dir() else []:
+                f.unlink()
+        (out / "survey.json").unlink(missing_ok=True)
+    if shard_size is None:
+        per = 3 * size * size * 4 if float_bands else 0
+        shard_size = int(min(1000, max(16, (256 << 20) // max(per, 1)))) if per else 1000
+    chunk = int(max(4, min(256, (1 << 21) // (size * size))))
+    schema = survey_features(size, float_bands).arrow_schema
+
+    tasks, plan = [], []  # plan: (split, shard number, number of chunks)
+    sizes = {}
+    for split in SPLITS:
+        idx = split_indices(n, split)
+        sizes[split] = int(len(idx))
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for s, lo in enumerate(range(0, len(idx), shard_size)):
+            shard = idx[lo : lo + shard_size]
+            pieces = [shard[c : c + chunk] for c in range(0, len(shard), chunk)]
+            plan.append((split, s, len(pieces)))
+            tasks.extend((p, size, int(seed), float_bands, survey) for p in pieces)
+
+    bar = tqdm(total=n, desc=f"survey {size}px", unit="stamp", disable=not progress)
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        results = pool.map(_rows, tasks)
+    else:
+        results = map(_rows, tasks)
+    shards: dict[str, list[str]] = {s: [] for s in SPLITS}
+    try:
+        for split, s, count in plan:
+            cols = []
+            for _ in range(count):
+                c = next(results)
+                cols.append(c)
+                bar.update(len(c["image"]))
+            name = f"shard-{s:05d}.parquet"
+            _write_shard(out / split / name, cols, schema, float_bands)
+            shards[split].append(f"{split}/{name}")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    meta = {
+        "name": "astropt synthetic DESI Legacy Survey DR8-like survey",
+        "simulator_version": SIM_VERSION,
+        "n": int(n),
+        "image_size": size,
+        "seed": int(seed),
+        "pixel_scale_arcsec": survey.pixel_scale,
+        "field_of_view_arcsec": round(size * survey.pixel_scale, 4),
+        "bands": list(BANDS),
+        "image": "JPEG, RGB = z, r, g with a Lupton asinh stretch (astropt.simulate.to_rgb_uint8)",
+        "flux_grz": (
+            "float32 nanomaggies per pixel, shape (3, S, S) flattened, bands g, r, z"
+            if float_bands
+            else None
+        ),
+        "split_rule": "train if dr8_id % 10 < 8, validation if == 8, test if == 9",
+        "splits": sizes,
+        "shard_size": shard_size,
+        "shards": shards,
+        "galaxy10_classes": list(GALAXY10_CLASSES),
+        "columns": {
+            k: {"dtype": t, "unit": unit, "description": desc}
+            for k, (t, unit, desc) in LABEL_COLUMNS.items()
+        },
+        "survey": asdict(survey),
+    }
+    tmp = out / "survey.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / "survey.json")
+    return meta
+
+
+def montage(
+    rgb: np.ndarray, labels: dict[str, np.ndarray], path: str | os.PathLike, columns: int = 8
+) -> None:
+    """Write a PNG grid of stamps (n, S, S, 3) captioned with their Galaxy10 class names."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n, size = len(rgb), rgb.shape[1]
+    tile = max(size, 128)
+    cap = 28
+    rows_n = -(-n // columns)
+    sheet = Image.new("RGB", (columns * tile, rows_n * (tile + cap)), (20, 20, 20))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for pt in (11, 10, 9, 8):  # the largest size at which every class name fits a tile
+        try:
+            font = ImageFont.load_default(size=pt)
+        except TypeError:  # Pillow < 10.1 has one bitmap font
+            break
+        if max(draw.textlength(c, font=font) for c in GALAXY10_CLASSES) <= tile - 6:
+            break
+    for k in range(n):
+        r, c = divmod(k, columns)
+        im = Image.fromarray(rgb[k]).resize((tile, tile), Image.NEAREST)
+        sheet.paste(im, (c * tile, r * (tile + cap)))
+        name = GALAXY10_CLASSES[int(labels["galaxy10"][k])]
+        extra = f"z={labels['redshift'][k]:.2f} logM={labels['log_mstar'][k]:.1f}"
+        if labels["is_artefact"][k]:
+            extra += " artefact"
+        draw.text(
+            (c * tile + 3, r * (tile + cap) + tile + 1), name, fill=(235, 235, 235), font=font
+        )
+        draw.text(
+            (c * tile + 3, r * (tile + cap) + tile + 14), extra, fill=(160, 160, 160), font=font
+        )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG", optimize=True)

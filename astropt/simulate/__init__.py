@@ -51,7 +51,13 @@ from astropt.simulate.spec import (
     SIM_VERSION,
     SurveySpec,
 )
-from astropt.simulate.stamps import encode_jpeg, make_stamps, render_indices, to_rgb_uint8
+from astropt.simulate.stamps import (
+    encode_jpeg,
+    iter_render,
+    make_stamps,
+    render_indices,
+    to_rgb_uint8,
+)
 from astropt.simulate.writer import (
     SPLITS,
     montage,
@@ -73,6 +79,7 @@ __all__ = [
     "SurveySpec",
     "cosmology_table",
     "encode_jpeg",
+    "iter_render",
     "k_correction",
     "make_stamps",
     "montage",

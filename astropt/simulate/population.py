@@ -74,6 +74,7 @@ stream, never between two existing ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import special
@@ -164,13 +165,118 @@ def sample_population(
 
 
 def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np.ndarray]:
-    """The population model: uniforms (n, N_UNIFORMS) -> parameters (see module docstring)."""
+    """The population model: uniforms (n, N_UNIFORMS) -> parameters (see module docstring).
+
+    The stages run in the order they draw from ``u``; reordering them changes every galaxy.
+    """
     d = _Draws(u)
     n = len(u)
+    sf = _star_formation(d, survey)
+    st = _structure(d, sf)
+    ph = _photometry(sf, st, survey)
+    sz = _sizes(d, sf, st)
+    disc = _disc_features(d, sf, st, sz)
+    cl = _clumps(d, sf, st, sz, disc)
+    td = _tidal_features(d, st, sz)
+    part_flux = _component_fluxes(sf, st, ph, disc, cl, td)
+    neighbours = _neighbours(d, sf, sz, ph, td, survey)
+    artefact, artefacts = _artefacts(d, survey)
+    seeing, center_d, lane_tau = _observing(d, sf, st, survey)
+    zoo = _galaxy_zoo(d, st, sz, disc, cl, td, seeing)
+
+    labels = {
+        "redshift": sf.z,
+        "log_mstar": sf.logm,
+        "log_ssfr": sf.log_ssfr,
+        "mag_abs_g": ph.abs_mag[:, 0],
+        "mag_abs_r": ph.abs_mag[:, 1],
+        "mag_abs_z": ph.abs_mag[:, 2],
+        "mag_g": ph.app[:, 0],
+        "mag_r": ph.app[:, 1],
+        "mag_z": ph.app[:, 2],
+        "g_r": ph.app[:, 0] - ph.app[:, 1],
+        "r_z": ph.app[:, 1] - ph.app[:, 2],
+        "r_half_arcsec": sz.r_half,
+        "sersic_n": zoo["sersic_n"],
+        "bulge_frac": st.bt,
+        "axis_ratio": zoo["axis_ratio"],
+        "pos_angle": np.degrees(st.pa),
+        "seeing_fwhm_r": seeing[:, 1],
+        "smooth_frac": zoo["smooth_frac"],
+        "is_edge_on": st.edge_on,
+        "has_bar": zoo["has_bar"],
+        "has_spiral": zoo["has_spiral"],
+        "arm_count": np.where(zoo["has_spiral"], disc.arm_count, 0),
+        "arm_pitch_deg": np.where(zoo["has_spiral"], disc.pitch, 0.0),
+        "is_merger": td.merger,
+        "is_artefact": artefact,
+        "galaxy10": zoo["galaxy10"],
+    }
+    out = {k: np.asarray(v).astype(LABEL_COLUMNS[k][0]) for k, v in labels.items()}
+    f32 = _F32
+    out.update(
+        {
+            # physical truth not written as labels
+            "quenched": sf.quenched,
+            "is_elliptical": st.is_ell,
+            "is_disturbed": td.disturbed,
+            "r_half_kpc": sz.r_half_kpc,
+            "gr_rest": sf.gr_rest,
+            "rz_rest": sf.rz_rest,
+            "dust_a_r": ph.a_dust,
+            "inclination_deg": np.degrees(np.arccos(st.cosi)),
+            # structure (arcsec, radians)
+            "pa_rad": st.pa,
+            "bulge_re_arcsec": sz.bulge_re,
+            "bulge_n": st.bulge_n,
+            "bulge_q": st.bulge_q,
+            "disk_re_arcsec": sz.disk_re,
+            "disk_q": st.disk_q,
+            "bar_re_arcsec": disc.bar_re,
+            "bar_q": disc.bar_q,
+            "bar_angle": disc.bar_angle,
+            "arm_count_phys": disc.arm_count,
+            "arm_pitch_phys": disc.pitch,
+            "arm_kappa": disc.arm_kappa,
+            "arm_sign": disc.arm_sign,
+            "arm_phase": disc.arm_phase,
+            "arm_r0_arcsec": disc.arm_r0,
+            "dust_lane_tau": lane_tau,
+            "seeing_fwhm": seeing,  # (n, 3) arcsec
+            "center_offset_pix": center_d,  # (n, 2) x, y
+            "comp_flux": part_flux[:, :4, :],  # (n, 4, 3): bulge, disc, young, bar
+            # sub-objects of the galaxy (clumps, tail blobs), offsets in arcsec (x right, y up)
+            "sub_x": np.concatenate([cl.x, td.x], 1).astype(f32),
+            "sub_y": np.concatenate([cl.y, td.y], 1).astype(f32),
+            "sub_re": np.concatenate([cl.size_kpc / sz.scale[:, None], td.re], 1).astype(f32),
+            "sub_n": np.full((n, N_SUB), 0.5, f32),
+            "sub_q": np.concatenate([np.ones((n, N_CLUMPS)), np.full((n, N_TAIL), 0.45)], 1).astype(
+                f32
+            ),
+            "sub_pa": np.concatenate([np.zeros((n, N_CLUMPS)), td.pa], 1).astype(f32),
+            "sub_flux": part_flux[:, 4:, :].astype(f32),  # (n, N_SUB, 3)
+            **neighbours,
+            **artefacts,
+        }
+    )
+    return out
+
+
+class _StarFormation(NamedTuple):
+    """Mass, star formation and redshift, each (n,)."""
+
+    logm: np.ndarray  # log10 M* / M_sun
+    quenched: np.ndarray  # bool
+    z: np.ndarray
+    log_ssfr: np.ndarray  # log10 1/yr
+    gr_rest: np.ndarray  # rest-frame g - r, mag
+    rz_rest: np.ndarray  # rest-frame r - z, mag
+
+
+def _star_formation(d: _Draws, survey: SurveySpec) -> _StarFormation:
+    """Stellar mass from the flux-limited mass function, star formation, then redshift."""
     cos = cosmology_table()
     zlo, zhi = survey.z_range
-
-    # --- mass, star formation, redshift -----------------------------------
     cdf, grid = _mass_cdf(survey)
     logm = np.interp(d.uniform(), cdf, grid)
     quenched = d.uniform() < _quenched_fraction(logm)
@@ -187,8 +293,30 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
     log_ssfr = _main_sequence(logm, z) + sf_offset
     gr_rest = _rest_gr(logm, log_ssfr) + gr_scatter
     rz_rest = 0.6 * gr_rest - 0.02 + rz_scatter
+    return _StarFormation(logm, quenched, z, log_ssfr, gr_rest, rz_rest)
 
-    # --- morphology type and orientation ---------------------------------
+
+class _Structure(NamedTuple):
+    """Morphological type, orientation and bulge, each (n,)."""
+
+    is_ell: np.ndarray  # elliptical (bool); every other galaxy has a disc
+    arms_phys: np.ndarray  # the disc has spiral arms, whatever its inclination (bool)
+    cosi: np.ndarray  # cosine of the inclination
+    disk_q: np.ndarray  # projected axis ratios
+    bulge_q: np.ndarray
+    pa: np.ndarray  # radians east of north
+    edge_on: np.ndarray  # bool
+    bt: np.ndarray  # bulge-to-total flux ratio in r
+    bulge_n: np.ndarray  # Sersic index of the bulge
+
+    @property
+    def is_disk(self) -> np.ndarray:
+        return ~self.is_ell
+
+
+def _structure(d: _Draws, sf: _StarFormation) -> _Structure:
+    """Ellipticals and discs, their random orientation, bulge fraction and Sersic index."""
+    logm, quenched = sf.logm, sf.quenched
     is_ell = quenched & (d.uniform() < 0.3 + 0.5 * _sigmoid((logm - 10.9) / 0.25))
     is_disk = ~is_ell
     arms_phys = ~quenched & (d.uniform() < 0.55 + 0.35 * _sigmoid((logm - 9.8) / 0.3))
@@ -212,71 +340,163 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
     n_s0 = np.clip(3.0 + 0.8 * d.normal(), 1.5, 5.0)
     n_sf = np.clip(2.0 + 0.6 * d.normal(), 1.0, 4.0)
     bulge_n = np.where(is_ell, n_ell, np.where(quenched, n_s0, n_sf))
+    return _Structure(is_ell, arms_phys, cosi, disk_q, bulge_q, pa, edge_on, bt, bulge_n)
 
-    # --- dust, magnitudes ---------------------------------------------------
-    a_dust = np.where(is_disk, np.where(quenched, 0.15, 0.55), 0.0) * -np.log10(disk_q)
-    a_dust = a_dust * (1 - bt)  # the disc carries the dust
+
+class _Photometry(NamedTuple):
+    a_dust: np.ndarray  # (n,) r-band dust dimming of the galaxy, mag
+    abs_mag: np.ndarray  # (n, 3) rest-frame absolute magnitudes g r z, dust included
+    app: np.ndarray  # (n, 3) apparent magnitudes g r z
+    flux: np.ndarray  # (n, 3) total fluxes g r z, nanomaggies
+
+
+def _photometry(sf: _StarFormation, st: _Structure, survey: SurveySpec) -> _Photometry:
+    """Dust, absolute and apparent magnitudes and fluxes (no random draws)."""
+    cos = cosmology_table()
+    a_dust = np.where(st.is_disk, np.where(sf.quenched, 0.15, 0.55), 0.0) * -np.log10(st.disk_q)
+    a_dust = a_dust * (1 - st.bt)  # the disc carries the dust
     atten = a_dust[:, None] * np.array([1.205, 1.0, 0.765])
-    abs_r_int = _abs_mag_r(logm, gr_rest)
-    abs_int = np.stack([abs_r_int + gr_rest, abs_r_int, abs_r_int - rz_rest], axis=1)
+    abs_r_int = _abs_mag_r(sf.logm, sf.gr_rest)
+    abs_int = np.stack([abs_r_int + sf.gr_rest, abs_r_int, abs_r_int - sf.rz_rest], axis=1)
     abs_mag = abs_int + atten
-    app = abs_mag + cos.dm(z)[:, None] + k_correction(z, gr_rest)
+    app = abs_mag + cos.dm(sf.z)[:, None] + k_correction(sf.z, sf.gr_rest)
     flux = 10.0 ** (-0.4 * (app - survey.zero_point))  # nanomaggies, g r z
+    return _Photometry(a_dust, abs_mag, app, flux)
 
-    # --- sizes ----------------------------------------------------------------
-    scale = cos.scale(z)  # kpc / arcsec
-    size_scatter = np.where(quenched, 0.10, 0.16) * d.normal()
-    r_half_kpc = _size_kpc(logm, quenched, z) * 10.0**size_scatter
+
+class _Sizes(NamedTuple):
+    scale: np.ndarray  # kpc / arcsec at the galaxy's redshift
+    r_half_kpc: np.ndarray  # half-light semi-major axis of bulge + disc
+    r_half: np.ndarray  # the same in arcsec
+    disk_re: np.ndarray  # arcsec
+    bulge_re: np.ndarray  # arcsec
+
+
+def _sizes(d: _Draws, sf: _StarFormation, st: _Structure) -> _Sizes:
+    """Half-light radii from the size-mass relations, split between bulge and disc."""
+    scale = cosmology_table().scale(sf.z)  # kpc / arcsec
+    size_scatter = np.where(sf.quenched, 0.10, 0.16) * d.normal()
+    r_half_kpc = _size_kpc(sf.logm, sf.quenched, sf.z) * 10.0**size_scatter
     r_half = r_half_kpc / scale  # arcsec
     size_ratio = 10.0 ** (np.log10(0.12) + np.log10(0.4 / 0.12) * d.uniform())
-    disk_re, bulge_re = _split_sizes(r_half, bt, bulge_n, size_ratio)
+    disk_re, bulge_re = _split_sizes(r_half, st.bt, st.bulge_n, size_ratio)
+    return _Sizes(scale, r_half_kpc, r_half, disk_re, bulge_re)
 
-    # --- bars, arms, clumps ------------------------------------------------------
-    bar_phys = is_disk & (bt < 0.6) & (d.uniform() < 0.15 + 0.35 * _sigmoid((logm - 10.2) / 0.3))
+
+class _DiscFeatures(NamedTuple):
+    """Bars and spiral arms in the disc plane, each (n,); lengths in arcsec, angles radians."""
+
+    bar_phys: np.ndarray  # bool, whatever the inclination
+    bar_frac: np.ndarray  # bar share of the disc light
+    bar_re: np.ndarray
+    bar_q: np.ndarray
+    bar_angle: np.ndarray  # from the major axis
+    arm_count: np.ndarray  # 1-4 (drawn for every galaxy; used where arms_phys)
+    pitch: np.ndarray  # deg
+    arm_kappa: np.ndarray  # arm contrast
+    arm_sign: np.ndarray  # winding sense, +-1
+    arm_phase: np.ndarray
+    arm_r0: np.ndarray  # where the arms start
+    young_frac: np.ndarray  # young (arm) share of the disc light
+
+
+def _disc_features(d: _Draws, sf: _StarFormation, st: _Structure, sz: _Sizes) -> _DiscFeatures:
+    """Bars and logarithmic spiral arms."""
+    logm, bt = sf.logm, st.bt
+    bar_phys = st.is_disk & (bt < 0.6) & (d.uniform() < 0.15 + 0.35 * _sigmoid((logm - 10.2) / 0.3))
     bar_frac = np.where(bar_phys, 0.12 + 0.15 * d.uniform(), 0.0)
-    bar_re = disk_re * (0.6 + 0.6 * d.uniform())
+    bar_re = sz.disk_re * (0.6 + 0.6 * d.uniform())
     bar_q = 0.2 + 0.15 * d.uniform()
     bar_angle = np.pi * d.uniform()  # in the disc plane, from the major axis
-    arm_count_phys = np.array([1, 2, 3, 4])[d.choice([0.08, 0.6, 0.2, 0.12])]
+    arm_count = np.array([1, 2, 3, 4])[d.choice([0.08, 0.6, 0.2, 0.12])]
     pitch = np.clip(30.0 - 30.0 * bt + 6.0 * d.normal(), 8.0, 45.0)
     arm_kappa = 3.0 + 5.0 * d.uniform()
     arm_sign = np.where(d.uniform() < 0.5, -1.0, 1.0)
     arm_phase = 2 * np.pi * d.uniform()
     arm_phase = np.where(bar_phys, bar_angle, arm_phase)  # arms start at the bar ends
-    arm_r0 = np.where(bar_phys, bar_re, np.maximum(0.25 * disk_re, 1.5 * bulge_re))
+    arm_r0 = np.where(bar_phys, bar_re, np.maximum(0.25 * sz.disk_re, 1.5 * sz.bulge_re))
     # the young (arm) share of the disc light rises with sSFR
-    young_frac = np.where(arms_phys, np.clip(0.5 + 0.3 * (log_ssfr + 10.0), 0.3, 0.75), 0.0)
+    young_frac = np.where(st.arms_phys, np.clip(0.5 + 0.3 * (sf.log_ssfr + 10.0), 0.3, 0.75), 0.0)
+    return _DiscFeatures(
+        bar_phys,
+        bar_frac,
+        bar_re,
+        bar_q,
+        bar_angle,
+        arm_count,
+        pitch,
+        arm_kappa,
+        arm_sign,
+        arm_phase,
+        arm_r0,
+        young_frac,
+    )
 
-    # clumps: star-forming knots in the disc plane (on arms when there are arms)
-    p_clump = np.where(quenched, 0.0, 0.15 + 0.5 * _sigmoid((log_ssfr + 10.0) / 0.3))
-    p_clump = p_clump * np.where(arms_phys, 1.0, 1.3)
+
+class _Clumps(NamedTuple):
+    """Star-forming knots, (n, N_CLUMPS) unless noted."""
+
+    present: np.ndarray  # bool
+    frac_total: np.ndarray  # (n,) share of the galaxy's r light in clumps
+    frac: np.ndarray  # share of each clump
+    size_kpc: np.ndarray
+    x: np.ndarray  # sky offsets from the centre, arcsec (x right, y up)
+    y: np.ndarray
+
+
+def _clumps(
+    d: _Draws, sf: _StarFormation, st: _Structure, sz: _Sizes, disc: _DiscFeatures
+) -> _Clumps:
+    """Star-forming knots in the disc plane (on the arms when there are arms)."""
+    p_clump = np.where(sf.quenched, 0.0, 0.15 + 0.5 * _sigmoid((sf.log_ssfr + 10.0) / 0.3))
+    p_clump = p_clump * np.where(st.arms_phys, 1.0, 1.3)
     present = d.uniform(N_CLUMPS) < p_clump[:, None]
-    h = disk_re / 1.678
+    h = sz.disk_re / 1.678
     c_r = -h[:, None] * np.log(np.clip(d.uniform(N_CLUMPS) * d.uniform(N_CLUMPS), 1e-9, 1))
-    c_r = np.maximum(c_r, arm_r0[:, None] * 0.8)
-    which_arm = np.floor(d.uniform(N_CLUMPS) * arm_count_phys[:, None])
+    c_r = np.maximum(c_r, disc.arm_r0[:, None] * 0.8)
+    which_arm = np.floor(d.uniform(N_CLUMPS) * disc.arm_count[:, None])
     on_arm = (
-        arm_phase[:, None]
-        + arm_sign[:, None] * np.log(c_r / arm_r0[:, None]) / np.tan(np.radians(pitch))[:, None]
-        + 2 * np.pi * which_arm / arm_count_phys[:, None]
+        disc.arm_phase[:, None]
+        + disc.arm_sign[:, None]
+        * np.log(c_r / disc.arm_r0[:, None])
+        / np.tan(np.radians(disc.pitch))[:, None]
+        + 2 * np.pi * which_arm / disc.arm_count[:, None]
         + 0.15 * d.normal(N_CLUMPS)
     )
-    c_theta = np.where(arms_phys[:, None], on_arm, 2 * np.pi * d.uniform(N_CLUMPS))
+    c_theta = np.where(st.arms_phys[:, None], on_arm, 2 * np.pi * d.uniform(N_CLUMPS))
     c_weight = present * np.exp(0.6 * d.normal(N_CLUMPS))
-    clump_frac_total = np.where(present.any(1), 0.03 + 0.07 * d.uniform(), 0.0) * (1 - bt)
+    clump_frac_total = np.where(present.any(1), 0.03 + 0.07 * d.uniform(), 0.0) * (1 - st.bt)
     c_weight = c_weight / np.maximum(c_weight.sum(1, keepdims=True), 1e-12)
     c_frac = clump_frac_total[:, None] * c_weight
     c_size_kpc = 0.15 + 0.25 * d.uniform(N_CLUMPS)
     # disc plane -> sky offsets (x right, y up), arcsec
     cu = c_r * np.cos(c_theta)
-    cv = c_r * np.sin(c_theta) * disk_q[:, None]
-    cx_, cy_ = _to_sky(cu, cv, pa[:, None])
+    cv = c_r * np.sin(c_theta) * st.disk_q[:, None]
+    cx, cy = _to_sky(cu, cv, st.pa[:, None])
+    return _Clumps(present, clump_frac_total, c_frac, c_size_kpc, cx, cy)
 
-    # --- mergers, disturbances, tails, shells ------------------------------------
+
+class _TidalFeatures(NamedTuple):
+    """Mergers and disturbances; the blobs of tails or shells are (n, N_TAIL)."""
+
+    merger: np.ndarray  # (n,) bool
+    disturbed: np.ndarray  # (n,) bool
+    tail_frac: np.ndarray  # (n,) share of the galaxy's light in the tails or shells
+    curl: np.ndarray  # (n,) tail curvature, radians over the tail (the partner's tail too)
+    x: np.ndarray  # blob offsets, arcsec (x right, y up)
+    y: np.ndarray
+    re: np.ndarray  # blob sizes, arcsec
+    frac: np.ndarray  # share of each blob
+    pa: np.ndarray  # blob position angles, radians
+
+
+def _tidal_features(d: _Draws, st: _Structure, sz: _Sizes) -> _TidalFeatures:
+    """Mergers and disturbed galaxies: tidal tails (discs, mergers) or shells (ellipticals)."""
+    r_half = sz.r_half
     merger = d.uniform() < 0.06
     disturbed = ~merger & (d.uniform() < 0.05 / 0.94)
-    n_tails = np.where(merger, 2, np.where(disturbed & is_disk, 1, 0))
-    shells = disturbed & is_ell
+    n_tails = np.where(merger, 2, np.where(disturbed & st.is_disk, 1, 0))
+    shells = disturbed & st.is_ell
     tail_frac = np.where(merger, 0.08 + 0.08 * d.uniform(), 0.0) + np.where(
         disturbed, 0.10 + 0.10 * d.uniform(), 0.0
     )
@@ -304,28 +524,43 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
     tb_y = b_r * np.cos(b_phi)
     # blobs are stretched along the tail / shell (tangent direction)
     tb_pa = np.mod(b_phi + np.pi / 2, np.pi)
+    return _TidalFeatures(merger, disturbed, tail_frac, t_curl, tb_x, tb_y, tb_re, tb_frac, tb_pa)
 
-    # --- component fluxes (band-normalised so the totals equal the magnitudes) ---------
-    # rows: bulge, disc, young disc, bar, clumps..., tail blobs...
-    disc = 1.0 - bt
-    main_share = 1.0 - tail_frac
+
+def _component_fluxes(
+    sf: _StarFormation,
+    st: _Structure,
+    ph: _Photometry,
+    disc: _DiscFeatures,
+    cl: _Clumps,
+    td: _TidalFeatures,
+) -> np.ndarray:
+    """Band fluxes of every part, (n, 4 + N_SUB, 3) nanomaggies (no random draws).
+
+    Rows: bulge, disc, young disc, bar, clumps..., tail blobs...; each band is
+    normalised so that the parts add up to the galaxy's catalogue magnitudes.
+    """
+    n = len(st.bt)
+    bt = st.bt
+    disc_share = 1.0 - bt
+    main_share = 1.0 - td.tail_frac
     comp_r = np.stack(
         [
             bt * main_share,
-            disc * (1 - young_frac - bar_frac) * main_share - clump_frac_total,
-            disc * young_frac * main_share,
-            disc * bar_frac * main_share,
+            disc_share * (1 - disc.young_frac - disc.bar_frac) * main_share - cl.frac_total,
+            disc_share * disc.young_frac * main_share,
+            disc_share * disc.bar_frac * main_share,
         ],
         axis=1,
     )
     comp_r = np.maximum(comp_r, 0.0)
-    parts_r = np.concatenate([comp_r, c_frac, tb_frac], axis=1)  # (n, 4 + N_SUB)
+    parts_r = np.concatenate([comp_r, cl.frac, td.frac], axis=1)  # (n, 4 + N_SUB)
     # colour offsets relative to the whole galaxy: d(g-r), d(r-z)
     d_gr = np.concatenate(
         [
             np.tile([0.08, 0.0, -0.30, 0.04], (n, 1)),
             np.full((n, N_CLUMPS), -0.45),
-            np.full((n, N_TAIL), 0.0) + np.where(quenched, 0.0, -0.1)[:, None],
+            np.full((n, N_TAIL), 0.0) + np.where(sf.quenched, 0.0, -0.1)[:, None],
         ],
         axis=1,
     )
@@ -334,16 +569,53 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
         [parts_r * 10 ** (-0.4 * d_gr), parts_r, parts_r * 10 ** (0.4 * d_rz)], axis=2
     )  # (n, parts, band)
     w = w / np.maximum(w.sum(1, keepdims=True), 1e-30)
-    part_flux = w * flux[:, None, :]  # nanomaggies
+    return w * ph.flux[:, None, :]  # nanomaggies
 
-    # --- neighbours: merger partner (+ tail), companion, field ----------------
+
+class _Objects(NamedTuple):
+    """Neighbouring objects, (n, k): offsets from the galaxy in arcsec (x right, y up),
+    Sersic re (arcsec; 0 for a star), n, q, position angle (radians), fluxes (n, k, 3) nmgy."""
+
+    x: np.ndarray
+    y: np.ndarray
+    re: np.ndarray
+    n: np.ndarray
+    q: np.ndarray
+    pa: np.ndarray
+    flux: np.ndarray
+
+
+def _neighbours(
+    d: _Draws,
+    sf: _StarFormation,
+    sz: _Sizes,
+    ph: _Photometry,
+    td: _TidalFeatures,
+    survey: SurveySpec,
+) -> dict[str, np.ndarray]:
+    """Merger partner, companion, partner's tail, field: ``nbr_*`` (n, N_NBR) float32."""
+    partner, partner_tail = _merger_partner(d, sf, sz, ph, td)
+    companion = _companion(d, sf, sz, survey)
+    field = _field_objects(d, len(sf.z), survey)
+    columns = (partner, companion, partner_tail, field)
+    return {
+        f"nbr_{name}": np.concatenate([getattr(o, name) for o in columns], 1).astype(_F32)
+        for name in _Objects._fields
+    }
+
+
+def _merger_partner(
+    d: _Draws, sf: _StarFormation, sz: _Sizes, ph: _Photometry, td: _TidalFeatures
+) -> tuple[_Objects, _Objects]:
+    """The partner of a major merger and its own tidal tail (zero flux without a merger)."""
+    n, z, r_half = len(sf.z), sf.z, sz.r_half
     mu = 0.3 + 0.7 * d.uniform()
-    p_quench = d.uniform() < 0.5 * quenched + 0.1
-    p_logm = logm + np.log10(mu)
-    p_re = _size_kpc(p_logm, p_quench, z) * 10 ** (0.14 * d.normal()) / scale
+    p_quench = d.uniform() < 0.5 * sf.quenched + 0.1
+    p_logm = sf.logm + np.log10(mu)
+    p_re = _size_kpc(p_logm, p_quench, z) * 10 ** (0.14 * d.normal()) / sz.scale
     p_sep = (0.7 + 1.0 * d.uniform()) * (r_half + p_re)
     p_ang = 2 * np.pi * d.uniform()
-    p_flux = flux * mu[:, None] * 10 ** (-0.4 * 0.05 * d.normal())[:, None]
+    p_flux = ph.flux * mu[:, None] * 10 ** (-0.4 * 0.05 * d.normal())[:, None]
     p_q = 0.35 + 0.6 * d.uniform()
     p_pa = np.pi * d.uniform()
     p_n = np.where(p_quench, 3.5, 1.0)
@@ -351,26 +623,62 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
     # the partner's own tail
     tt = (np.arange(N_PARTNER_TAIL) + 0.5) / N_PARTNER_TAIL
     pt_r = p_re[:, None] * (0.8 + 2.5 * tt)
-    pt_phi = p_ang[:, None] + np.pi + 0.7 * d.uniform()[:, None] + t_curl[:, None] * tt
+    pt_phi = p_ang[:, None] + np.pi + 0.7 * d.uniform()[:, None] + td.curl[:, None] * tt
     ptx = px[:, None] - pt_r * np.sin(pt_phi)
     pty = py[:, None] + pt_r * np.cos(pt_phi)
     pt_w = (1 - 0.6 * tt) / np.sum(1 - 0.6 * tt)
     pt_flux = 0.06 * p_flux[:, None, :] * pt_w[None, :, None]
+    merger = td.merger
+    partner = _Objects(
+        px[:, None],
+        py[:, None],
+        p_re[:, None],
+        p_n[:, None],
+        p_q[:, None],
+        p_pa[:, None],
+        (p_flux * merger[:, None])[:, None, :],
+    )
+    tail = _Objects(
+        ptx,
+        pty,
+        0.3 * p_re[:, None] * np.ones(N_PARTNER_TAIL),
+        np.full((n, N_PARTNER_TAIL), 0.5),
+        np.full((n, N_PARTNER_TAIL), 0.5),
+        np.mod(pt_phi + np.pi / 2, np.pi),
+        pt_flux * merger[:, None, None],
+    )
+    return partner, tail
 
+
+def _companion(d: _Draws, sf: _StarFormation, sz: _Sizes, survey: SurveySpec) -> _Objects:
+    """A star-forming physical companion, 0.7-1.7 dex less massive (zero flux when absent)."""
+    n, z, logm = len(sf.z), sf.z, sf.logm
     comp_on = d.uniform() < 0.2
     c_mu = 10 ** -(0.7 + 1.0 * d.uniform())
     c_logm = logm + np.log10(c_mu)
-    c_re = _size_kpc(c_logm, np.zeros(n, bool), z) * 10 ** (0.16 * d.normal()) / scale
-    c_sep = 3.0 + (1.5 + 3.5 * d.uniform()) * r_half
+    c_re = _size_kpc(c_logm, np.zeros(n, bool), z) * 10 ** (0.16 * d.normal()) / sz.scale
+    c_sep = 3.0 + (1.5 + 3.5 * d.uniform()) * sz.r_half
     c_ang = 2 * np.pi * d.uniform()
     c_gr = _rest_gr(c_logm, _main_sequence(c_logm, z)) + 0.05 * d.normal()
     c_abs_r = _abs_mag_r(c_logm, c_gr)
-    c_mag_r = c_abs_r + cos.dm(z) + k_correction(z, c_gr)[:, 1]
+    c_mag_r = c_abs_r + cosmology_table().dm(z) + k_correction(z, c_gr)[:, 1]
     c_flux_r = 10 ** (-0.4 * (c_mag_r - survey.zero_point))
     c_q = 0.3 + 0.7 * d.uniform()
     c_pa = np.pi * d.uniform()
     c_flux = c_flux_r[:, None] * 10 ** (-0.4 * np.stack([c_gr + 0.2 * z, 0 * z, -0.6 * c_gr], 1))
+    return _Objects(
+        (-c_sep * np.sin(c_ang))[:, None],
+        (c_sep * np.cos(c_ang))[:, None],
+        c_re[:, None],
+        np.ones((n, 1)),
+        c_q[:, None],
+        c_pa[:, None],
+        (c_flux * comp_on[:, None])[:, None, :],
+    )
 
+
+def _field_objects(d: _Draws, n: int, survey: SurveySpec) -> _Objects:
+    """Foreground stars and background galaxies over the largest stamp (Poisson-like counts)."""
     field_half = survey.field_size_pix * survey.pixel_scale / 2  # arcsec
     area = (2 * field_half / 60.0) ** 2  # arcmin^2
     lam_star, lam_gal = survey.star_density * area, survey.galaxy_density * area
@@ -391,8 +699,11 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
     f_n = np.where(d.uniform(N_FIELD) < 0.6, 1.0, 4.0)
     f_q = 0.3 + 0.7 * d.uniform(N_FIELD)
     f_pa = np.pi * d.uniform(N_FIELD)
+    return _Objects(f_x, f_y, f_re, f_n, f_q, f_pa, f_flux)
 
-    # --- artefacts -----------------------------------------------------------
+
+def _artefacts(d: _Draws, survey: SurveySpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(is_artefact (n,) bool, ``art_*`` parameters): a saturated star or a satellite trail."""
     artefact = d.uniform() < 0.03
     art_kind = np.where(artefact, np.where(d.uniform() < 0.6, 1, 2), 0)
     art_x = 0.8 * d.uniform() - 0.4  # fraction of the stamp side, from the centre
@@ -401,8 +712,20 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
     art_mag = 11.0 + 3.0 * d.uniform()
     art_band = np.floor(3 * d.uniform())
     art_level = 10 ** (-1.7 + 1.0 * d.uniform())  # trail surface brightness, nmgy / pixel
+    return artefact, {
+        "art_kind": art_kind,
+        "art_xy": np.stack([art_x, art_y], 1),
+        "art_angle": art_angle,
+        "art_flux": 10 ** (-0.4 * (art_mag - survey.zero_point)),
+        "art_band": art_band.astype(np.int64),
+        "art_level": art_level,
+    }
 
-    # --- seeing -----------------------------------------------------------------
+
+def _observing(
+    d: _Draws, sf: _StarFormation, st: _Structure, survey: SurveySpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeing FWHM (n, 3) arcsec, centre offset (n, 2) pixels, dust-lane depth (n,)."""
     common = survey.seeing_scatter_common * d.normal()
     seeing = np.stack(
         [
@@ -415,27 +738,44 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
         axis=1,
     )
     center_d = d.uniform(2) - 0.5  # pixels
-    lane_tau = np.where(edge_on, np.where(quenched, 0.3, 1.2), 0.0) * (0.6 + 0.8 * d.uniform())
+    lane_tau = np.where(st.edge_on, np.where(sf.quenched, 0.3, 1.2), 0.0) * (
+        0.6 + 0.8 * d.uniform()
+    )
+    return seeing, center_d, lane_tau
 
-    # --- Galaxy Zoo-like answers ---------------------------------------------------
-    has_spiral = arms_phys & ~edge_on
-    has_bar = bar_phys & ~edge_on
-    is_merger = merger
-    arm_strength = young_frac * arm_kappa / 4.0
+
+def _galaxy_zoo(
+    d: _Draws,
+    st: _Structure,
+    sz: _Sizes,
+    disc: _DiscFeatures,
+    cl: _Clumps,
+    td: _TidalFeatures,
+    seeing: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Galaxy Zoo-like answers: what a volunteer sees (features only when resolved).
+
+    Returns has_spiral, has_bar, smooth_frac (40 simulated votes), axis_ratio,
+    sersic_n and galaxy10 (GALAXY10_CLASSES), each (n,).
+    """
+    edge_on, merger, disturbed, bt = st.edge_on, td.merger, td.disturbed, st.bt
+    has_spiral = st.arms_phys & ~edge_on
+    has_bar = disc.bar_phys & ~edge_on
+    arm_strength = disc.young_frac * disc.arm_kappa / 4.0
     feature = (
         has_spiral * (0.6 + 1.2 * arm_strength)
         + has_bar * 0.7
         + edge_on * 1.0
         + (merger | disturbed) * 1.0
-        + (present.sum(1) / N_CLUMPS) * 0.5
+        + (cl.present.sum(1) / N_CLUMPS) * 0.5
     )
-    resolved = r_half**2 / (r_half**2 + seeing[:, 1] ** 2)
+    resolved = sz.r_half**2 / (sz.r_half**2 + seeing[:, 1] ** 2)
     p_smooth = _sigmoid(2.5 - 5.0 * feature * resolved)
     votes = np.clip(p_smooth + np.sqrt(p_smooth * (1 - p_smooth) / 40) * d.normal(), 0, 1)
     smooth_frac = np.round(votes * 40) / 40
 
-    axis_ratio = np.where(is_ell, bulge_q, bt * bulge_q + (1 - bt) * disk_q)
-    sersic_n = np.where(bt >= 0.5, bulge_n, 1.0)
+    axis_ratio = np.where(st.is_ell, st.bulge_q, bt * st.bulge_q + (1 - bt) * st.disk_q)
+    sersic_n = np.where(bt >= 0.5, st.bulge_n, 1.0)
     g10 = np.select(
         [
             merger,
@@ -443,7 +783,7 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
             edge_on & (bt < 0.1),
             edge_on,
             has_bar,
-            has_spiral & (pitch < 20.0),
+            has_spiral & (disc.pitch < 20.0),
             has_spiral,
             axis_ratio >= 0.75,
             axis_ratio >= 0.45,
@@ -451,115 +791,11 @@ def _population_from_uniforms(u: np.ndarray, survey: SurveySpec) -> dict[str, np
         [1, 0, 8, 9, 5, 6, 7, 2, 3],
         default=4,
     )
-
-    labels = {
-        "redshift": z,
-        "log_mstar": logm,
-        "log_ssfr": log_ssfr,
-        "mag_abs_g": abs_mag[:, 0],
-        "mag_abs_r": abs_mag[:, 1],
-        "mag_abs_z": abs_mag[:, 2],
-        "mag_g": app[:, 0],
-        "mag_r": app[:, 1],
-        "mag_z": app[:, 2],
-        "g_r": app[:, 0] - app[:, 1],
-        "r_z": app[:, 1] - app[:, 2],
-        "r_half_arcsec": r_half,
-        "sersic_n": sersic_n,
-        "bulge_frac": bt,
-        "axis_ratio": axis_ratio,
-        "pos_angle": np.degrees(pa),
-        "seeing_fwhm_r": seeing[:, 1],
-        "smooth_frac": smooth_frac,
-        "is_edge_on": edge_on,
-        "has_bar": has_bar,
+    return {
         "has_spiral": has_spiral,
-        "arm_count": np.where(has_spiral, arm_count_phys, 0),
-        "arm_pitch_deg": np.where(has_spiral, pitch, 0.0),
-        "is_merger": is_merger,
-        "is_artefact": artefact,
+        "has_bar": has_bar,
+        "smooth_frac": smooth_frac,
+        "axis_ratio": axis_ratio,
+        "sersic_n": sersic_n,
         "galaxy10": g10,
     }
-    out = {k: np.asarray(v).astype(LABEL_COLUMNS[k][0]) for k, v in labels.items()}
-    f32 = _F32
-    out.update(
-        {
-            # physical truth not written as labels
-            "quenched": quenched,
-            "is_elliptical": is_ell,
-            "is_disturbed": disturbed,
-            "r_half_kpc": r_half_kpc,
-            "gr_rest": gr_rest,
-            "rz_rest": rz_rest,
-            "dust_a_r": a_dust,
-            "inclination_deg": np.degrees(np.arccos(cosi)),
-            # structure (arcsec, radians)
-            "pa_rad": pa,
-            "bulge_re_arcsec": bulge_re,
-            "bulge_n": bulge_n,
-            "bulge_q": bulge_q,
-            "disk_re_arcsec": disk_re,
-            "disk_q": disk_q,
-            "bar_re_arcsec": bar_re,
-            "bar_q": bar_q,
-            "bar_angle": bar_angle,
-            "arm_count_phys": arm_count_phys,
-            "arm_pitch_phys": pitch,
-            "arm_kappa": arm_kappa,
-            "arm_sign": arm_sign,
-            "arm_phase": arm_phase,
-            "arm_r0_arcsec": arm_r0,
-            "dust_lane_tau": lane_tau,
-            "seeing_fwhm": seeing,  # (n, 3) arcsec
-            "center_offset_pix": center_d,  # (n, 2) x, y
-            "comp_flux": part_flux[:, :4, :],  # (n, 4, 3): bulge, disc, young, bar
-            # sub-objects of the galaxy (clumps, tail blobs), offsets in arcsec (x right, y up)
-            "sub_x": np.concatenate([cx_, tb_x], 1).astype(f32),
-            "sub_y": np.concatenate([cy_, tb_y], 1).astype(f32),
-            "sub_re": np.concatenate([c_size_kpc / scale[:, None], tb_re], 1).astype(f32),
-            "sub_n": np.full((n, N_SUB), 0.5, f32),
-            "sub_q": np.concatenate([np.ones((n, N_CLUMPS)), np.full((n, N_TAIL), 0.45)], 1).astype(
-                f32
-            ),
-            "sub_pa": np.concatenate([np.zeros((n, N_CLUMPS)), tb_pa], 1).astype(f32),
-            "sub_flux": part_flux[:, 4:, :].astype(f32),  # (n, N_SUB, 3)
-            # neighbours: partner, companion, partner tail, field (stars have re = 0)
-            "nbr_x": np.concatenate(
-                [px[:, None], (-c_sep * np.sin(c_ang))[:, None], ptx, f_x], 1
-            ).astype(f32),
-            "nbr_y": np.concatenate(
-                [py[:, None], (c_sep * np.cos(c_ang))[:, None], pty, f_y], 1
-            ).astype(f32),
-            "nbr_re": np.concatenate(
-                [p_re[:, None], c_re[:, None], 0.3 * p_re[:, None] * np.ones(N_PARTNER_TAIL), f_re],
-                1,
-            ).astype(f32),
-            "nbr_n": np.concatenate(
-                [p_n[:, None], np.ones((n, 1)), np.full((n, N_PARTNER_TAIL), 0.5), f_n], 1
-            ).astype(f32),
-            "nbr_q": np.concatenate(
-                [p_q[:, None], c_q[:, None], np.full((n, N_PARTNER_TAIL), 0.5), f_q],
-                1,
-            ).astype(f32),
-            "nbr_pa": np.concatenate(
-                [p_pa[:, None], c_pa[:, None], np.mod(pt_phi + np.pi / 2, np.pi), f_pa],
-                1,
-            ).astype(f32),
-            "nbr_flux": np.concatenate(
-                [
-                    (p_flux * merger[:, None])[:, None, :],
-                    (c_flux * comp_on[:, None])[:, None, :],
-                    pt_flux * merger[:, None, None],
-                    f_flux,
-                ],
-                1,
-            ).astype(f32),
-            "art_kind": art_kind,
-            "art_xy": np.stack([art_x, art_y], 1),
-            "art_angle": art_angle,
-            "art_flux": 10 ** (-0.4 * (art_mag - survey.zero_point)),
-            "art_band": art_band.astype(np.int64),
-            "art_level": art_level,
-        }
-    )
-    return out

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from astropt.hub import atomic_write, atomic_write_text
+from astropt.io import atomic_write, atomic_write_text
 
 FORMAT = "astropt-embeddings/1"
 MANIFEST = "_manifest.json"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from astropt.hub import atomic_write
+from astropt.io import atomic_write
 from astropt.model import GPT, KVCache
 from astropt.tokens import denormalise_patches, unpatchify
 

@@ -14,6 +14,16 @@ place, so a crash never leaves a half-written file where a good one was.
 * a Hub repo id ``owner/name`` or ``owner/name:path/in/repo`` (e.g.
   ``Smith42/astroPT_v2.0:astropt/095M``), fetched with ``huggingface_hub``
   into its cache; with ``HF_HUB_OFFLINE=1`` only the cache is read.
+
+``GPT.from_pretrained``, ``model.save_pretrained`` and ``model.push_to_hub``
+(DESIGN.md section 7) are this module's functions, installed on
+:class:`~astropt.model.GPT` when this module is imported, which
+``astropt/__init__.py`` does for every ``astropt`` import. Why not methods
+written in ``model.py`` that import this module lazily: imports then run both
+ways (model -> hub -> interop -> model), and the model would depend on file
+formats, the Hub client and AstroPT's checkpoints. This way imports run one way
+(io < model < interop < hub; ``tests/test_architecture.py`` checks it) while
+the model class keeps the methods scripts and notebooks call.
 """
 
 from __future__ import annotations
@@ -23,11 +33,15 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from astropt.interop import CKPT_NAME, load_astropt_checkpoint
+from astropt.io import atomic_write, atomic_write_text, load_state_checked
+from astropt.model import GPT, GPTConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -37,33 +51,6 @@ LIBRARY_NAME = "astropt"
 _REPO_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<path>[^:]*))?$")
 _FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".json")
 _HF_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # mkstemp makes owner-only files; give the result the usual umask permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as handle:
-            handle.write(text)
-
-    atomic_write(path, write)
 
 
 def save_pretrained(
@@ -222,60 +209,44 @@ def model_card(
     return "\n".join(lines)
 
 
+#: Extra files of a model folder that make it a subclass of GPT: file name -> ``build(config,
+#: the file's JSON)``. Filled by the modules that define those classes (astropt.finetune.model
+#: registers TASK_HEAD_NAME), so this module never imports upwards; ``astropt/__init__.py``
+#: imports them, so every process that can load a folder knows every part.
+_MODEL_PARTS: dict[str, Callable[[GPTConfig, dict], GPT]] = {}
+
+
+def register_model_part(name: str, build: Callable[[GPTConfig, dict], GPT]) -> None:
+    """Load model folders holding file ``name`` with ``build(config, json_of_that_file)``."""
+    _MODEL_PARTS[name] = build
+
+
 def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu"):
     """Read a model folder written by :func:`save_pretrained` into a :class:`GPT`.
 
-    A folder with a ``task_head.json`` (a finetuned model) loads as
-    :class:`astropt.finetune.model.FinetunedGPT`, head included.
+    A folder with a part registered by :func:`register_model_part` (a finetuned
+    model's ``task_head.json``) loads as that part's class, head included.
     """
-    from astropt.model import GPT, GPTConfig
-
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise FileNotFoundError(f"{directory} is not a model folder: {needed.name} is missing")
     config = GPTConfig.from_dict(json.loads(config_path.read_text()))
-    head_path = directory / TASK_HEAD_NAME
-    if head_path.is_file():
-        # A finetuned model: the trunk plus its task head. Imported here because
-        # astropt.finetune is built on this module, not the other way round.
-        from astropt.finetune.model import FinetunedGPT
-
-        model = FinetunedGPT(config, json.loads(head_path.read_text()))
-    else:
+    model = None
+    for part, build in _MODEL_PARTS.items():
+        if (directory / part).is_file():
+            model = build(config, json.loads((directory / part).read_text()))
+            break
+    if model is None:
         model = GPT(config)
     state = load_file(str(weights_path), device=str(map_location))
     load_state_checked(model, state, source=str(weights_path))
     return model
 
 
-def load_state_checked(model: torch.nn.Module, state: dict, source: str) -> None:
-    """``load_state_dict(strict=True)`` with a message naming missing, extra and misshapen tensors."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    misshapen = [
-        f"{name}: file {tuple(state[name].shape)} vs model {tuple(own[name].shape)}"
-        for name in sorted(set(own) & set(state))
-        if state[name].shape != own[name].shape
-    ]
-    if missing or extra or misshapen:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if extra:
-            parts.append(f"unexpected {extra}")
-        if misshapen:
-            parts.append(f"shape mismatch {misshapen}")
-        raise ValueError(f"weights in {source} do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-
-
 def _load_local(path: Path, map_location):
     """Load from an existing local file or folder (see :func:`load_model`)."""
-    from astropt.interop import CKPT_NAME, load_astropt_checkpoint
-
     if path.is_file():
         if path.name in (CONFIG_NAME, WEIGHTS_NAME):
             return load_pretrained_dir(path.parent, map_location)
@@ -338,8 +309,6 @@ def hub_offline() -> bool:
 
 
 def _is_our_config(path: str) -> bool:
-    from astropt.model import GPTConfig
-
     try:
         GPTConfig.from_dict(json.loads(Path(path).read_text()))
     except (ValueError, TypeError):
@@ -366,8 +335,6 @@ def from_hub(
     cache (``cache_dir``, default ``HF_HUB_CACHE``); ``local_files_only``
     defaults to ``HF_HUB_OFFLINE``, in which case only the cache is read.
     """
-    from astropt.interop import CKPT_NAME, load_astropt_checkpoint
-
     prefix = (path or "").strip("/")
     if filename is None and Path(prefix).suffix in _FILE_SUFFIXES:
         # "owner/name:folder/ckpt.pt" names a file, not a folder.
@@ -466,3 +433,35 @@ def push_to_hub(
             commit_message=commit_message or f"Upload {LIBRARY_NAME} model",
         )
     return str(getattr(info, "commit_url", info))
+
+
+# --------------------------------------------------------------- GPT methods
+def _gpt_save_pretrained(self: GPT, directory, **card_info) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (and a model card) to ``directory``.
+
+    See :func:`astropt.hub.save_pretrained` for ``card_info``.
+    """
+    save_pretrained(self, directory, **card_info)
+
+
+def _gpt_from_pretrained(cls: type[GPT], path_or_repo_id, **kwargs) -> GPT:
+    """Load from a ``save_pretrained`` folder, a run folder, an AstroPT ``ckpt.pt`` or a Hub repo.
+
+    See :func:`astropt.hub.load_model` for the places and ``kwargs``.
+    """
+    return load_model(path_or_repo_id, **kwargs)
+
+
+def _gpt_push_to_hub(self: GPT, repo_id: str, **kwargs) -> str:
+    """Upload as a model folder to the Hugging Face Hub (see :func:`astropt.hub.push_to_hub`)."""
+    return push_to_hub(self, repo_id, **kwargs)
+
+
+for _name, _function in (
+    ("save_pretrained", _gpt_save_pretrained),
+    ("from_pretrained", _gpt_from_pretrained),
+    ("push_to_hub", _gpt_push_to_hub),
+):
+    _function.__name__, _function.__qualname__ = _name, f"GPT.{_name}"
+    setattr(GPT, _name, classmethod(_function) if _name == "from_pretrained" else _function)
+del _name, _function

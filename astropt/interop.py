@@ -54,6 +54,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from astropt.io import atomic_write, load_state_checked
 from astropt.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -409,8 +410,6 @@ def load_astropt_checkpoint(
     feed images in AstroPT's layout. Unsupported variants (LLM backbone,
     several modalities, LoRA, task heads, missing tensors) raise ``ValueError``.
     """
-    from astropt.hub import load_state_checked
-
     checkpoint = read_astropt_checkpoint(path_or_file, map_location=map_location)
     config = astropt_config(checkpoint, transpose_hw=transpose_hw, order=order)
     state = astropt_to_ours(checkpoint["model"], IMAGE_MODALITY)
@@ -543,8 +542,6 @@ def write_astropt_checkpoint(checkpoint: dict, path: str | os.PathLike) -> Path:
 
     Atomic (temporary file, then rename). Returns ``path``.
     """
-    from astropt.hub import atomic_write
-
     path = Path(path)
 
     def write(tmp):

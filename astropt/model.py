@@ -12,6 +12,11 @@ Objectives:
 
 Attention modes: ``causal`` (default), ``prefix`` (bidirectional over the first
 ``prefix_len`` tokens, causal after) and ``full``.
+
+Persistence (``GPT.from_pretrained``, ``save_pretrained``, ``push_to_hub``)
+lives in :mod:`astropt.hub`, which sits above this module in the import order
+and adds those methods to :class:`GPT`; importing any ``astropt`` module
+imports it (see ``astropt/__init__.py``).
 """
 
 from __future__ import annotations
@@ -467,23 +472,3 @@ class GPT(nn.Module):
         if pool == "last":
             return hidden[:, -1]
         raise ValueError(f"pool must be 'mean', 'prefix' or 'last', got {pool!r}")
-
-    # ----------------------------------------------------------- persistence
-    def save_pretrained(self, directory, **card_info) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (and a model card) to ``directory``."""
-        from astropt import hub
-
-        hub.save_pretrained(self, directory, **card_info)
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id, **kwargs) -> GPT:
-        """Load from a ``save_pretrained`` folder, a run folder, an AstroPT ``ckpt.pt`` or a Hub repo."""
-        from astropt import hub
-
-        return hub.load_model(path_or_repo_id, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs) -> str:
-        """Upload as a model folder to the Hugging Face Hub (see :func:`astropt.hub.push_to_hub`)."""
-        from astropt import hub
-
-        return hub.push_to_hub(self, repo_id, **kwargs)

@@ -1035,7 +1035,7 @@ def probe_results(
     file is rewritten atomically with the scores added.
     """
     from astropt.config import load_config
-    from astropt.hub import atomic_write_text
+    from astropt.io import atomic_write_text
 
     probe_fn = probe_fn or default_probe
     rows = read_results(results)

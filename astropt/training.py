@@ -39,7 +39,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -54,6 +53,13 @@ from safetensors.torch import load_file
 
 from astropt import hub
 from astropt.config import ConfigError, RunConfig, config_from_dict, describe_keys, load_config
+from astropt.io import (
+    atomic_write,
+    atomic_write_dir,
+    atomic_write_text,
+    load_state_checked,
+    recover_atomic_dirs,
+)
 from astropt.model import GPT, GPTConfig
 
 log = logging.getLogger("astropt.training")
@@ -221,53 +227,6 @@ def architecture_diff(saved: GPTConfig | dict, current: GPTConfig) -> list[str]:
 # =====================================================================
 # Checkpoint folders
 # =====================================================================
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def write_checkpoint_dir(dest: Path, fill: Callable[[Path], None]) -> None:
-    """Create checkpoint folder ``dest`` atomically: ``fill(tmp)`` then rename into place.
-
-    If ``fill`` raises (or the process dies) the previous ``dest`` is untouched.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        fill(tmp)
-        _fsync_tree(tmp)
-        old = dest.with_name(f".{dest.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if dest.exists():
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def recover_checkpoints(root: Path) -> None:
-    """Finish or undo checkpoint writes a dead process left behind in ``root``."""
-    if not root.is_dir():
-        return
-    for path in root.iterdir():
-        name = path.name
-        if name.startswith(".") and name.endswith(".old"):
-            dest = root / name[1:-4]
-            if dest.exists():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.rename(path, dest)
-                log.warning("recovered checkpoint %s from an interrupted write", dest)
-        elif name.startswith(".") and name.endswith(".tmp"):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def load_trainer_state(folder: str | os.PathLike) -> dict:
     """The ``trainer_state.pt`` of a checkpoint folder (written by this module)."""
     path = Path(folder) / TRAINER_STATE_NAME
@@ -476,7 +435,7 @@ class Trainer:
         cfg = self.cfg
         latest = self.ckpt_root / "latest"
         if self.dist.is_main:
-            recover_checkpoints(self.ckpt_root)
+            recover_atomic_dirs(self.ckpt_root)
         self._barrier()
         has_checkpoints = latest.is_dir() or (self.ckpt_root / "best").is_dir()
         if cfg.resume:
@@ -512,7 +471,7 @@ class Trainer:
                 )
             model = GPT(cfg.model)
             state = load_file(str(folder / hub.WEIGHTS_NAME), device="cpu")
-            hub.load_state_checked(model, state, source=str(folder))
+            load_state_checked(model, state, source=str(folder))
             return model
         if cfg.init_from and cfg.init_from.lower() not in ("scratch", "none"):
             loaded = hub.load_model(cfg.init_from)
@@ -540,7 +499,7 @@ class Trainer:
                 values[name] = getattr(cfg.model, name)
             cfg.model = GPTConfig(**values)
             model = GPT(cfg.model)
-            hub.load_state_checked(model, loaded.state_dict(), source=str(cfg.init_from))
+            load_state_checked(model, loaded.state_dict(), source=str(cfg.init_from))
             return model
         return GPT(cfg.model)
 
@@ -681,11 +640,11 @@ class Trainer:
                         "best_val_loss": self.best_val,
                     },
                 )
-                hub.atomic_write(tmp / TRAINER_STATE_NAME, lambda p: torch.save(state, p))
+                atomic_write(tmp / TRAINER_STATE_NAME, lambda p: torch.save(state, p))
 
-            write_checkpoint_dir(first, fill)
+            atomic_write_dir(first, fill)
             for name in names[1:]:
-                write_checkpoint_dir(
+                atomic_write_dir(
                     self.ckpt_root / name,
                     lambda tmp: shutil.copytree(first, tmp, dirs_exist_ok=True),
                 )
@@ -748,7 +707,7 @@ class Trainer:
                 continue  # a line cut short by a crash
             if int(row.get("step", 0)) <= self.step:
                 kept.append(line)
-        hub.atomic_write_text(path, "".join(line + "\n" for line in kept))
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------ logging
     def _open_writers(self) -> None:
@@ -969,7 +928,7 @@ class Trainer:
             self.say("resumed %s at step %d", self.out, self.step)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            hub.atomic_write_text(
+            atomic_write_text(
                 self.out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
             )
         # Training randomness (MAE masks, prefixes, dropout) differs across ranks.
@@ -1092,7 +1051,7 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
         if self.dist.is_main:
-            hub.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         self._teardown()
         return summary
 
@@ -1245,7 +1204,7 @@ def render_preview(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    hub.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
     return path
 
@@ -1321,7 +1280,6 @@ __all__ = [
     "main",
     "make_optimizer",
     "measure_matmul_peak",
-    "recover_checkpoints",
     "render_preview",
     "train",
 ]

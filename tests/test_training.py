@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from astropt import hub
 from astropt.config import ConfigError, OptimConfig, config_from_dict, load_config
 from astropt.data import make_loader
+from astropt.io import recover_atomic_dirs
 from astropt.model import GPT
 from astropt.training import (
     ArchitectureMismatch,
@@ -33,7 +34,6 @@ from astropt.training import (
     log_spaced_steps,
     lr_at,
     make_optimizer,
-    recover_checkpoints,
     train,
 )
 
@@ -247,7 +247,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(make_cfg, monkeypat
 
     # A death between the two renames of a checkpoint swap: only `.latest.old` is left.
     os.rename(ckpts / "latest", ckpts / ".latest.old")
-    recover_checkpoints(ckpts)
+    recover_atomic_dirs(ckpts)
     assert load_trainer_state(ckpts / "latest")["step"] == 2
     summary = train(make_cfg("crash", "max_iters=4", "checkpoint_interval=2", "resume=true"))
     assert summary["steps"] == 4

@@ -7,13 +7,14 @@
     for batch in loader:           # Batch: tokens (B, N, P*P*C), mean, std, ids, ...
         loss = model(batch.inputs, batch.targets)[1]
 
-Modules: :mod:`~astropt.data.decode` (reading one image, scaling rules, skip
+Modules: :mod:`~astropt.data.config` (:class:`DataConfig`), :mod:`~astropt.data.decode` (reading one image, scaling rules, skip
 reasons), :mod:`~astropt.data.sources` (Hugging Face datasets, folders, the
 simulator), :mod:`~astropt.data.loader` (sampling, workers, collation, resume).
 """
 
+from .config import DataConfig
 from .decode import REASONS, BadSampleError, DataError
-from .loader import Batch, DataConfig, SkippedSampleWarning, TokenLoader, make_loader, map_loader
+from .loader import Batch, SkippedSampleWarning, TokenLoader, make_loader, map_loader
 from .sources import guess_source
 
 __all__ = [

@@ -24,7 +24,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from astropt.tokens import images_to_tokens
 
+from .config import DataConfig
 from .decode import (
     REASONS,
     BadSampleError,
@@ -60,104 +61,10 @@ log = logging.getLogger("astropt.data")
 #: How many samples the loader reads, at most, to find the image shape, and
 #: how many failures in a row (with no success yet) stop a run.
 PROBE_LIMIT = 256
-SOURCES = ("synthetic", "hf", "folder")
 
 
 class SkippedSampleWarning(UserWarning):
     """Issued the first time a sample is skipped for each reason."""
-
-
-@dataclass
-class DataConfig:
-    """Where images come from and how they become tokens.
-
-    The first block is the team contract; the fields after it are options,
-    all with defaults.
-
-    ``source``: ``"synthetic"`` (``path`` = a prepared survey folder, or ``""``
-    to render on the fly), ``"hf"`` (``path`` = Hub name, local folder or glob of
-    parquet/arrow), ``"folder"`` (``path`` = directory of JPEG/PNG/FITS/``.npy``).
-    ``image_size`` is a centre-crop side in pixels (``None`` keeps the stored
-    size; then every image must have the same size). ``patch_size``, ``order``
-    and ``transpose_hw`` must match the model (a loaded model's config says).
-    """
-
-    source: str = "synthetic"
-    path: str = ""
-    revision: str | None = None
-    streaming: bool = False
-    image_size: int | None = None
-    patch_size: int = 16
-    order: str = "spiral"
-    transpose_hw: bool = False
-    augment: bool = True
-    num_workers: int = 0
-    strict: bool = False
-    id_column: str | None = None
-    catalogue: str | None = None
-    synthetic_n: int = 10000
-    synthetic_seed: int = 0
-
-    #: Column holding the image (Image feature, binary, or numeric arrays such
-    #: as the survey's ``flux_grz``); for the on-the-fly simulator, ``"flux_grz"``
-    #: selects float fluxes instead of the colour rendering.
-    image_column: str = "image"
-    #: Catalogue columns to carry into ``Batch.catalogue``; ``None`` = every
-    #: scalar column (numbers, booleans, strings) except the image and the id.
-    columns: tuple[str, ...] | None = None
-    #: Channel indices to keep, in stored order (e.g. ``(1,)`` for r of grz).
-    bands: tuple[int, ...] | None = None
-    #: Expected channel count after band selection (``None``: the first good
-    #: sample decides); also tells a flat array column how to fold.
-    channels: int | None = None
-    #: Float images: ``"asinh"`` (``asinh(x / asinh_softening)``) or ``"linear"``.
-    float_scaling: str = "asinh"
-    asinh_softening: float = 0.01
-    #: Band suffixes grouping single-band FITS files (``gal_g.fits``, ...) in a folder.
-    fits_bands: tuple[str, ...] = ("g", "r", "z")
-    #: On-the-fly simulator: render side (``None``: ``image_size`` or 64) and split fractions.
-    synthetic_image_size: int | None = None
-    synthetic_val_fraction: float = 0.1
-    synthetic_test_fraction: float = 0.1
-    #: Streaming only: examples held by the shuffle buffer.
-    shuffle_buffer: int = 1000
-    #: Batches each worker prepares ahead.
-    prefetch_factor: int = 2
-    #: With several ranks, drop the last ``n % world_size`` samples of each
-    #: epoch's order so every rank has the same number of batches (DDP needs it).
-    even_shards: bool = True
-    #: ``datasets`` cache folder for converted parquet (``None``: its default).
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
-        if self.order not in ("spiral", "raster"):
-            raise ValueError(f"data.order must be 'spiral' or 'raster', got {self.order!r}")
-        if self.float_scaling not in ("asinh", "linear"):
-            raise ValueError(
-                f"data.float_scaling must be 'asinh' or 'linear', got {self.float_scaling!r}"
-            )
-        if self.patch_size < 1:
-            raise ValueError(f"data.patch_size must be positive, got {self.patch_size}")
-        if self.image_size is not None and self.image_size % self.patch_size:
-            raise ValueError(
-                f"data.image_size {self.image_size} is not a multiple of the patch size "
-                f"{self.patch_size}"
-            )
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if self.asinh_softening <= 0:
-            raise ValueError("data.asinh_softening must be positive")
-        # Config files give lists; keep tuples so the config stays hashable and immutable.
-        for name in ("columns", "bands", "fits_bands"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
-                setattr(self, name, tuple(value))
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 class Batch:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import DataConfig
 from .decode import (
     FITS_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -42,7 +43,6 @@ from .decode import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .loader import DataConfig
 
 log = logging.getLogger("astropt.data")
 

@@ -64,7 +64,7 @@ def plot_confusion(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from astropt.hub import atomic_write
+    from astropt.io import atomic_write
 
     rows = matrix.sum(1, keepdims=True)
     shares = matrix / np.maximum(rows, 1)

@@ -32,7 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from astropt import hub
 from astropt.hub import TASK_HEAD_NAME
+from astropt.io import atomic_write_text
 from astropt.model import GPT, GPTConfig
 
 
@@ -129,15 +131,13 @@ class FinetunedGPT(GPT):
 
     def save_pretrained(self, directory, **card_info) -> None:
         """A model folder: weights and trunk config (:mod:`astropt.hub`) plus ``task_head.json``."""
-        from astropt import hub
-
         card_info.setdefault(
             "description",
             f"A finetuned AstroPT-style model with a {self.head_config.kind} head "
             f"({self.head_config.n_outputs} outputs; targets {self.head_config.targets}).",
         )
         hub.save_pretrained(self, directory, **card_info)
-        hub.atomic_write_text(
+        atomic_write_text(
             Path(directory) / TASK_HEAD_NAME,
             json.dumps(self.head_config.to_dict(), indent=2, sort_keys=True),
         )
@@ -201,3 +201,6 @@ def outputs_to_predictions(head: HeadConfig, outputs: torch.Tensor) -> torch.Ten
         parts.append(a / a.sum(1, keepdim=True))
         start += size
     return torch.cat(parts, 1)
+
+
+hub.register_model_part(TASK_HEAD_NAME, FinetunedGPT)

@@ -1,0 +1,134 @@
+"""Files that are either whole or absent, and weights that fit their model or say why not.
+
+The bottom of the import order: nothing here imports from ``astropt``, so every
+other module may use it.
+
+* :func:`atomic_write` / :func:`atomic_write_text`: a file is written under a
+  hidden temporary name in its folder and renamed onto the target, so a crash
+  never leaves a half-written file where a good one was. The result has the
+  usual permissions (``0o666`` less the umask), not ``mkstemp``'s owner-only ones.
+* :func:`atomic_write_dir` / :func:`recover_atomic_dirs`: the same for a whole
+  folder (a training checkpoint). The previous folder is kept as ``.NAME.old``
+  for the instant between two renames; :func:`recover_atomic_dirs` finishes or
+  undoes a replacement a dead process left behind.
+* :func:`load_state_checked`: ``load_state_dict(strict=True)`` whose error
+  names every missing, unexpected and misshapen tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("astropt.io")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        # mkstemp makes owner-only files; give the result the usual umask permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_write`."""
+
+    def write(tmp):
+        with open(tmp, "w") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def atomic_write_dir(dest: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+    """Create folder ``dest`` atomically: ``fill(tmp)`` then rename into place.
+
+    If ``fill`` raises (or the process dies) the previous ``dest`` is untouched;
+    a replacement interrupted between its two renames is completed by
+    :func:`recover_atomic_dirs`.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        fill(tmp)
+        _fsync_tree(tmp)
+        old = dest.with_name(f".{dest.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if dest.exists():
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_atomic_dirs(root: str | os.PathLike) -> None:
+    """Finish or undo the :func:`atomic_write_dir` calls a dead process left behind in ``root``.
+
+    A ``.NAME.old`` whose ``NAME`` is missing is renamed back (the process died
+    between the two renames); other ``.old`` and ``.tmp`` leftovers are removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        name = path.name
+        if name.startswith(".") and name.endswith(".old"):
+            dest = root / name[1:-4]
+            if dest.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, dest)
+                log.warning("recovered %s from an interrupted write", dest)
+        elif name.startswith(".") and name.endswith(".tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load_state_checked(model: torch.nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a message naming missing, extra and misshapen tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    misshapen = [
+        f"{name}: file {tuple(state[name].shape)} vs model {tuple(own[name].shape)}"
+        for name in sorted(set(own) & set(state))
+        if state[name].shape != own[name].shape
+    ]
+    if missing or extra or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unexpected {extra}")
+        if misshapen:
+            parts.append(f"shape mismatch {misshapen}")
+        raise ValueError(f"weights in {source} do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)

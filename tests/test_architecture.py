@@ -1,0 +1,190 @@
+"""Imports inside ``astropt`` run one way: the layer order below, and no cycles.
+
+Every module under ``astropt/`` is parsed with :mod:`ast`; every ``import``
+and ``from ... import`` counts, at module level or inside a function (a lazy
+import is still a dependency, and a lazy import against the order is how the
+old ``model -> hub -> interop -> model`` cycle hid). A module may import from
+its own layer or an earlier one, never a later one, and the graph of module
+imports has no cycle.
+
+A module belongs to the layer of the longest name in :data:`LAYERS` that is
+itself or a package above it, so ``astropt/train/checkpoint.py`` belongs to
+``astropt.train``; a module no entry covers fails the test, so a new module
+has to be placed in the order on purpose.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "astropt"
+
+#: Bottom to top. Each row is one layer; a module may import its own row and the rows above it.
+LAYERS: list[tuple[str, ...]] = [
+    ("astropt.io", "astropt.device", "astropt.display"),  # leaves: no astropt imports
+    ("astropt.tokens",),
+    ("astropt.model",),
+    ("astropt.interop",),
+    ("astropt.hub",),
+    ("astropt.simulate",),
+    ("astropt.data",),
+    ("astropt.config",),  # RunConfig: the data and model sections of a training run
+    ("astropt.train", "astropt.training"),
+    ("astropt.embed",),
+    ("astropt.probe", "astropt.generate"),
+    ("astropt.maps",),
+    ("astropt.finetune", "astropt.predict"),
+    ("astropt.scaling", "astropt.quickstart"),
+    ("astropt.cli",),
+    # The package itself: it imports astropt.hub so that GPT has its Hub methods.
+    ("astropt",),
+]
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules(root: Path = PACKAGE_ROOT) -> dict[str, Path]:
+    return {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The ``astropt`` modules that ``name`` (file ``path``) imports, anywhere in the file."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                # Relative: resolved against this module's package.
+                base = name.split(".")
+                if not is_package:
+                    base = base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # `from astropt import hub` imports the submodule astropt.hub.
+            targets = [
+                f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module
+                for alias in node.names
+            ]
+        else:
+            continue
+        for target in targets:
+            if target == "astropt" or target.startswith("astropt."):
+                # `import astropt.data.loader` depends on the deepest module that exists.
+                while target not in known and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target != name:
+                    found.add(target)
+    return found
+
+
+def _layer(module: str) -> int | None:
+    best, best_len = None, -1
+    for index, names in enumerate(LAYERS):
+        for prefix in names:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    return best
+
+
+def _graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
+    modules = _modules(root)
+    known = set(modules)
+    return {name: _imports(name, path, known) for name, path in modules.items()}
+
+
+def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if target == "astropt" and module != "astropt":
+                bad.append(f"{module} imports the package facade astropt (import the module)")
+            elif _layer(target) > _layer(module):
+                bad.append(
+                    f"{module} (layer {LAYERS[_layer(module)]}) imports {target} "
+                    f"(later layer {LAYERS[_layer(target)]})"
+                )
+    return bad
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, each as a path ``[a, b, ..., a]`` (one per strongly connected set)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    found: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                found.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, path)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return found
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted(name for name in _modules() if _layer(name) is None)
+    assert not unplaced, f"place these modules in LAYERS of {__file__}: {unplaced}"
+
+
+def test_imports_follow_the_layer_order():
+    violations = _layer_violations(_graph())
+    assert not violations, "imports against the layer order:\n" + "\n".join(violations)
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_io_is_a_leaf():
+    assert _graph()["astropt.io"] == set()
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        # What model.py used to do: a lazy Hub import inside a method.
+        ("def save(self):\n    from astropt import hub\n", "astropt.model"),
+        ("import astropt.interop\n", "astropt.model"),
+    ],
+)
+def test_checker_catches_a_late_import_in_model(tmp_path, source, message):
+    """The checks above fail when model.py imports the Hub or interop again."""
+    root = tmp_path / "astropt"
+    for name, path in _modules().items():
+        target = root / path.relative_to(PACKAGE_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = path.read_text()
+        if name == "astropt.model":
+            text += "\n\n" + source
+        target.write_text(text)
+    graph = _graph(root)
+    violations = _layer_violations(graph)
+    assert any(v.startswith(message + " ") for v in violations), violations
+    assert _cycles(graph), "a hub/interop import in model.py closes a cycle"
+
+
+def test_checker_resolves_relative_and_submodule_imports():
+    graph = _graph()
+    assert "astropt.data.config" in graph["astropt.data.loader"]  # from .config import ...
+    assert "astropt.data.config" in graph["astropt.data.sources"]
+    assert "astropt.hub" in graph["astropt"]  # from astropt import hub

@@ -29,6 +29,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -161,12 +162,37 @@ def _nearest(key: str, keys: list[str]) -> str | None:
     return by_leaf[close[0]] if close else None
 
 
+def did_you_mean(key: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the candidate nearest to ``key``, or ``""``."""
+    hint = _nearest(key, list(candidates))
+    return f"; did you mean '{hint}'?" if hint else ""
+
+
 def _unknown_key(
     key: str, keys: dict[str, Any], origin: str, sections: dict[str, type] = SECTIONS
 ) -> ConfigError:
-    hint = _nearest(key, [*keys, *(f"[{s}]" for s in sections)])
-    suggestion = f"; did you mean '{hint}'?" if hint else ""
+    suggestion = did_you_mean(key, [*keys, *(f"[{s}]" for s in sections)])
     return ConfigError(f"unknown config key '{key}' ({origin}){suggestion}")
+
+
+def table_fields(
+    cls: type, table: dict, origin: str, *, exclude: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The entries of a TOML ``table`` as init fields of the dataclass ``cls``, parsed by type.
+
+    For configs other than a run's (a scaling ladder, ...): an unknown key raises
+    :class:`ConfigError` naming the nearest field (``origin`` says where the table came
+    from), each value is parsed by :func:`coerce`. Fields in ``exclude`` are not accepted.
+    Returns ``{field: value}`` for the keys present, ready for ``cls(**values)``.
+    """
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in set(exclude)]
+    values = {}
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigError(f"unknown key '{key}' ({origin}){did_you_mean(key, names)}")
+        values[key] = coerce(value, hints[key], key)
+    return values
 
 
 # ---------------------------------------------------------------- values
@@ -280,6 +306,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             for i, v in enumerate(value)
         ]
         return container(items)
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{key} must be a path, got {value!r}")
     if tp is Any:
         return value
     raise ConfigError(f"{key}: unsupported field type {tp}")

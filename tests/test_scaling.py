@@ -593,3 +593,29 @@ def test_study_under_torchrun_trains_several_runs_in_one_job(tmp_path, tiny_surv
     for row in rows:
         assert row["world_size"] == 2 and row["summary"]["world_size"] == 2
         assert row["summary"]["flops"] == pytest.approx(row["compute"], rel=1e-9)
+
+
+def test_ladder_values_are_parsed_by_their_field_types(tmp_path):
+    # The ladder is checked by the run configs' machinery: a value of the wrong
+    # type is an error naming its key, integers may be written as floats, and a
+    # rung's config path is resolved against the ladder file.
+    with pytest.raises(ValueError, match="budgets"):
+        load_ladder(
+            _write_ladder(tmp_path, LADDER.replace("budgets = [", 'budgets = ["x", '), "a.toml")
+        )
+    with pytest.raises(ValueError, match="evals_per_run must be an integer"):
+        load_ladder(
+            _write_ladder(
+                tmp_path, LADDER.replace("evals_per_run = 4", 'evals_per_run = "four"'), "b.toml"
+            )
+        )
+    ladder = load_ladder(
+        _write_ladder(
+            tmp_path,
+            LADDER.replace("evals_per_run = 4", "evals_per_run = 4.0")
+            + '\n[[rungs]]\nname = "own"\nconfig = "shapes/own.toml"\n',
+            "c.toml",
+        )
+    )
+    assert ladder.evals_per_run == 4 and isinstance(ladder.evals_per_run, int)
+    assert ladder.rung("own").config == (tmp_path / "shapes" / "own.toml").resolve()

@@ -332,14 +332,32 @@ def fit_study(
     The frontier is the Pareto set of final losses and (with ``use_curves``)
     learning-curve points from ``curve_from`` of each run on, at compute no
     smaller than the smallest finished run's.
-    L(N) uses each shape's lowest final loss over the budgets (its best
-    converged estimate on this grid). A law with fewer than three distinct
+    L(N) compares the shapes at the largest budget every shape reached. A law with fewer than three distinct
     x values is not fitted (None); with exactly three it is fitted without
     an interval.
     """
     kw = {"n_boot": n_boot, "ci": ci, "seed": seed}
-    out: dict[str, Any] = {"n_runs": len(rows)}
+    return {
+        "n_runs": len(rows),
+        "compute": _fit_compute(rows, use_curves, curve_from, kw),
+        "data": _fit_data(rows, data_rung, data_budget, kw),
+        "params": _fit_params(rows, kw),
+        "probe": [
+            {
+                "rung": r["rung"],
+                "n_params": r["n_params"],
+                "budget_flops": r["budget_flops"],
+                "probe_score": r["probe_score"],
+                "probe": r.get("probe"),
+            }
+            for r in rows
+            if r.get("sweep", "compute") == "compute" and _finite(r.get("probe_score"))
+        ],
+    }
 
+
+def _fit_compute(rows: Sequence[dict], use_curves: bool, curve_from: float, kw: dict) -> dict:
+    """L(C) on the compute-optimal frontier."""
     pts = compute_points(rows, use_curves, curve_from)
     # Below the smallest budget the frontier would be made only of early
     # evaluations of bigger runs: it starts at the smallest finished run.
@@ -350,7 +368,7 @@ def fit_study(
         pts[i] for i in pareto_frontier([p["compute"] for p in pts], [p["loss"] for p in pts])
     ]
     fit_c = _fit_or_none([p["compute"] for p in frontier], [p["loss"] for p in frontier], **kw)
-    out["compute"] = {
+    return {
         "fit": fit_c.to_dict() if fit_c else None,
         "frontier": frontier,
         "points": len(pts),
@@ -358,18 +376,27 @@ def fit_study(
         "curve_from": curve_from,
     }
 
+
+def _fit_data(
+    rows: Sequence[dict], data_rung: str | None, data_budget: float | None, kw: dict
+) -> dict:
+    """L(D) on one data sweep."""
     dpts, d_rung, d_budget = data_points(rows, data_rung, data_budget)
     fit_d = _fit_or_none([p["galaxies"] for p in dpts], [p["loss"] for p in dpts], **kw)
-    out["data"] = {
+    return {
         "fit": fit_d.to_dict() if fit_d else None,
         "points": dpts,
         "rung": d_rung,
         "budget_flops": d_budget,
     }
 
-    # L(N): each shape at the largest budget every shape reached, so the shapes
-    # are compared at equal compute (a shape trained only at a bigger budget
-    # would otherwise look better for its compute, not its size).
+
+def _fit_params(rows: Sequence[dict], kw: dict) -> dict:
+    """L(N): each shape at the largest budget every shape reached.
+
+    The shapes are compared at equal compute: a shape trained only at a bigger
+    budget would otherwise look better for its compute, not its size.
+    """
     compute_rows = [r for r in rows if r.get("sweep", "compute") == "compute" and _loss(r)]
     by_rung: dict[str, dict[float, dict]] = {}
     for r in compute_rows:
@@ -401,25 +428,12 @@ def fit_study(
         note = "loss rises with N at this budget (compute-limited)"
     elif npts:
         fit_n = _fit_or_none([p["n_params"] for p in npts], [p["loss"] for p in npts], **kw)
-    out["params"] = {
+    return {
         "fit": fit_n.to_dict() if fit_n else None,
         "points": npts,
         "budget_flops": budget_n,
         "note": note,
     }
-
-    out["probe"] = [
-        {
-            "rung": r["rung"],
-            "n_params": r["n_params"],
-            "budget_flops": r["budget_flops"],
-            "probe_score": r["probe_score"],
-            "probe": r.get("probe"),
-        }
-        for r in rows
-        if r.get("sweep", "compute") == "compute" and _finite(r.get("probe_score"))
-    ]
-    return out
 
 
 def format_report(fit: dict) -> str:

@@ -43,22 +43,31 @@ def plot_study(rows: Sequence[dict], fit: dict, out_dir: str | os.PathLike) -> l
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     compute_rows = [r for r in rows if r.get("sweep", "compute") == "compute" and _loss(r)]
-    rung_params = {r["rung"]: r["n_params"] for r in rows}
-    rungs = sorted(rung_params, key=rung_params.get)
-    colours = {
-        name: plt.get_cmap("viridis")(i / max(1, len(rungs) - 1)) for i, name in enumerate(rungs)
-    }
-
-    def save(fig, name: str) -> None:
+    figures = {"loss_vs_compute.png": _loss_vs_compute(plt, rows, compute_rows, fit)}
+    if fit["data"]["points"]:
+        figures["loss_vs_data.png"] = _loss_vs_data(plt, fit)
+    if fit["params"]["points"]:
+        figures["loss_vs_params.png"] = _loss_vs_params(plt, compute_rows, fit)
+    if fit["probe"]:
+        figures["probe_vs_params.png"] = _probe_vs_params(plt, fit)
+    written = []
+    for name, fig in figures.items():
         path = out / name
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+    return written
 
-    # Loss against compute.
+
+def _loss_vs_compute(plt, rows: Sequence[dict], compute_rows: list[dict], fit: dict):
+    """Learning curves and final losses per shape, the compute-optimal frontier, L(C)."""
+    rung_params = {r["rung"]: r["n_params"] for r in rows}
+    rungs = sorted(rung_params, key=rung_params.get)
+    colours = {
+        name: plt.get_cmap("viridis")(i / max(1, len(rungs) - 1)) for i, name in enumerate(rungs)
+    }
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     labelled = set()
     for r in compute_rows:
@@ -91,84 +100,86 @@ def plot_study(rows: Sequence[dict], fit: dict, out_dir: str | os.PathLike) -> l
         title="Loss against compute",
     )
     ax.legend(fontsize=7)
-    save(fig, "loss_vs_compute.png")
+    return fig
 
-    # Loss against data size.
+
+def _loss_vs_data(plt, fit: dict):
+    """Final losses of the data sweep and L(D)."""
     dpts = fit["data"]["points"]
-    if dpts:
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
-        dx = [p["galaxies"] for p in dpts]
-        ax.plot(dx, [p["loss"] for p in dpts], "o", ms=6, label="final validation loss")
-        _draw_fit(ax, fit["data"]["fit"], min(dx), max(dx) * 2)
-        ax.set(
-            xscale="log",
-            xlabel="training galaxies D",
-            ylabel="validation loss (Huber)",
-            title=f"Loss against data ({fit['data']['rung']}, "
-            f"C={format_flops(fit['data']['budget_flops'])} FLOPs)",
-        )
-        ax.legend(fontsize=7)
-        save(fig, "loss_vs_data.png")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    dx = [p["galaxies"] for p in dpts]
+    ax.plot(dx, [p["loss"] for p in dpts], "o", ms=6, label="final validation loss")
+    _draw_fit(ax, fit["data"]["fit"], min(dx), max(dx) * 2)
+    ax.set(
+        xscale="log",
+        xlabel="training galaxies D",
+        ylabel="validation loss (Huber)",
+        title=f"Loss against data ({fit['data']['rung']}, "
+        f"C={format_flops(fit['data']['budget_flops'])} FLOPs)",
+    )
+    ax.legend(fontsize=7)
+    return fig
 
-    # Loss against parameters.
+
+def _loss_vs_params(plt, compute_rows: list[dict], fit: dict):
+    """Loss against parameters at each budget, the shapes compared at one budget, L(N)."""
     npts = fit["params"]["points"]
-    if npts:
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
-        nx = [p["n_params"] for p in npts]
-        for budget in sorted({r["budget_flops"] for r in compute_rows}):
-            sel = sorted(
-                (r for r in compute_rows if r["budget_flops"] == budget),
-                key=lambda r: r["n_params"],
-            )
-            ax.plot(
-                [r["n_params"] for r in sel],
-                [_loss(r) for r in sel],
-                ".-",
-                alpha=0.6,
-                label=f"C={format_flops(budget)}",
-            )
-        shared = fit["params"]["budget_flops"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    nx = [p["n_params"] for p in npts]
+    for budget in sorted({r["budget_flops"] for r in compute_rows}):
+        sel = sorted(
+            (r for r in compute_rows if r["budget_flops"] == budget),
+            key=lambda r: r["n_params"],
+        )
         ax.plot(
-            nx,
-            [p["loss"] for p in npts],
-            "ks",
-            mfc="none",
-            ms=8,
-            label=f"compared at C={format_flops(shared)}",
+            [r["n_params"] for r in sel],
+            [_loss(r) for r in sel],
+            ".-",
+            alpha=0.6,
+            label=f"C={format_flops(budget)}",
         )
-        _draw_fit(ax, fit["params"]["fit"], min(nx), max(nx) * 2)
-        title = "Loss against parameters"
-        if fit["params"]["fit"] is None and fit["params"].get("note"):
-            title += f"\n(not fitted: {fit['params']['note']})"
-        ax.set(
-            xscale="log",
-            xlabel="parameters N (without positions)",
-            ylabel="validation loss (Huber)",
-            title=title,
-        )
-        ax.legend(fontsize=7)
-        save(fig, "loss_vs_params.png")
+    shared = fit["params"]["budget_flops"]
+    ax.plot(
+        nx,
+        [p["loss"] for p in npts],
+        "ks",
+        mfc="none",
+        ms=8,
+        label=f"compared at C={format_flops(shared)}",
+    )
+    _draw_fit(ax, fit["params"]["fit"], min(nx), max(nx) * 2)
+    title = "Loss against parameters"
+    if fit["params"]["fit"] is None and fit["params"].get("note"):
+        title += f"\n(not fitted: {fit['params']['note']})"
+    ax.set(
+        xscale="log",
+        xlabel="parameters N (without positions)",
+        ylabel="validation loss (Huber)",
+        title=title,
+    )
+    ax.legend(fontsize=7)
+    return fig
 
-    # Probe score against parameters.
+
+def _probe_vs_params(plt, fit: dict):
+    """Mean probe score against parameters, one line per budget."""
     probes = fit["probe"]
-    if probes:
-        fig, ax = plt.subplots(figsize=(6.4, 4.6))
-        for budget in sorted({p["budget_flops"] for p in probes}):
-            sel = sorted(
-                (p for p in probes if p["budget_flops"] == budget), key=lambda p: p["n_params"]
-            )
-            ax.plot(
-                [p["n_params"] for p in sel],
-                [p["probe_score"] for p in sel],
-                "o-",
-                label=f"C={format_flops(budget)}",
-            )
-        ax.set(
-            xscale="log",
-            xlabel="parameters N (without positions)",
-            ylabel="mean probe score",
-            title="Probe quality against parameters",
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for budget in sorted({p["budget_flops"] for p in probes}):
+        sel = sorted(
+            (p for p in probes if p["budget_flops"] == budget), key=lambda p: p["n_params"]
         )
-        ax.legend(fontsize=7)
-        save(fig, "probe_vs_params.png")
-    return written
+        ax.plot(
+            [p["n_params"] for p in sel],
+            [p["probe_score"] for p in sel],
+            "o-",
+            label=f"C={format_flops(budget)}",
+        )
+    ax.set(
+        xscale="log",
+        xlabel="parameters N (without positions)",
+        ylabel="mean probe score",
+        title="Probe quality against parameters",
+    )
+    ax.legend(fontsize=7)
+    return fig

@@ -123,23 +123,13 @@ def write_survey(
     (seed, i), so the files are byte-identical for any worker count. ``survey.json``
     is written last: its presence marks a complete survey. Returns its contents.
     """
-    from tqdm.auto import tqdm
-
     size = _check_size(image_size)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} exists and is not empty (pass overwrite=True / --overwrite)"
-            )
-        for split in SPLITS:
-            for f in (out / split).glob("shard-*.parquet*") if (out / split).is_dir() else []:
-                f.unlink()
-        (out / "survey.json").unlink(missing_ok=True)
+    _clear(out, overwrite)
     if shard_size is None:
         per = 3 * size * size * 4 if float_bands else 0
         shard_size = int(min(1000, max(16, (256 << 20) // max(per, 1)))) if per else 1000
@@ -157,6 +147,42 @@ def write_survey(
             pieces = [shard[c : c + chunk] for c in range(0, len(shard), chunk)]
             plan.append((split, s, len(pieces)))
             tasks.extend((p, size, int(seed), float_bands, survey) for p in pieces)
+
+    shards = _render_shards(out, tasks, plan, schema, float_bands, workers, progress, n, size)
+    meta = _survey_meta(n, size, seed, float_bands, sizes, shard_size, shards, survey)
+    tmp = out / "survey.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / "survey.json")
+    return meta
+
+
+def _clear(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``overwrite``; then remove an old survey's files."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} exists and is not empty (pass overwrite=True / --overwrite)"
+            )
+        for split in SPLITS:
+            for f in (out / split).glob("shard-*.parquet*") if (out / split).is_dir() else []:
+                f.unlink()
+        (out / "survey.json").unlink(missing_ok=True)
+
+
+def _render_shards(
+    out: Path,
+    tasks: list[tuple],
+    plan: list[tuple[str, int, int]],
+    schema,
+    float_bands: bool,
+    workers: int,
+    progress: bool,
+    n: int,
+    size: int,
+) -> dict[str, list[str]]:
+    """Render ``tasks`` (in worker processes when ``workers > 1``) and write the shards of
+    ``plan`` in order; returns ``{split: [relative shard paths]}``."""
+    from tqdm.auto import tqdm
 
     bar = tqdm(total=n, desc=f"survey {size}px", unit="stamp", disable=not progress)
     pool = None
@@ -183,8 +209,21 @@ def write_survey(
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    return shards
 
-    meta = {
+
+def _survey_meta(
+    n: int,
+    size: int,
+    seed: int,
+    float_bands: bool,
+    sizes: dict[str, int],
+    shard_size: int,
+    shards: dict[str, list[str]],
+    survey: SurveySpec,
+) -> dict:
+    """The contents of ``survey.json``."""
+    return {
         "name": "astropt synthetic DESI Legacy Survey DR8-like survey",
         "simulator_version": SIM_VERSION,
         "n": int(n),
@@ -210,10 +249,6 @@ def write_survey(
         },
         "survey": asdict(survey),
     }
-    tmp = out / "survey.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / "survey.json")
-    return meta
 
 
 def montage(

@@ -130,61 +130,7 @@ def _draw_galaxy(img3: np.ndarray, p: dict, j: int, survey: SurveySpec, isolated
     off = p["center_offset_pix"][j]
     cx = (size - 1) / 2 + float(off[0])
     cy = (size - 1) / 2 + float(off[1])
-    g = _Galaxy(p, j, ps, size)
-    exts = g.extents()
-    ext = max([e for e, h in zip(exts, g.has) if h] + [2.0])
-    x0, x1 = max(int(math.floor(cx - ext)), 0), min(int(math.ceil(cx + ext)) + 1, size)
-    y0, y1 = max(int(math.floor(cy - ext)), 0), min(int(math.ceil(cy + ext)) + 1, size)
-    if x1 > x0 and y1 > y0:
-        xs, ys = _box_grid(x0, x1, y0, y1, cx, cy)
-        maps = g.maps(xs, ys)
-        # Cusps are badly sampled at pixel centres: replace the central pixels by
-        # the mean over a fine sub-grid.
-        ic, jc = int(round(cy)), int(round(cx))
-        smallest = min(
-            g.re_b * g.q_b if g.has[0] else 99.0,
-            g.re_d * g.q_d if g.has[1:].any() else 99.0,
-            g.bar_re * g.bar_q * g.q_d if g.has[3] else 99.0,
-        )
-        half = int(np.clip(math.ceil(2.5 * max(g.re_b if g.has[0] else g.re_d, 0.5)), 1, 3))
-        fine = int(np.clip(math.ceil(6.0 / max(smallest, 0.05)), 4, 32))
-        by0, by1 = max(ic - half, y0), min(ic + half + 1, y1)
-        bx0, bx1 = max(jc - half, x0), min(jc + half + 1, x1)
-        if by1 > by0 and bx1 > bx0:
-            sub = (np.arange(fine, dtype=_F32) + _F32(0.5)) / _F32(fine) - _F32(0.5)
-            fx = (np.arange(bx0, bx1, dtype=_F32)[:, None] + sub[None, :]).reshape(1, -1) - _F32(cx)
-            fy = (_F32(cy) - (np.arange(by0, by1, dtype=_F32)[:, None] + sub[None, :])).reshape(
-                -1, 1
-            )
-            fmaps = g.maps(fx, fy)
-            ny, nx = by1 - by0, bx1 - bx0
-            for k, fm in enumerate(fmaps):
-                if fm is not None:
-                    maps[k][by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = fm.reshape(
-                        ny, fine, nx, fine
-                    ).mean(axis=(1, 3))
-        for k, mk in enumerate(maps):
-            if mk is None:
-                continue
-            e = exts[k]
-            if e <= cx <= size - 1 - e and e <= cy <= size - 1 - e:
-                # The component lies inside the stamp: normalise it to unit sum, which
-                # keeps its flux exact even when it is too thin or small to be sampled
-                # well at pixel centres. (Components cut by the stamp edge are large,
-                # hence well sampled, and keep their analytic normalisation.)
-                mk *= _F32(1.0 / max(float(mk.sum()), 1e-30))
-            elif k == 2 and g.m > 0:
-                # the arm pattern moves light around; keep the young disc's total the disc's
-                mk *= _F32(maps[1].sum() / max(float(mk.sum()), 1e-30))
-        box = np.zeros((3, y1 - y0, x1 - x0), _F32)
-        for k, mk in enumerate(maps):
-            if mk is not None and g.has[k]:
-                for b in range(3):
-                    box[b] += _F32(g.flux[k, b]) * mk
-        tau = float(p["dust_lane_tau"][j])
-        if tau > 0:
-            _dust_lane(box, xs, ys, g, tau)
-        img3[:, y0:y1, x0:x1] += box
+    _draw_components(img3, _Galaxy(p, j, ps, size), cx, cy, float(p["dust_lane_tau"][j]))
     # clumps and tidal features belong to the galaxy
     _add_blobs(
         img3,
@@ -207,6 +153,68 @@ def _draw_galaxy(img3: np.ndarray, p: dict, j: int, survey: SurveySpec, isolated
             p["nbr_pa"][j],
             p["nbr_flux"][j],
         )
+
+
+def _draw_components(img3: np.ndarray, g: _Galaxy, cx: float, cy: float, tau: float) -> None:
+    """Add bulge, disc, young disc and bar of ``g`` centred at pixel (cx, cy) to img3."""
+    size = img3.shape[-1]
+    exts = g.extents()
+    ext = max([e for e, h in zip(exts, g.has) if h] + [2.0])
+    x0, x1 = max(int(math.floor(cx - ext)), 0), min(int(math.ceil(cx + ext)) + 1, size)
+    y0, y1 = max(int(math.floor(cy - ext)), 0), min(int(math.ceil(cy + ext)) + 1, size)
+    if not (x1 > x0 and y1 > y0):
+        return
+    xs, ys = _box_grid(x0, x1, y0, y1, cx, cy)
+    maps = g.maps(xs, ys)
+    _resample_cusp(maps, g, cx, cy, x0, x1, y0, y1)
+    for k, mk in enumerate(maps):
+        if mk is None:
+            continue
+        e = exts[k]
+        if e <= cx <= size - 1 - e and e <= cy <= size - 1 - e:
+            # The component lies inside the stamp: normalise it to unit sum, which
+            # keeps its flux exact even when it is too thin or small to be sampled
+            # well at pixel centres. (Components cut by the stamp edge are large,
+            # hence well sampled, and keep their analytic normalisation.)
+            mk *= _F32(1.0 / max(float(mk.sum()), 1e-30))
+        elif k == 2 and g.m > 0:
+            # the arm pattern moves light around; keep the young disc's total the disc's
+            mk *= _F32(maps[1].sum() / max(float(mk.sum()), 1e-30))
+    box = np.zeros((3, y1 - y0, x1 - x0), _F32)
+    for k, mk in enumerate(maps):
+        if mk is not None and g.has[k]:
+            for b in range(3):
+                box[b] += _F32(g.flux[k, b]) * mk
+    if tau > 0:
+        _dust_lane(box, xs, ys, g, tau)
+    img3[:, y0:y1, x0:x1] += box
+
+
+def _resample_cusp(maps: list, g: _Galaxy, cx: float, cy: float, x0, x1, y0, y1) -> None:
+    """Cusps are badly sampled at pixel centres: replace the central pixels of each map
+    (box ``[y0:y1, x0:x1]`` of the stamp) by its mean over a fine sub-grid, in place."""
+    ic, jc = int(round(cy)), int(round(cx))
+    smallest = min(
+        g.re_b * g.q_b if g.has[0] else 99.0,
+        g.re_d * g.q_d if g.has[1:].any() else 99.0,
+        g.bar_re * g.bar_q * g.q_d if g.has[3] else 99.0,
+    )
+    half = int(np.clip(math.ceil(2.5 * max(g.re_b if g.has[0] else g.re_d, 0.5)), 1, 3))
+    fine = int(np.clip(math.ceil(6.0 / max(smallest, 0.05)), 4, 32))
+    by0, by1 = max(ic - half, y0), min(ic + half + 1, y1)
+    bx0, bx1 = max(jc - half, x0), min(jc + half + 1, x1)
+    if not (by1 > by0 and bx1 > bx0):
+        return
+    sub = (np.arange(fine, dtype=_F32) + _F32(0.5)) / _F32(fine) - _F32(0.5)
+    fx = (np.arange(bx0, bx1, dtype=_F32)[:, None] + sub[None, :]).reshape(1, -1) - _F32(cx)
+    fy = (_F32(cy) - (np.arange(by0, by1, dtype=_F32)[:, None] + sub[None, :])).reshape(-1, 1)
+    fmaps = g.maps(fx, fy)
+    ny, nx = by1 - by0, bx1 - bx0
+    for k, fm in enumerate(fmaps):
+        if fm is not None:
+            maps[k][by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = fm.reshape(ny, fine, nx, fine).mean(
+                axis=(1, 3)
+            )
 
 
 def _dust_lane(box, xs, ys, g: _Galaxy, tau_v: float):

@@ -119,9 +119,10 @@ def complete(
     result folds straight back into an image with
     :func:`astropt.tokens.unpatchify` when ``K + n_new`` is the image's patch count.
 
-    ``use_cache``: with a :class:`~astropt.model.KVCache`, the prefix runs once
-    and each new patch is one token's forward pass; ``False`` recomputes the
-    whole sequence at every step (same numbers within float tolerance; for checking).
+    ``use_cache``: with a pre-allocated :class:`~astropt.model.KVCache`, the
+    prefix runs once and each new patch is one token's forward pass; ``False``
+    recomputes the whole sequence at every step, heading only its last position
+    (same numbers within float tolerance; for checking).
 
     ``temperature``: 0 (default) is deterministic, each new patch being the
     model's prediction. Above 0, Gaussian noise of standard deviation
@@ -159,9 +160,13 @@ def complete(
     model.eval()
     try:
         sequence = prefix_patches.to(device=device, dtype=dtype)
-        cache = KVCache(model.config.n_layer) if use_cache else None
+        # Every position the model will see: the last new patch is never fed back.
+        capacity = n_prefix + n_new - 1
+        cache = KVCache(model.config.n_layer, capacity) if use_cache else None
         # prefix_len only matters for attn_type="prefix": the known patches see each other.
-        predictions, _ = model(sequence, cache=cache, prefix_len=n_prefix)
+        # The residual scale needs predictions over the whole prefix; else the last one does.
+        need_all = temperature > 0 and residual_scale is None
+        predictions, _ = model(sequence, cache=cache, prefix_len=n_prefix, last_only=not need_all)
         scale = None
         if temperature > 0:
             scale = (
@@ -182,8 +187,10 @@ def complete(
             if use_cache:
                 predictions, _ = model(patch, cache=cache, prefix_len=n_prefix)
             else:
+                # Without a cache the whole sequence runs again; only its last
+                # position needs the head.
                 sequence = torch.cat([sequence, patch], dim=1)
-                predictions, _ = model(sequence, prefix_len=n_prefix)
+                predictions, _ = model(sequence, prefix_len=n_prefix, last_only=True)
     finally:
         model.train(was_training)
     generated = torch.cat(new, dim=1).to(device=prefix_patches.device, dtype=prefix_patches.dtype)

@@ -115,23 +115,45 @@ class PatchCodec(nn.Module):
 
 
 class KVCache:
-    """Keys and values of past tokens, one pair per layer, for incremental decoding."""
+    """Keys and values of past tokens, one pre-allocated buffer pair per layer.
 
-    def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+    Each layer's buffers ``(B, H, capacity, D)`` are allocated on the first
+    append and written in place, so a decode step copies only its own token's
+    keys and values (a cache that concatenates copies the whole past at every
+    step, quadratic over a completion). ``capacity``: tokens to reserve, e.g.
+    prefix plus new patches; ``None`` (or a longer sequence than reserved)
+    grows the buffers by doubling.
+    """
+
+    def __init__(self, n_layer: int, capacity: int | None = None):
+        self.capacity = capacity
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+        self.lengths = [0] * n_layer
 
     def length(self, layer: int = 0) -> int:
         """Number of tokens cached so far for ``layer``."""
-        past = self.layers[layer]
-        return 0 if past is None else past[0].shape[2]
+        return self.lengths[layer]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        past = self.layers[layer]
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        self.layers[layer] = (k, v)
-        return k, v
+        """Store ``(B, H, T, D)`` keys and values; return views of every cached token."""
+        start = self.lengths[layer]
+        end = start + k.shape[2]
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or end > keys.shape[2]:
+            held = 0 if keys is None else keys.shape[2]
+            size = max(end, self.capacity or 0, 2 * held)
+            batch, heads, _, dim = k.shape
+            grown_k = k.new_empty(batch, heads, size, dim)
+            grown_v = v.new_empty(batch, heads, size, v.shape[3])
+            if keys is not None:
+                grown_k[:, :, :start] = keys[:, :, :start]
+                grown_v[:, :, :start] = values[:, :, :start]
+            keys, values = self.keys[layer], self.values[layer] = grown_k, grown_v
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        self.lengths[layer] = end
+        return keys[:, :, :end], values[:, :, :end]
 
 
 def attention_mask(
@@ -175,10 +197,9 @@ class SelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         past = 0 if cache is None else cache.length(layer)
         mask, is_causal = None, attn_type == "causal" and past == 0
-        if not is_causal:
+        # One new causal token sees every cached one: no mask to build.
+        if not is_causal and not (attn_type == "causal" and seq == 1):
             mask = attention_mask(attn_type, seq, past + seq, prefix_len, x.device)
-            if attn_type == "causal" and seq == 1:
-                mask = None  # one new token sees every cached one
         if x.device.type == "cpu":
             # One copy in, one copy out: torch's CPU attention kernels are ~10%
             # faster on contiguous (B, H, T, D) heads than on views of the fused
@@ -360,6 +381,7 @@ class GPT(nn.Module):
         mask: torch.Tensor | None = None,
         prefix_len: int | None = None,
         cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predict patches; return ``(predictions, loss)``.
 
@@ -368,13 +390,18 @@ class GPT(nn.Module):
         or ``(B, T)`` sequence positions, default ``0..T-1`` (after any
         cached tokens). ``mask``: ``(B, T)`` bool, True where a patch is hidden
         (``mae`` only; the loss then counts masked patches only). ``cache``: a
-        :class:`KVCache` for incremental decoding. ``loss`` is None without
-        targets.
+        :class:`KVCache` for incremental decoding. ``last_only``: apply the
+        head to the last position only, predictions ``(B, 1, patch_dim)``
+        (all decoding needs; no targets). ``loss`` is None without targets.
         """
         if mask is not None and self.config.objective != "mae":
             raise ValueError("a patch mask needs a model built with objective='mae'")
         prefix = self._resolve_prefix(prefix_len, patches.shape[1])
         hidden = self._trunk(patches, positions, mask, prefix, cache)
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only predicts one position: it takes no targets")
+            hidden = hidden[:, -1:]
         predictions = self.head(hidden)
         if targets is None:
             return predictions, None

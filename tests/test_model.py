@@ -107,6 +107,37 @@ def test_kv_cache_decoding_matches_full_forward():
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("capacity", [9, None, 3])
+def test_kv_cache_writes_in_place_and_grows_when_short(capacity):
+    """A reserved cache keeps one buffer per layer (no copy of the past per token);
+    an unreserved or short one grows and still decodes exactly."""
+    model = tiny()
+    x = tokens(seq=9)
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = KVCache(model.config.n_layer, capacity)
+        steps = [model(x[:, :2], cache=cache)[0]]
+        buffers = [cache.keys[0].data_ptr(), cache.values[0].data_ptr()]
+        for t in range(2, 9):
+            steps.append(model(x[:, t : t + 1], cache=cache)[0])
+            if capacity == 9:
+                assert [cache.keys[0].data_ptr(), cache.values[0].data_ptr()] == buffers
+    assert cache.length() == 9 and cache.keys[0].shape[2] >= 9
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_last_only_heads_the_last_position():
+    model = tiny()
+    x = tokens(seq=7)
+    with torch.no_grad():
+        full, _ = model(x)
+        last, _ = model(x, last_only=True)
+    assert last.shape == (x.shape[0], 1, DIM)
+    assert torch.allclose(last, full[:, -1:], atol=1e-6)
+    with pytest.raises(ValueError, match="no targets"):
+        model(x, targets=x, last_only=True)
+
+
 # ----------------------------------------------------------- objectives
 def test_ar_loss_is_huber_on_next_patch():
     model = tiny()

@@ -26,6 +26,17 @@ seed) and ``kind="pixel-pca"`` (PCA of the raw normalised pixel tokens to the
 embedding dimension). :func:`baseline_paths` names them next to an export.
 
 Read any of them back with :func:`read_embeddings`.
+
+Under ``torchrun`` (or any initialised ``torch.distributed`` group) an export
+is sharded: rank ``r`` of ``W`` embeds the galaxies at positions ``r, r+W,
+r+2W, ...`` of the split into its own resumable export
+``emb.parquet/rank-0000r-of-0000W/`` (parts and manifest as above, plus a
+``_position`` column: each row's position in the split), and the top-level
+``_manifest.json`` lists the shards. :func:`read_table` and
+:func:`read_embeddings` merge them back into the split's order, so the result
+equals the single-process export row for row (map sources: local parquet,
+folders, the synthetic survey; a stream's rows come rank after rank). Rerun the
+same ``torchrun`` command, with the same number of processes, to resume.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -53,7 +65,8 @@ from astropt.io import atomic_write, atomic_write_text
 FORMAT = "astropt-embeddings/1"
 MANIFEST = "_manifest.json"
 PCA_FILE = "_pca.npz"
-RESERVED_COLUMNS = ("id", "embedding", "thumbnail")
+POSITION = "_position"  # a sharded export's row position in the split
+RESERVED_COLUMNS = ("id", "embedding", "thumbnail", POSITION)
 DEFAULT_ROWS_PER_PART = 16384
 
 
@@ -273,10 +286,16 @@ def _fixed_size_list(values: np.ndarray, value_type: pa.DataType) -> pa.FixedSiz
 
 
 def _rows_table(
-    ids: list, catalogue: dict[str, np.ndarray], emb: np.ndarray, thumbs: np.ndarray | None
+    ids: list,
+    catalogue: dict[str, np.ndarray],
+    emb: np.ndarray,
+    thumbs: np.ndarray | None,
+    positions: list[int] | None = None,
 ) -> pa.Table:
     id_array = np.asarray(ids)
     columns: dict[str, pa.Array] = {"id": pa.array(id_array)}
+    if positions is not None:
+        columns[POSITION] = pa.array(np.asarray(positions, dtype=np.int64))
     for name, values in catalogue.items():
         columns[name] = pa.array(values)
     columns["embedding"] = _fixed_size_list(emb.astype(np.float32, copy=False), pa.float32())
@@ -311,6 +330,13 @@ def export_loader(
 ) -> Path:
     """Run ``encoder`` over the batches of ``open_loader()`` and write the export folder ``out``.
 
+    Under an initialised ``torch.distributed`` group of ``W > 1`` processes
+    (``torchrun``; a group is started from torchrun's environment when none
+    is), every rank must call this with the same arguments: ``open_loader``
+    is then called as ``open_loader(rank=r, world_size=W)`` and must return
+    that rank's disjoint share, which goes to its own shard folder (see the
+    module docstring); rank 0 ties the shards with the top-level manifest.
+
     ``open_loader()`` returns a *deterministic* iterable of batches (attributes
     ``tokens (B, N, D)``, ``ids``, ``catalogue``, and ``images (B, C, H, W)``
     when thumbnails are wanted); when it has ``state_dict``/``load_state_dict``
@@ -322,11 +348,132 @@ def export_loader(
     Returns ``out``.
     """
     out = Path(out)
-    batches_per_part = max(1, rows_per_part // batch_size)
     settings = dict(settings, rows_per_part=rows_per_part, batch_size=batch_size)
     settings["thumbnail_size"] = int(thumbnail_size)
     settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists) for comparison
+    rank, world_size = process_group()
+    common = dict(meta=meta, rows_per_part=rows_per_part, batch_size=batch_size,
+                  thumbnail_size=thumbnail_size, total=total)  # fmt: skip
+    if world_size == 1:
+        return _export_rows(
+            encoder, open_loader, out, settings, overwrite=overwrite, progress=progress, **common
+        )
+    return _export_sharded(
+        encoder, open_loader, out, settings, rank, world_size, overwrite, progress, common
+    )
 
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a distributed run.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) with no
+    initialised group, one is started: NCCL when CUDA is available, else gloo.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if torch.cuda.is_available():
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=local)
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _agree(rank: int, action: Callable[[], Any]) -> Any:
+    """Run ``action`` on rank 0 and hand its result (or its error) to every rank.
+
+    Every rank raises the same error, so none is left waiting in a collective.
+    """
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box[0] = ("ok", action())
+        except Exception as error:  # noqa: BLE001 - re-raised on every rank below
+            box[0] = ("error", error)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def shard_name(rank: int, world_size: int) -> str:
+    """The folder of ``rank``'s rows inside a sharded export."""
+    return f"rank-{rank:05d}-of-{world_size:05d}"
+
+
+def _export_sharded(
+    encoder, open_loader, out: Path, settings: dict, rank: int, world_size: int,
+    overwrite: bool, progress: bool, common: dict,
+) -> Path:  # fmt: skip
+    """Each rank writes its own resumable shard; rank 0 writes the manifest that ties them."""
+    import functools
+
+    import torch.distributed as dist
+
+    top_settings = dict(settings, world_size=world_size)
+    shards = [shard_name(r, world_size) for r in range(world_size)]
+
+    def prepare() -> dict:
+        manifest = _prepare_folder(out, top_settings, overwrite, world_size=world_size)
+        manifest.setdefault("shards", shards)
+        manifest["meta"] = dict(common["meta"] or {}, **manifest.get("meta", {}))
+        _write_manifest(out, manifest)
+        return manifest
+
+    manifest = _agree(rank, prepare)
+    if not manifest.get("complete"):
+        _export_rows(
+            encoder,
+            functools.partial(open_loader, rank=rank, world_size=world_size),
+            out / shards[rank],
+            dict(settings, rank=rank, world_size=world_size),
+            overwrite=False,
+            progress=progress and rank == 0,
+            positions=True,
+            **dict(common, total=None),
+        )
+    dist.barrier()
+
+    def finish() -> dict:
+        parts = [read_manifest(out / shard) for shard in shards]
+        manifest["complete"] = True
+        manifest["rows"] = sum(part["rows"] for part in parts)
+        manifest["dim"] = next((p["dim"] for p in parts if "dim" in p), None)
+        _write_manifest(out, manifest)
+        return manifest
+
+    _agree(rank, finish)  # every rank returns only once the export is readable
+    return out
+
+
+def _export_rows(
+    encoder,
+    open_loader: Callable[[], Iterable],
+    out: Path,
+    settings: dict,
+    *,
+    meta: dict | None,
+    rows_per_part: int,
+    batch_size: int,
+    thumbnail_size: int,
+    total: int | None,
+    overwrite: bool,
+    progress: bool,
+    positions: bool = False,
+) -> Path:
+    """One process's export into ``out`` (see :func:`export_loader`); ``positions``
+    stores each row's position in the split (:data:`POSITION`) when the loader knows it."""
+    batches_per_part = max(1, rows_per_part // batch_size)
     manifest = _prepare_folder(out, settings, overwrite)
     if manifest.get("complete"):
         return out
@@ -354,7 +501,7 @@ def export_loader(
         disable=not progress,
         dynamic_ncols=True,
     )
-    pending: list[tuple[list, dict, np.ndarray, np.ndarray | None]] = []
+    pending: list[tuple[list, dict, np.ndarray, np.ndarray | None, list | None]] = []
     iterator = iter(loader)
     try:
         for batch in iterator:
@@ -368,7 +515,8 @@ def export_loader(
                     f"embedding width changed from {manifest['dim']} to {emb.shape[1]}"
                 )
             thumbs = display_rgb(batch.images, thumbnail_size) if thumbnail_size else None
-            pending.append((ids, _catalogue_columns(batch.catalogue, len(ids)), emb, thumbs))
+            where = getattr(batch, "indices", None) if positions else None
+            pending.append((ids, _catalogue_columns(batch.catalogue, len(ids)), emb, thumbs, where))
             bar.update(len(ids))
             if len(pending) >= batches_per_part:
                 _flush(out, manifest, pending, loader)
@@ -383,7 +531,7 @@ def export_loader(
     return out
 
 
-def _prepare_folder(out: Path, settings: dict, overwrite: bool) -> dict:
+def _prepare_folder(out: Path, settings: dict, overwrite: bool, world_size: int = 1) -> dict:
     """Open (resume) or create the export folder; refuse a mismatching one."""
     if out.exists() and overwrite:
         _remove_export(out)
@@ -402,6 +550,12 @@ def _prepare_folder(out: Path, settings: dict, overwrite: bool) -> dict:
     if manifest.get("settings") != settings:
         old = manifest.get("settings", {})
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff == ["world_size"] or (world_size > 1 and "world_size" not in old):
+            raise ValueError(
+                f"{out} was exported by {old.get('world_size', 1)} process(es); resume it with "
+                f"the same number (this run has {world_size}), choose another --out, or "
+                "pass --overwrite"
+            )
         raise ValueError(
             f"{out} holds an export made with other settings (differing: {', '.join(diff)}); "
             "resume with the same options, choose another --out, or pass --overwrite"
@@ -415,8 +569,16 @@ def _remove_export(out: Path) -> None:
         return
     if read_manifest(out) is None and any(child.name != PCA_FILE for child in out.iterdir()):
         raise FileExistsError(f"refusing to overwrite {out}: it is not an embedding export")
+    import shutil
+
+    for shard in (read_manifest(out) or {}).get("shards", []):
+        if (out / shard).is_dir():
+            _remove_export(out / shard)
     for child in out.iterdir():
-        child.unlink()
+        if child.is_dir() and read_manifest(child) is not None:
+            shutil.rmtree(child)  # a shard of an earlier sharded export
+        else:
+            child.unlink()
     out.rmdir()
 
 
@@ -432,7 +594,9 @@ def _flush(out: Path, manifest: dict, pending: list, loader) -> None:
     ids = [i for p in pending for i in p[0]]
     emb = np.concatenate([p[2] for p in pending])
     thumbs = None if pending[0][3] is None else np.concatenate([p[3] for p in pending])
-    table = _rows_table(ids, catalogue, emb, thumbs)
+    known = all(p[4] is not None for p in pending)
+    positions = [i for p in pending for i in p[4]] if known else None
+    table = _rows_table(ids, catalogue, emb, thumbs, positions)
     name = f"part-{index:05d}.parquet"
     atomic_write(out / name, lambda tmp: pq.write_table(table, tmp))
     state = _jsonable(loader.state_dict()) if hasattr(loader, "state_dict") else None
@@ -459,6 +623,8 @@ def read_table(path: str | Path, columns: list[str] | None = None, allow_partial
     manifest = read_manifest(path)
     if manifest is None:
         raise FileNotFoundError(f"{path} is neither a parquet file nor an embedding export folder")
+    if "shards" in manifest:
+        return _read_sharded(path, manifest, columns, allow_partial)
     if not manifest.get("complete") and not allow_partial:
         rows = sum(p["rows"] for p in manifest["parts"])
         raise RuntimeError(
@@ -469,6 +635,32 @@ def read_table(path: str | Path, columns: list[str] | None = None, allow_partial
     if not tables:
         raise RuntimeError(f"{path} holds no rows")
     return pa.concat_tables(tables)
+
+
+def _read_sharded(path: Path, manifest: dict, columns: list[str] | None, allow_partial: bool):
+    """The shards of a multi-process export merged back into the split's order."""
+    if not manifest.get("complete") and not allow_partial:
+        raise RuntimeError(
+            f"{path} is an unfinished sharded export: run the same torchrun command again "
+            "(same number of processes) to finish it, or pass allow_partial=True"
+        )
+    tables = []
+    for shard in manifest["shards"]:
+        shard_manifest = read_manifest(path / shard)
+        if shard_manifest is None or not shard_manifest["parts"]:
+            continue
+        names = pq.read_schema(path / shard / shard_manifest["parts"][0]["file"]).names
+        wanted = None if columns is None else list(columns)
+        if wanted is not None and POSITION in names and POSITION not in wanted:
+            wanted.append(POSITION)
+        tables.append(read_table(path / shard, columns=wanted, allow_partial=allow_partial))
+    if not tables:
+        raise RuntimeError(f"{path} holds no rows")
+    table = pa.concat_tables(tables)
+    if POSITION in table.column_names:
+        order = np.argsort(table.column(POSITION).to_numpy(), kind="stable")
+        table = table.take(pa.array(order)).drop_columns([POSITION])
+    return table
 
 
 def _fixed_list_to_numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
@@ -511,6 +703,14 @@ def _folder_schema(path: Path) -> pa.Schema:
     manifest = read_manifest(path)
     if manifest is None:
         raise FileNotFoundError(f"{path} is neither a parquet file nor an embedding export folder")
+    if "shards" in manifest:
+        for shard in manifest["shards"]:
+            shard_manifest = read_manifest(path / shard)
+            if shard_manifest is not None and shard_manifest["parts"]:
+                schema = _folder_schema(path / shard)
+                index = schema.get_field_index(POSITION)
+                return schema if index < 0 else schema.remove(index)
+        raise RuntimeError(f"{path} holds no rows yet: run the export command again to finish it")
     if not manifest["parts"]:
         raise RuntimeError(f"{path} holds no rows yet: run the export command again to finish it")
     return pq.read_schema(path / manifest["parts"][0]["file"])
@@ -573,14 +773,26 @@ def _check_data_config(model, data_cfg) -> None:
 def _open_data(data_cfg, split: str, batch_size: int, max_samples: int | None):
     from astropt.data import make_loader
 
-    def open_loader():
+    def open_loader(rank: int = 0, world_size: int = 1):
+        cfg = data_cfg
+        if world_size > 1:
+            if cfg.streaming and cfg.source != "folder" and cfg.path:
+                warnings.warn(
+                    "sharded export of a stream: the shards' rows are read back rank after "
+                    "rank, not in the stream's order",
+                    stacklevel=2,
+                )
+            # An export drops nothing: ranks may differ by one sample.
+            cfg = dataclasses.replace(cfg, even_shards=False)
         return make_loader(
-            data_cfg,
+            cfg,
             split,
             batch_size=batch_size,
             shuffle=False,
             augment=False,
             seed=0,
+            rank=rank,
+            world_size=world_size,
             device="cpu",
             drop_last=False,
             repeat=False,
@@ -635,6 +847,7 @@ def export_embeddings(
     Rerunning the same call resumes an interrupted export. Returns ``out``.
     """
     _check_data_config(model, data_cfg)
+    process_group()  # under torchrun: join the group (and pick this rank's GPU) first
     device = resolve_device(device)
     encoder = ModelEncoder(model, layer, pool, prefix, device, dtype)
     open_loader = _open_data(data_cfg, split, batch_size, max_samples)
@@ -721,13 +934,16 @@ def export_pixel_pca(
     """
     out = Path(out)
     open_loader = _open_data(data_cfg, split, batch_size, max_samples)
-    if overwrite and out.exists():
-        _remove_export(out)
-    stored = out / PCA_FILE
-    if stored.is_file():
-        with np.load(stored) as saved:
-            mean, components = saved["mean"], saved["components"]
-    else:
+    rank, world_size = process_group()
+
+    def fit() -> tuple[np.ndarray, np.ndarray]:
+        if overwrite and out.exists():
+            _remove_export(out)
+        stored = out / PCA_FILE
+        if stored.is_file():
+            with np.load(stored) as saved:
+                return saved["mean"], saved["components"]
+        # Fitted on the split's first galaxies whatever the number of processes.
         mean, components = fit_pixel_pca(open_loader(), n_components, fit_samples, seed)
         out.mkdir(parents=True, exist_ok=True)
 
@@ -736,6 +952,10 @@ def export_pixel_pca(
                 np.savez(handle, mean=mean, components=components)
 
         atomic_write(stored, save)
+        return mean, components
+
+    # Under torchrun rank 0 fits (or loads) and every rank projects with its components.
+    mean, components = fit() if world_size == 1 else _agree(rank, fit)
     encoder = PixelPCAEncoder(mean, components, resolve_device(device))
     settings = {
         "kind": "pixel-pca",

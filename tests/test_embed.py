@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +33,7 @@ from astropt.embed import (
 )
 from astropt.model import GPT, GPTConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 N_GALAXIES = 48
 BATCH = 8
 
@@ -271,3 +277,66 @@ def test_command_line_with_thumbnails(model, tmp_path, capsys):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["meta"]["data_config"]["synthetic_n"] == N_GALAXIES
     assert manifest["settings"]["layer"] == "final"  # the model's embed_layer default
+
+
+# ------------------------------------------------------------------ torchrun
+def _torchrun_export(model_dir, data_file, out, crash: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(ROOT / "tests" / "export_worker.py"), str(model_dir), str(data_file), str(out),
+        str(crash),
+    ]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_torchrun_export_is_sharded_resumable_and_equals_one_process(model, tmp_path):
+    """Two gloo ranks embed disjoint shards; rank 1 dies mid-way; the rerun resumes
+    its shard (earlier parts untouched, only the missing batches embedded) and the
+    merged export equals the single-process one row for row."""
+    n = 45  # odd: rank 0 reads 23 galaxies, rank 1 reads 22 (an export drops none)
+    data_cfg = dataclasses.replace(survey_config(model), synthetic_n=n)
+    data_file = tmp_path / "data.json"
+    data_file.write_text(json.dumps(dataclasses.asdict(data_cfg)))
+    model.save_pretrained(tmp_path / "model")
+    single = export_embeddings(
+        model, data_cfg, tmp_path / "single.parquet", "test", layer="final", batch_size=8,
+        rows_per_part=8, device="cpu", dtype="float32", progress=False,
+    )  # fmt: skip
+    out = tmp_path / "sharded.parquet"
+
+    crashed = _torchrun_export(tmp_path / "model", data_file, out, crash=2)
+    assert crashed.returncode != 0 and "simulated crash" in crashed.stderr + crashed.stdout
+    assert not read_manifest(out)["complete"]
+    shard1 = out / "rank-00001-of-00002"
+    before = {p.name: p.stat().st_mtime_ns for p in shard1.glob("part-*.parquet")}
+    assert sorted(before) == ["part-00000.parquet", "part-00001.parquet"]
+    with pytest.raises(RuntimeError, match="unfinished sharded export"):
+        read_embeddings(out)
+
+    resumed = _torchrun_export(tmp_path / "model", data_file, out, crash=0)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # Rank 1 embedded only its last batch (22 rows: batches of 8, 8, 6); parts kept.
+    assert (tmp_path / "sharded.parquet.calls.1").read_text() == "1"
+    assert {p: shard1.joinpath(p).stat().st_mtime_ns for p in before} == before
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["rows"] == n
+    assert manifest["shards"] == ["rank-00000-of-00002", "rank-00001-of-00002"]
+    rank_ids = [
+        set(pq.read_table(out / shard, columns=["id"]).column("id").to_pylist())
+        for shard in manifest["shards"]
+    ]
+    assert len(rank_ids[0]) == 23 and len(rank_ids[1]) == 22 and not rank_ids[0] & rank_ids[1]
+
+    ids, emb, catalogue = read_embeddings(out)
+    want_ids, want_emb, want_catalogue = read_embeddings(single)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(emb, want_emb, rtol=1e-5, atol=1e-6)
+    pd.testing.assert_frame_equal(catalogue, want_catalogue)
+    # A one-process run may not resume (or mix into) a two-process export.
+    with pytest.raises(ValueError, match="2 process"):
+        export_embeddings(
+            model, data_cfg, out, "test", layer="final", batch_size=8, rows_per_part=8,
+            device="cpu", dtype="float32", progress=False,
+        )  # fmt: skip

@@ -81,6 +81,11 @@ class Batch:
     8-bit images are kept as uint8 until ``images`` is first read (a training
     step never reads them), and may be stored channels-last: call
     ``.contiguous()`` before ``.view()``.
+
+    ``indices``: for map sources (local parquet, folders, the synthetic
+    survey), each sample's position in the split (after ``max_samples``,
+    before shuffling and sharding), so rows read by different ranks can be put
+    back in the split's order; ``None`` for streams.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class Batch:
         ids: list,
         catalogue: dict[str, np.ndarray],
         images: torch.Tensor,
+        indices: list[int] | None = None,
     ) -> None:
         self.tokens = tokens
         self.mean = mean
@@ -98,6 +104,7 @@ class Batch:
         self.ids = ids
         self.catalogue = catalogue
         self._images = images
+        self.indices = indices
 
     @property
     def images(self) -> torch.Tensor:
@@ -144,6 +151,7 @@ class Batch:
             ids=self.ids,
             catalogue=self.catalogue,
             images=move(self._images),
+            indices=self.indices,
         )
 
 
@@ -188,6 +196,7 @@ class _RawBatch:
     catalogue: dict[str, np.ndarray]
     skipped: list[tuple[str, str, str]]
     read: int
+    indices: list[int] | None = None
     tokens: torch.Tensor | None = None
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
@@ -209,8 +218,12 @@ def _assemble(
     strict: bool,
     pos: int,
     spec: _TokenSpec | None,
+    indices: tuple[int, ...] | None = None,
 ) -> _RawBatch:
-    """Decode, check, crop, augment and stack one batch of rows (runs in a worker)."""
+    """Decode, check, crop, augment and stack one batch of rows (runs in a worker).
+
+    ``indices``: the rows' positions in the split (map sources), kept for the good ones.
+    """
     kept: list[int] = []
     arrays: list[np.ndarray] = []
     skipped: list[tuple[str, str, str]] = []
@@ -243,6 +256,7 @@ def _assemble(
         catalogue={k: v[index] for k, v in rows.catalogue.items()},
         skipped=skipped,
         read=len(rows.names),
+        indices=None if indices is None else [indices[j] for j in kept],
     )
     if spec is not None and arrays:
         raw.tokens, raw.mean, raw.std = _tokenize(images, spec)
@@ -335,7 +349,9 @@ class _MapBatches(TorchDataset):
 
     def __getitem__(self, key: _Key) -> _RawBatch:
         rows = self.source.fetch(key.indices)
-        return _assemble(self.source, rows, key.augs, self.prep, self.strict, key.pos, self.spec)
+        return _assemble(
+            self.source, rows, key.augs, self.prep, self.strict, key.pos, self.spec, key.indices
+        )
 
 
 class _StreamBatches(TorchIterableDataset):
@@ -507,10 +523,12 @@ class TokenLoader:
 
     def _finish(self, raw: _RawBatch) -> Batch:
         if raw.tokens is not None:  # made by the worker: the device is the CPU
-            return Batch(raw.tokens, raw.mean, raw.std, raw.ids, raw.catalogue, raw.images)
+            return Batch(
+                raw.tokens, raw.mean, raw.std, raw.ids, raw.catalogue, raw.images, raw.indices
+            )
         images = raw.images.to(self.device, non_blocking=self._pin)
         tokens, mean, std = _tokenize(images, self._spec)
-        return Batch(tokens, mean, std, raw.ids, raw.catalogue, images)
+        return Batch(tokens, mean, std, raw.ids, raw.catalogue, images, raw.indices)
 
     # -- bookkeeping
 

@@ -514,3 +514,23 @@ def test_on_the_fly_synthetic_survey():
     test = all_ids(collect(make_loader(cfg, "test", batch_size=2)))
     assert len(val) == len(test) == 2
     assert not (set(val) | set(test)) & set(by_id)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_fast_jpeg_decoder_gives_pillows_pixels_and_names_damage(mode):
+    """libjpeg-turbo through simplejpeg (RGB, grey) or Pillow (CMYK): the pixels
+    Pillow decodes, and a truncated file is still a counted 'corrupt' sample."""
+    from astropt.data.decode import SkipSample, _decode_jpeg_fast, decode_encoded
+
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(img.convert("RGB") if mode == "CMYK" else img)
+    expected = expected[None] if expected.ndim == 2 else expected.transpose(2, 0, 1)
+    assert (_decode_jpeg_fast(data) is None) == (mode == "CMYK")
+    np.testing.assert_array_equal(decode_encoded(data), expected)
+    with pytest.raises(SkipSample) as caught:
+        decode_encoded(data[: len(data) // 2])
+    assert caught.value.reason == "corrupt"

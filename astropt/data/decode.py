@@ -85,12 +85,41 @@ def file_stem(path: str) -> str:
 # ----------------------------------------------------------------------------- decoding
 
 
+def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """RGB or grey baseline JPEG through libjpeg-turbo's ``simplejpeg`` binding, as ``(H, W, C)``.
+
+    About twice Pillow's speed on 256x256 stamps (no PIL image object, no
+    extra copy) and the same pixels (both run libjpeg-turbo's default
+    IDCT and upsampling). ``None`` when simplejpeg is not installed, the bytes
+    are not a JPEG it handles (CMYK, unusual markers) or are damaged: Pillow
+    then decodes them or names the fault.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        colour = simplejpeg.decode_jpeg_header(data)[2]
+        if colour not in ("RGB", "YCbCr", "Gray"):
+            return None
+        # strict: libjpeg warnings (a truncated file) are errors, so Pillow reports them.
+        return simplejpeg.decode_jpeg(data, colorspace="GRAY" if colour == "Gray" else "RGB")
+    except (ValueError, RuntimeError):
+        return None
+
+
 def decode_encoded(data: bytes) -> np.ndarray:
     """Decode JPEG/PNG (any format Pillow reads) bytes to ``(C, H, W)``.
 
     8-bit images stay uint8; palette and alpha images become RGB (the alpha
-    channel carries no sky signal), grey images have one channel.
+    channel carries no sky signal), grey images have one channel. JPEGs go
+    through libjpeg-turbo directly (``simplejpeg``) when it is installed.
     """
+    fast = _decode_jpeg_fast(bytes(data))
+    if fast is not None:
+        return fast.transpose(2, 0, 1)
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The tested torch build; the package itself only asks for torch>=2.4.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: quickstart test bench lint format clean
+.PHONY: quickstart test test-fast bench lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# The edit loop: ruff and the tests not marked slow (about a minute); CI runs `make test`.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -m "not slow" -q
 
 bench: $(VENV)/.installed
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -201,6 +201,7 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone(model):
     assert not torch.equal(a.tokeniser.fc1.weight, random_init_like(model, 4).tokeniser.fc1.weight)
 
 
+@pytest.mark.slow
 def test_baselines_share_the_rows_and_pca_keeps_the_top_variance(model, exported, tmp_path):
     out = tmp_path / "emb.parquet"
     paths = export_baselines(

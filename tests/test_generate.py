@@ -186,6 +186,7 @@ def stamps(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255
 
 
+@pytest.mark.slow
 def test_trained_model_completes_better_than_a_blank():
     """A few AdamW steps on 384 stamps; held-out galaxies completed from 4 of 16 patches."""
     tokens, _, _ = images_to_tokens(stamps(448, 32, seed=3), 8)
@@ -221,6 +222,7 @@ def survey(tmp_path_factory):
     return write_parquet_survey(str(root), sizes={"train": 4, "test": 6})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transpose_hw", [False, True])
 def test_sample_cli_writes_png_and_npz(survey, tmp_path, transpose_hw):
     from PIL import Image

@@ -60,6 +60,7 @@ def test_planted_linear_signal_noise_and_separable_class():
     assert results["linear", "nmad"] < 0.1 * catalogue.linear.std()
 
 
+@pytest.mark.slow
 def test_baselines_are_probed_on_the_same_split():
     ids, x, catalogue = planted()
     rng = np.random.default_rng(5)
@@ -183,6 +184,7 @@ def test_nmad_is_a_robust_standard_deviation():
     assert nmad(sample) == pytest.approx(2.0, rel=0.1)
 
 
+@pytest.mark.slow
 def test_report_files(tmp_path):
     ids, x, catalogue = planted(n=300)
     rng = np.random.default_rng(2)
@@ -210,6 +212,7 @@ def _write_plain(path: Path, ids, features, catalogue=None) -> None:
     frame.to_parquet(path)
 
 
+@pytest.mark.slow
 def test_command_line_finds_baselines_beside_the_export(tmp_path, capsys):
     ids, x, catalogue = planted(n=200)
     rng = np.random.default_rng(3)

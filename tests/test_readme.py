@@ -59,6 +59,7 @@ def test_readme_shell_commands_run_as_written(tmp_path):
     assert (tmp_path / "runs" / "mine" / "completions.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "block", [b for b in _blocks("python") if "Smith42" not in b and "ckpt.pt" not in b]
 )

@@ -27,6 +27,7 @@ from astropt.scaling import (
 # ---------------------------------------------------------------- fitter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "l_inf, a, alpha, x_lo, x_hi, noise, seed",
     [
@@ -60,6 +61,7 @@ def test_fit_recovers_known_law_within_intervals(
     assert fit.rmse < 2 * noise
 
 
+@pytest.mark.slow
 def test_fit_intervals_cover_the_truth_at_about_their_nominal_rate():
     # Over many independent noisy data sets a 90% interval must contain the
     # truth most of the time: too-narrow intervals (say, a bootstrap that
@@ -435,6 +437,7 @@ def _synthetic_rows(l_inf=1.0, a=2e3, alpha=0.3):
     return rows
 
 
+@pytest.mark.slow
 def test_fit_study_and_cli_write_fits_and_figures(tmp_path):
     rows = _synthetic_rows()
     fit = scaling.fit_study(rows, n_boot=100)

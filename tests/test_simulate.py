@@ -355,6 +355,7 @@ def test_bigger_stamp_is_a_wider_field_of_the_same_sky():
     assert diff.std() < 3 * sim.sky_sigma()[1]
 
 
+@pytest.mark.slow
 def test_survey_is_reproducible_across_workers_and_loads_with_datasets(tmp_path):
     import datasets
 

@@ -343,6 +343,7 @@ def test_init_from_a_run_and_its_data_conventions(make_cfg):
 
 
 # ------------------------------------------------------------- command line
+@pytest.mark.slow
 def test_train_py_help_from_any_directory(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--help"],

@@ -81,13 +81,15 @@ def test_golden_files_are_what_the_reference_writes(tmp_path_factory):
     assert generated == committed - {Path("README.md")}
     for name in sorted(generated):
         if name.suffix == ".npy":
-            np.testing.assert_allclose(np.load(golden / name), np.load(live / name), atol=1e-6)
+            # Another CPU may round the reference's arithmetic differently in the last bits.
+            np.testing.assert_allclose(np.load(golden / name), np.load(live / name), atol=TOL)
         elif name.suffix == ".pt":
             ours, theirs = (
                 read_astropt_checkpoint(root / name)["model"] for root in (golden, live)
             )
             assert ours.keys() == theirs.keys()
-            assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+            for key in ours:
+                torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
         elif name.suffix == ".png":
             assert np.array_equal(
                 np.array(Image.open(golden / name)), np.array(Image.open(live / name))
@@ -238,7 +240,9 @@ def test_exported_checkpoints_load_strictly_in_reference(reference, name, tmp_pa
     theirs = read_astropt_checkpoint(reference / name)
     assert ours["model"].keys() == theirs["model"].keys()
     for key, tensor in theirs["model"].items():
-        assert torch.equal(ours["model"][key], tensor), key
+        # Equal up to float rounding: fresh_model's random draws may differ in the last
+        # bits on another CPU; a renamed or transposed tensor is off by far more.
+        torch.testing.assert_close(ours["model"][key], tensor, rtol=1e-6, atol=1e-7, msg=key)
     assert ours["model_args"] == theirs["model_args"]
     assert ours["modality_registry"].modalities == theirs["modality_registry"].modalities
     assert ours["config"] == theirs["config"]

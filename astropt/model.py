@@ -71,6 +71,9 @@ class GPTConfig:
         return self.patch_size * self.patch_size * self.n_chan
 
     def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "patch_size", "n_chan"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for name, allowed in (

@@ -72,6 +72,12 @@ class DataConfig:
     even_shards: bool = True
     #: ``datasets`` cache folder for converted parquet (``None``: its default).
     cache_dir: str | None = None
+    #: Images with more pixels than this (per plane) are skipped as ``oversize``
+    #: before they are decoded.
+    max_image_pixels: int = 1 << 28
+    #: Parquet/arrow image structs that name a local file (``{bytes: null, path}``)
+    #: are read only when the file lies inside the dataset's own folder, unless this is on.
+    allow_external_paths: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -91,6 +97,10 @@ class DataConfig:
             )
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.max_image_pixels < 1:
+            raise ValueError(f"data.max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.channels is not None and self.channels < 1:
+            raise ValueError(f"data.channels must be positive, got {self.channels}")
         if self.asinh_softening <= 0:
             raise ValueError("data.asinh_softening must be positive")
         # Config files give lists; keep tuples so the config stays hashable and immutable.

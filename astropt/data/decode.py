@@ -43,7 +43,14 @@ REASONS: dict[str, str] = {
     "nonfinite": "NaN or infinite pixel values",
     "wrong_channels": "channel count differs from the other samples",
     "wrong_size": "image size differs from the other samples or is smaller than the crop",
+    "oversize": "more pixels than data.max_image_pixels (a decompression bomb or a wrong file)",
+    "duplicate": "a catalogue row repeats an id or a file already used (the first row is kept)",
+    "bad_id": "a catalogue row has a blank id",
+    "external_path": "the image names a local file outside the dataset (data.allow_external_paths)",
 }
+
+#: Default cap on pixels per image (per plane): 16k x 16k stamps pass, bombs do not.
+MAX_IMAGE_PIXELS = 1 << 28
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz")
@@ -85,7 +92,15 @@ def file_stem(path: str) -> str:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+def _check_pixels(height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise SkipSample(
+            "oversize",
+            f"{width}x{height} pixels is more than data.max_image_pixels={max_pixels}",
+        )
+
+
+def _decode_jpeg_fast(data: bytes, max_pixels: int) -> np.ndarray | None:
     """RGB or grey baseline JPEG through libjpeg-turbo's ``simplejpeg`` binding, as ``(H, W, C)``.
 
     About twice Pillow's speed on 256x256 stamps (no PIL image object, no
@@ -101,7 +116,11 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
     except ImportError:
         return None
     try:
-        colour = simplejpeg.decode_jpeg_header(data)[2]
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return None
+    _check_pixels(height, width, max_pixels)
+    try:
         if colour not in ("RGB", "YCbCr", "Gray"):
             return None
         # strict: libjpeg warnings (a truncated file) are errors, so Pillow reports them.
@@ -110,24 +129,34 @@ def _decode_jpeg_fast(data: bytes) -> np.ndarray | None:
         return None
 
 
-def decode_encoded(data: bytes) -> np.ndarray:
+def decode_encoded(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode JPEG/PNG (any format Pillow reads) bytes to ``(C, H, W)``.
 
     8-bit images stay uint8; palette and alpha images become RGB (the alpha
-    channel carries no sky signal), grey images have one channel. JPEGs go
-    through libjpeg-turbo directly (``simplejpeg``) when it is installed.
+    channel carries no sky signal), grey images have one channel. An image of
+    more than ``max_pixels`` pixels is skipped as ``oversize`` before it is
+    decoded (Pillow's own decompression-bomb limit also counts as oversize). JPEGs
+    go through libjpeg-turbo directly (``simplejpeg``) when it is installed.
     """
-    fast = _decode_jpeg_fast(bytes(data))
+    fast = _decode_jpeg_fast(bytes(data), max_pixels)
     if fast is not None:
         return fast.transpose(2, 0, 1)
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.load()  # forces the full decode so truncation is caught here
+            _check_pixels(img.height, img.width, max_pixels)
+            with warnings.catch_warnings():
+                # Our own limit decides; Pillow's warning would only repeat it.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img.load()  # forces the full decode so truncation is caught here
             if img.mode in ("P", "PA", "RGBA", "LA", "CMYK", "YCbCr", "1"):
                 img = img.convert("L" if img.mode in ("LA", "1") else "RGB")
             array = np.asarray(img)
+    except Image.DecompressionBombError as exc:
+        raise SkipSample(
+            "oversize", f"refused by Pillow's decompression-bomb limit ({exc})"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise SkipSample("corrupt", f"cannot decode image bytes ({exc})") from None
     if array.ndim == 2:
@@ -135,7 +164,7 @@ def decode_encoded(data: bytes) -> np.ndarray:
     return array.transpose(2, 0, 1)
 
 
-def read_image_file(path: str) -> np.ndarray:
+def read_image_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A JPEG/PNG file to ``(C, H, W)``; see :func:`decode_encoded`."""
     try:
         with open(path, "rb") as handle:
@@ -144,10 +173,10 @@ def read_image_file(path: str) -> np.ndarray:
         raise SkipSample("missing", f"{path} does not exist") from None
     except OSError as exc:
         raise SkipSample("corrupt", f"cannot read {path} ({exc})") from None
-    return decode_encoded(data)
+    return decode_encoded(data, max_pixels)
 
 
-def read_fits(path: str) -> np.ndarray:
+def read_fits(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """The first image HDU of a FITS file as float32 ``(C, H, W)`` (2-D data gets ``C = 1``)."""
     from astropy.io import fits
 
@@ -157,6 +186,11 @@ def read_fits(path: str) -> np.ndarray:
         warnings.simplefilter("always")
         try:
             with fits.open(path, memmap=False) as hdus:
+                for hdu in hdus:
+                    # The header gives the shape before any pixel is read.
+                    shape = getattr(hdu, "shape", ()) or ()
+                    if len(shape) >= 2:
+                        _check_pixels(shape[-2], shape[-1], max_pixels)
                 data = next(
                     (hdu.data for hdu in hdus if getattr(hdu, "data", None) is not None), None
                 )
@@ -175,10 +209,17 @@ def read_fits(path: str) -> np.ndarray:
     return array if array.ndim == 3 else array[None]
 
 
-def read_npy(path: str) -> np.ndarray:
+def read_npy(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A ``.npy`` array as ``(C, H, W)``; see the module docstring for layouts."""
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped first, so an oversize array is refused before it is read.
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if mapped.size > max_pixels * 4:
+            raise SkipSample(
+                "oversize", f"{path}: {mapped.size} values is more than 4 planes of {max_pixels}"
+            )
+        array = np.array(mapped)
+        del mapped
     except FileNotFoundError:
         raise SkipSample("missing", f"{path} does not exist") from None
     except (OSError, ValueError, EOFError) as exc:
@@ -215,21 +256,24 @@ def as_chw(array: np.ndarray, what: str, channels: int | None = None) -> np.ndar
     raise SkipSample("wrong_size", f"{what}: array of shape {array.shape} is not an image")
 
 
-def read_file(path: str) -> np.ndarray:
-    """Any supported file (JPEG, PNG, FITS, ``.npy``) to ``(C, H, W)``."""
+def read_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any supported file (JPEG, PNG, FITS, ``.npy``) to ``(C, H, W)``.
+
+    ``max_pixels``: images with more pixels per plane are skipped as ``oversize``.
+    """
     suffix = file_suffix(path)
     if suffix in FITS_SUFFIXES:
-        return read_fits(path)
+        return read_fits(path, max_pixels)
     if suffix in NPY_SUFFIXES:
-        return read_npy(path)
-    return read_image_file(path)
+        return read_npy(path, max_pixels)
+    return read_image_file(path, max_pixels)
 
 
-def read_band_files(paths: tuple[str, ...]) -> np.ndarray:
+def read_band_files(paths: tuple[str, ...], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """One single-band file per band, stacked in the given order to ``(C, H, W)``."""
     planes = []
     for path in paths:
-        plane = read_file(path)
+        plane = read_file(path, max_pixels)
         if plane.shape[0] != 1:
             raise SkipSample(
                 "wrong_channels", f"band file {path} has {plane.shape[0]} channels, expected 1"

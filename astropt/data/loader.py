@@ -588,19 +588,49 @@ class TokenLoader:
 # ----------------------------------------------------------------------- building
 
 
+#: Decodable samples the probe looks at when the config does not give the channel count.
+CHANNEL_VOTES = 8
+
+
 def _first_good(
-    candidates: Iterator[tuple[Any, Rows]], prep: Prep, strict: bool, label: str
+    candidates: Iterator[tuple[Any, Rows]],
+    prep: Prep,
+    strict: bool,
+    label: str,
+    channels: int | None = None,
 ) -> tuple[int, int, int]:
-    """Shape ``(C, H, W)`` (after bands and crop) of the first sample that decodes."""
+    """Shape ``(C, H, W)`` (after bands and crop) of the first sample that decodes.
+
+    With ``channels`` (from the config or the model) samples with another
+    channel count are passed over. Without it the most common count among the
+    first :data:`CHANNEL_VOTES` decodable samples wins, so one odd file that
+    sorts first (a greyscale PNG among RGB stamps) is the one skipped later.
+    """
     failures: list[str] = []
+    shapes: list[tuple[int, int, int]] = []
     for source, rows in candidates:
         for name, payload in zip(rows.names, rows.payloads, strict=True):
             try:
-                return conform(source.decode(payload, name), prep, name).shape
+                shape = conform(source.decode(payload, name), prep, name).shape
             except SkipSample as skip:
                 if strict:
                     raise BadSampleError(f"{name}: {skip.reason}: {skip.detail}") from None
                 failures.append(f"{name}: {skip.reason}: {skip.detail}")
+                continue
+            if channels is not None:
+                if shape[0] == channels:
+                    return shape
+                failures.append(f"{name}: wrong_channels: {shape[0]} channels, expected {channels}")
+                continue
+            shapes.append(shape)
+            if len(shapes) >= CHANNEL_VOTES:
+                break
+        if len(shapes) >= CHANNEL_VOTES:
+            break
+    if shapes:
+        counts = [s[0] for s in shapes]
+        winner = max(counts, key=lambda c: (counts.count(c), -counts.index(c)))
+        return next(s for s in shapes if s[0] == winner)
     if not failures:
         raise DataError(f"{label} has no samples")
     raise DataError(
@@ -609,19 +639,23 @@ def _first_good(
     )
 
 
-def _probe_map(source: Any, prep: Prep, strict: bool, label: str) -> tuple[int, int, int]:
+def _probe_map(
+    source: Any, prep: Prep, strict: bool, label: str, channels: int | None
+) -> tuple[int, int, int]:
     candidates = ((source, source.fetch([i])) for i in range(min(len(source), PROBE_LIMIT)))
-    return _first_good(candidates, prep, strict, label)
+    return _first_good(candidates, prep, strict, label, channels)
 
 
-def _probe_stream(stream: Any, reader: TableReader, prep: Prep, strict: bool, label: str):
+def _probe_stream(
+    stream: Any, reader: TableReader, prep: Prep, strict: bool, label: str, channels: int | None
+):
     def candidates():
         for g, table in enumerate(stream.with_format("arrow").iter(batch_size=16)):
             if g * 16 >= PROBE_LIMIT:
                 return
             yield reader, reader.rows(table, range(g * 16, g * 16 + table.num_rows))
 
-    return _first_good(candidates(), prep, strict, label)
+    return _first_good(candidates(), prep, strict, label, channels)
 
 
 def make_loader(
@@ -689,7 +723,7 @@ def make_loader(
         else:
             schema = next(iter(stream.with_format("arrow").iter(batch_size=1))).schema
         reader = TableReader(schema, cfg, label)
-        shape = _probe_stream(stream, reader, prep, cfg.strict, label)
+        shape = _probe_stream(stream, reader, prep, cfg.strict, label, cfg.channels)
         if max_samples is not None:
             stream = stream.take(max_samples)
         if world_size > 1:
@@ -798,7 +832,7 @@ def map_loader(
         side = cfg.image_size or source.side
         shape = (3, side, side)
     else:
-        shape = _probe_map(source, prep, cfg.strict, label)
+        shape = _probe_map(source, prep, cfg.strict, label, cfg.channels)
     prep = _with_shape(prep, shape, cfg)
     plan = _EpochPlan(
         n=len(source),

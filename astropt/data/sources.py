@@ -164,6 +164,22 @@ class TableReader:
                 if f.name not in (self.image_column, self.id_column) and _is_scalar_type(f.type)
             ]
         self.channels = cfg.channels if not cfg.bands else None
+        self.max_pixels = cfg.max_image_pixels
+        self.allow_external_paths = cfg.allow_external_paths
+        self.root = _local_root(cfg.path)
+
+    def _local_image(self, path: str) -> np.ndarray:
+        """An image struct that names a file: read it only inside the dataset's own folder."""
+        resolved = os.path.realpath(os.path.join(self.root or "", path))
+        inside = self.root is not None and os.path.commonpath([self.root, resolved]) == self.root
+        if not (inside or self.allow_external_paths):
+            raise SkipSample(
+                "external_path",
+                f"the image names {path!r}, outside the dataset's folder "
+                f"({self.root or 'none: not a local dataset'}); set data.allow_external_paths=true "
+                "to read it",
+            )
+        return read_file(resolved, self.max_pixels)
 
     def rows(self, table: pa.Table, positions: Sequence[int]) -> Rows:
         """``positions``: each row's index in its split (for ids and messages)."""
@@ -201,12 +217,26 @@ class TableReader:
     def decode(self, payload: tuple[str, Any], name: str) -> np.ndarray:
         kind, value = payload
         if kind == "bytes":
-            return decode_encoded(value)
+            return decode_encoded(value, self.max_pixels)
         if kind == "path":
-            return read_file(value)
+            return self._local_image(value)
         if kind == "array":
             return as_chw(_nested_list_to_numpy(value), name, self.channels)
         raise SkipSample("missing", "the image value is null")
+
+
+def _local_root(path: str) -> str | None:
+    """The real path of the local folder a dataset's files live in (``None`` for a Hub name)."""
+    if not path:
+        return None
+    if os.path.isdir(path):
+        return os.path.realpath(path)
+    if os.path.isfile(path) or any(ch in path for ch in "*?["):
+        # A file or a glob: the folder above its first wildcard.
+        head = re.split(r"[*?\[]", path, maxsplit=1)[0]
+        folder = head if head.endswith(os.sep) else os.path.dirname(head)
+        return os.path.realpath(folder or ".")
+    return None
 
 
 # ------------------------------------------------------------------ Hugging Face source
@@ -364,7 +394,10 @@ class FolderSample:
     id: Any
     paths: tuple[str, ...]
     band_set: bool = False
-    missing: str | None = None  # set when the sample cannot exist (no file / a missing band)
+    #: Why the sample cannot be used, when known before decoding: ``(reason, detail)``
+    #: with a reason of :data:`~astropt.data.decode.REASONS` (no file, a missing
+    #: band, a duplicate or blank catalogue id).
+    problem: tuple[str, str] | None = None
 
 
 def _scan_folder(folder: str, fits_bands: tuple[str, ...]) -> list[FolderSample]:
@@ -409,10 +442,41 @@ def _scan_folder(folder: str, fits_bands: tuple[str, ...]) -> list[FolderSample]
                 id=sample.id,
                 paths=tuple(bands[b] for b in fits_bands if b in bands),
                 band_set=True,
-                missing=f"band file(s) {lacking} of {sample.name} not found" if lacking else None,
+                problem=("missing", f"band file(s) {lacking} of {sample.name} not found")
+                if lacking
+                else None,
             )
         out.append(sample)
     return out
+
+
+def _read_catalogue(cfg: DataConfig):
+    """The CSV catalogue with its id and file columns read as text (ids such as ``gal_000``,
+    ``J1234+5678`` or blanks stay exactly as written), blanks as empty strings."""
+    import pandas as pd
+
+    header = pd.read_csv(cfg.catalogue, nrows=0).columns
+    if cfg.id_column is not None and cfg.id_column not in header:
+        raise ValueError(
+            f"catalogue {cfg.catalogue} has no id column {cfg.id_column!r}; it has {list(header)}"
+        )
+    text = [c for c in header if c in (*ID_CANDIDATES, *FILE_COLUMN_CANDIDATES, cfg.id_column)]
+    table = pd.read_csv(cfg.catalogue, dtype={c: str for c in text})
+    for column in text:
+        table[column] = table[column].fillna("").str.strip()
+    return table
+
+
+def _catalogue_ids(column) -> list[Any]:
+    """Ids as Python values: integers when every non-blank id is one, else strings; blank -> None.
+
+    Integers keep numeric ids (``dr8_id``) equal to the same ids read from parquet.
+    """
+    values = column.tolist()
+    present = [v for v in values if v != ""]
+    if present and all(re.fullmatch(r"[+-]?\d+", v) for v in present):
+        return [int(v) if v != "" else None for v in values]
+    return [v if v != "" else None for v in values]
 
 
 class FolderSource:
@@ -448,6 +512,7 @@ class FolderSource:
             by_split[split] = _scan_folder(root, cfg.fits_bands)
         samples = by_split[split]
         self.catalogue: dict[str, np.ndarray] = {}
+        self.max_pixels = cfg.max_image_pixels
         if cfg.catalogue:
             samples = self._join(cfg, split, by_split, bool(subdirs))
         elif not samples:
@@ -462,11 +527,7 @@ class FolderSource:
         by_split: dict[str, list[FolderSample]],
         has_splits: bool,
     ) -> list[FolderSample]:
-        import pandas as pd
-
-        table = pd.read_csv(cfg.catalogue)
-        if cfg.id_column is not None and cfg.id_column not in table.columns:
-            raise ValueError(f"catalogue {cfg.catalogue} has no id column {cfg.id_column!r}")
+        table = _read_catalogue(cfg)
         file_col = next((c for c in FILE_COLUMN_CANDIDATES if c in table.columns), None)
         id_col = cfg.id_column or next((c for c in ID_CANDIDATES if c in table.columns), None)
         if file_col is None and id_col is None:
@@ -476,6 +537,7 @@ class FolderSource:
                 f"{list(table.columns)}"
             )
         key_col = file_col or id_col
+        ids = _catalogue_ids(table[id_col]) if id_col else None
         # Every spelling a catalogue might use for a sample points at (split, sample).
         lookup: dict[str, tuple[str, FolderSample]] = {}
         for name, samples in by_split.items():
@@ -485,29 +547,57 @@ class FolderSource:
                 for key in keys:
                     lookup.setdefault(key, (name, sample))
         keep_rows, joined = [], []
-        for row, key in enumerate(table[key_col].astype(str).tolist()):
+        first_row_of_id: dict[Any, int] = {}
+        first_row_of_file: dict[str, int] = {}
+        for row, key in enumerate(table[key_col].tolist()):
             key_stem = file_stem(key) if file_col else key
-            hit = lookup.get(key) or lookup.get(os.path.normpath(key)) or lookup.get(key_stem)
-            sample_id = table[id_col].iloc[row].item() if id_col else None
-            if hit is None:
-                if has_splits and split != "train":
-                    continue
-                sample = FolderSample(
-                    name=key,
-                    id=sample_id if id_col else key_stem,
-                    paths=(),
-                    missing=f"catalogue row {row} names {key!r}, which is not in {cfg.path}",
-                )
-            elif hit[0] != split:
+            hit = None
+            if key:
+                hit = lookup.get(key) or lookup.get(os.path.normpath(key)) or lookup.get(key_stem)
+            sample_id = ids[row] if ids is not None else key_stem
+            if hit is not None and hit[0] != split:
                 continue
-            else:
+            if hit is None and has_splits and split != "train":
+                continue
+            problem: tuple[str, str] | None = None
+            if ids is not None and sample_id is None:
+                problem = ("bad_id", f"catalogue row {row} has a blank {id_col}")
+            elif not key:
+                problem = ("missing", f"catalogue row {row} has a blank {key_col}")
+            elif ids is not None and sample_id in first_row_of_id:
+                problem = (
+                    "duplicate",
+                    f"catalogue row {row} repeats {id_col or key_col} {sample_id!r} of row "
+                    f"{first_row_of_id[sample_id]}",
+                )
+            elif hit is not None and hit[1].name in first_row_of_file:
+                problem = (
+                    "duplicate",
+                    f"catalogue row {row} names {hit[1].name}, already used by row "
+                    f"{first_row_of_file[hit[1].name]}",
+                )
+            elif hit is None:
+                problem = (
+                    "missing",
+                    f"catalogue row {row} names {key!r}, which is not in {cfg.path}",
+                )
+            if problem is None:
+                first_row_of_id[sample_id] = row
+                first_row_of_file[hit[1].name] = row
                 found = hit[1]
                 sample = FolderSample(
                     name=found.name,
-                    id=sample_id if id_col else found.id,
+                    id=sample_id if ids is not None else found.id,
                     paths=found.paths,
                     band_set=found.band_set,
-                    missing=found.missing,
+                    problem=found.problem,
+                )
+            else:
+                sample = FolderSample(
+                    name=hit[1].name if hit else f"catalogue row {row}",
+                    id=sample_id,
+                    paths=(),
+                    problem=problem,
                 )
             keep_rows.append(row)
             joined.append(sample)
@@ -541,11 +631,11 @@ class FolderSource:
         )
 
     def decode(self, sample: FolderSample, name: str) -> np.ndarray:
-        if sample.missing is not None:
-            raise SkipSample("missing", sample.missing)
+        if sample.problem is not None:
+            raise SkipSample(*sample.problem)
         if sample.band_set:
-            return read_band_files(sample.paths)
-        return read_file(sample.paths[0])
+            return read_band_files(sample.paths, self.max_pixels)
+        return read_file(sample.paths[0], self.max_pixels)
 
 
 # ------------------------------------------------------------------- synthetic source

@@ -29,6 +29,12 @@ import torch
 log = logging.getLogger("astropt.io")
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path`` (same folder)."""
     path = Path(path)
@@ -36,11 +42,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # mkstemp makes owner-only files; give the result the usual umask permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
+        # mkstemp makes owner-only files, and writers that replace the file (safetensors
+        # does) keep that: give the result the usual umask permissions, after writing.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,9 +63,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
+def _settle_tree(folder: Path) -> None:
+    """fsync every file, and give files and folders the umask's permissions (``mkdtemp``
+    makes owner-only folders: a cluster group could not read a checkpoint)."""
+    umask = _umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            os.chmod(path, 0o777 & ~umask)
+        elif path.is_file():
+            os.chmod(path, 0o666 & ~umask)
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
 
@@ -77,7 +89,7 @@ def atomic_write_dir(dest: str | os.PathLike, fill: Callable[[Path], None]) -> N
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         fill(tmp)
-        _fsync_tree(tmp)
+        _settle_tree(tmp)
         old = dest.with_name(f".{dest.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -1,0 +1,51 @@
+"""Files written by astropt follow the umask, so a shared group folder can read them (issue 18)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from astropt.io import atomic_write, atomic_write_dir
+from astropt.model import GPT, GPTConfig
+
+
+@pytest.fixture(params=[0o022, 0o002])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_save_pretrained_follows_the_umask(tmp_path, umask):
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16))
+    model.save_pretrained(tmp_path / "model")
+    files = sorted((tmp_path / "model").iterdir())
+    assert {p.name for p in files} >= {"model.safetensors", "config.json"}
+    for path in files:
+        assert _mode(path) == 0o666 & ~umask, path.name
+
+
+def test_atomic_folder_follows_the_umask(tmp_path, umask):
+    def fill(folder):
+        save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+        (folder / "sub").mkdir()
+        (folder / "sub" / "state.json").write_text("{}")
+
+    atomic_write_dir(tmp_path / "checkpoint", fill)
+    assert _mode(tmp_path / "checkpoint") == 0o777 & ~umask
+    assert _mode(tmp_path / "checkpoint" / "sub") == 0o777 & ~umask
+    assert _mode(tmp_path / "checkpoint" / "model.safetensors") == 0o666 & ~umask
+    assert _mode(tmp_path / "checkpoint" / "sub" / "state.json") == 0o666 & ~umask
+
+
+def test_atomic_file_written_by_a_replacing_writer_follows_the_umask(tmp_path, umask):
+    atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    assert _mode(tmp_path / "w.safetensors") == 0o666 & ~umask

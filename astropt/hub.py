@@ -29,6 +29,7 @@ the model class keeps the methods scripts and notebooks call.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -37,11 +38,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from astropt.interop import CKPT_NAME, load_astropt_checkpoint
-from astropt.io import atomic_write, atomic_write_text, load_state_checked
+from astropt.io import (
+    CorruptFileError,
+    atomic_write,
+    atomic_write_text,
+    load_state_checked,
+    load_weights,
+    read_json,
+)
 from astropt.model import GPT, GPTConfig
+
+log = logging.getLogger("astropt.hub")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -232,15 +242,15 @@ def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu")
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise FileNotFoundError(f"{directory} is not a model folder: {needed.name} is missing")
-    config = GPTConfig.from_dict(json.loads(config_path.read_text()))
+    config = GPTConfig.from_dict(read_json(config_path))
     model = None
     for part, build in _MODEL_PARTS.items():
         if (directory / part).is_file():
-            model = build(config, json.loads((directory / part).read_text()))
+            model = build(config, read_json(directory / part))
             break
     if model is None:
         model = GPT(config)
-    state = load_file(str(weights_path), device=str(map_location))
+    state = load_weights(weights_path, device=str(map_location))
     load_state_checked(model, state, source=str(weights_path))
     return model
 
@@ -253,9 +263,21 @@ def _load_local(path: Path, map_location):
         return load_astropt_checkpoint(path, map_location)
     if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
         return load_pretrained_dir(path, map_location)
-    for candidate in (path / "checkpoints" / "best", path / "checkpoints" / "latest"):
-        if (candidate / WEIGHTS_NAME).is_file():
-            return load_pretrained_dir(candidate, map_location)
+    candidates = [path / "checkpoints" / name for name in ("best", "latest")]
+    candidates = [c for c in candidates if (c / WEIGHTS_NAME).is_file()]
+    failures = []
+    for candidate in candidates:
+        try:
+            model = load_pretrained_dir(candidate, map_location)
+        except CorruptFileError as exc:
+            failures.append(str(exc))
+            log.warning("cannot load %s: %s; trying the next checkpoint", candidate, exc)
+            continue
+        if failures:
+            log.warning("loaded %s instead", candidate)
+        return model
+    if failures:
+        raise CorruptFileError(f"no readable checkpoint in {path}: " + "; ".join(failures))
     if (path / CKPT_NAME).is_file():
         return load_astropt_checkpoint(path / CKPT_NAME, map_location)
     raise FileNotFoundError(

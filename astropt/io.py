@@ -11,6 +11,8 @@ other module may use it.
   folder (a training checkpoint). The previous folder is kept as ``.NAME.old``
   for the instant between two renames; :func:`recover_atomic_dirs` finishes or
   undoes a replacement a dead process left behind.
+* :func:`load_weights` / :func:`read_json`: a safetensors or JSON file, or a
+  :class:`CorruptFileError` naming the file (never a bare parser error).
 * :func:`load_state_checked`: ``load_state_dict(strict=True)`` whose error
   names every missing, unexpected and misshapen tensor.
 """
@@ -23,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,6 +125,38 @@ def recover_atomic_dirs(root: str | os.PathLike) -> None:
                 log.warning("recovered %s from an interrupted write", dest)
         elif name.startswith(".") and name.endswith(".tmp"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+class CorruptFileError(ValueError):
+    """A file that exists but cannot be read (truncated, empty, not that format); names the file."""
+
+
+def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (``name -> tensor`` on ``device``).
+
+    Raises :class:`FileNotFoundError` or :class:`CorruptFileError`, each naming ``path``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's value, or :class:`CorruptFileError` naming ``path``."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{path} is not a readable JSON file ({exc})") from None
 
 
 def load_state_checked(model: torch.nn.Module, state: dict, source: str) -> None:

@@ -49,3 +49,32 @@ def test_atomic_folder_follows_the_umask(tmp_path, umask):
 def test_atomic_file_written_by_a_replacing_writer_follows_the_umask(tmp_path, umask):
     atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
     assert _mode(tmp_path / "w.safetensors") == 0o666 & ~umask
+
+
+def _run_folder(tmp_path):
+    """A run folder with two checkpoints of different weights (best, latest)."""
+    torch.manual_seed(0)
+    best = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16))
+    latest = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16))
+    best.save_pretrained(tmp_path / "run" / "checkpoints" / "best")
+    latest.save_pretrained(tmp_path / "run" / "checkpoints" / "latest")
+    return tmp_path / "run", best, latest
+
+
+def test_truncated_weights_name_the_file_and_fall_back(tmp_path, caplog):
+    from astropt.hub import load_model
+    from astropt.io import CorruptFileError
+
+    run, best, latest = _run_folder(tmp_path)
+    weights = run / "checkpoints" / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CorruptFileError, match=r"checkpoints/best/model\.safetensors"):
+        load_model(run / "checkpoints" / "best")
+    with caplog.at_level("WARNING", logger="astropt.hub"):
+        model = load_model(run)
+    assert "checkpoints/latest" in caplog.text
+    for name, tensor in latest.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor)
+    (run / "checkpoints" / "latest" / "config.json").write_text("{ not json")
+    with pytest.raises(CorruptFileError, match="no readable checkpoint.*config.json"):
+        load_model(run)

@@ -233,7 +233,8 @@ def _write_bad(path, kind: str, stamp: np.ndarray) -> str:
     elif kind == "small":
         (path / f"{kind}.png").write_bytes(encode(stamp[:16, :16], "PNG"))
     elif kind == "oversize":
-        (path / f"{kind}.png").write_bytes(encode(np.tile(stamp, (2, 2, 1)), "PNG"))
+        # A JPEG: the libjpeg-turbo path must refuse it from the header too.
+        (path / f"{kind}.jpg").write_bytes(encode(np.tile(stamp, (2, 2, 1))))
     return kind
 
 

@@ -100,7 +100,7 @@ def _check_pixels(height: int, width: int, max_pixels: int) -> None:
         )
 
 
-def _decode_jpeg_fast(data: bytes, max_pixels: int) -> np.ndarray | None:
+def _decode_jpeg_fast(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray | None:
     """RGB or grey baseline JPEG through libjpeg-turbo's ``simplejpeg`` binding, as ``(H, W, C)``.
 
     About twice Pillow's speed on 256x256 stamps (no PIL image object, no

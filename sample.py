@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from astropt.embed import add_model_data_arguments
 
 
@@ -39,13 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from astropt.device import resolve_device
     from astropt.embed import data_config_from_args
     from astropt.generate import completion_grid
     from astropt.hub import load_model
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     model = load_model(args.checkpoint)
     data_cfg = data_config_from_args(model, args)
     result = completion_grid(

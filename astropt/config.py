@@ -39,11 +39,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, packaged
     import tomli as tomllib
 
-from astropt.data import DataConfig
+from astropt.data.config import DATA_CONVENTIONS, DataConfig
 from astropt.model import GPTConfig
-
-#: Model fields that are data conventions: set under ``data.``, copied into ``model``.
-DATA_CONVENTIONS = ("patch_size", "order", "transpose_hw")
 
 
 @dataclass

@@ -52,7 +52,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +60,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from astropt.data.config import SOURCES
+from astropt.device import native_bf16, resolve_device
+from astropt.display import percentile_stretch, survey_colour_order
 from astropt.io import atomic_write, atomic_write_text
+from astropt.model import Pool
 
 FORMAT = "astropt-embeddings/1"
 MANIFEST = "_manifest.json"
@@ -91,7 +95,7 @@ class ModelEncoder:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.layer = model.resolve_layer(layer)  # validates; None = final LayerNorm
-        if pool not in ("mean", "prefix", "last"):
+        if pool not in get_args(Pool):
             raise ValueError(f"pool must be 'mean', 'prefix' or 'last', got {pool!r}")
         if pool == "prefix" and (not prefix or prefix < 1):
             raise ValueError("pool='prefix' needs prefix=k with k >= 1 tokens")
@@ -151,23 +155,6 @@ class PixelPCAEncoder:
         return digest.hexdigest()
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32).
-
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX tiles
-    (elsewhere bfloat16 is emulated and slower than float32).
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        try:
-            return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-        except Exception:  # private helpers: treat any surprise as "no"
-            return False
-    return False
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> str:
     """``"auto"``: bfloat16 autocast where the device has native bfloat16 matmuls, else float32.
 
@@ -179,13 +166,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
     return dtype
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"``: the first CUDA device when there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def model_fingerprint(model) -> str:
@@ -269,14 +249,11 @@ def display_rgb(images: torch.Tensor, size: int) -> np.ndarray:
     else:
         small = torch.cat([small, small[:, :1]], dim=1)[:, :3]
     in_unit_range = bool(small.min() >= 0) and bool(small.max() <= 1.0 + 1e-6)
+    pixels = small.numpy()
     if not in_unit_range:
-        small = small.flip(1)  # g, r, z -> z, r, g: the reddest band in the red channel
-        flat = small.flatten(1)
-        low = flat.quantile(0.005, dim=1)[:, None, None, None]
-        high = flat.quantile(0.995, dim=1)[:, None, None, None]
-        small = (small - low) / (high - low).clamp_min(1e-12)
-    rgb = (small.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
-    return rgb.permute(0, 2, 3, 1).contiguous().numpy()
+        pixels = percentile_stretch(survey_colour_order(pixels))
+    rgb = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(rgb.transpose(0, 2, 3, 1))
 
 
 def _fixed_size_list(values: np.ndarray, value_type: pa.DataType) -> pa.FixedSizeListArray:
@@ -746,21 +723,19 @@ def data_config_for(model, **fields):
     ``patch_size``, ``order`` and ``transpose_hw`` come from the model's config;
     augmentation is off (an export must be deterministic).
     """
-    from astropt.data import DataConfig
+    from astropt.data.config import DATA_CONVENTIONS, DataConfig
 
-    cfg = model.config
     fields = dict(fields)
-    fields.update(
-        patch_size=cfg.patch_size, order=cfg.order, transpose_hw=cfg.transpose_hw, augment=False
-    )
+    fields.update({name: getattr(model.config, name) for name in DATA_CONVENTIONS}, augment=False)
     return DataConfig(**fields)
 
 
 def _check_data_config(model, data_cfg) -> None:
+    from astropt.data.config import convention_mismatches
+
     mismatched = [
         f"{name}: data {getattr(data_cfg, name)!r} vs model {getattr(model.config, name)!r}"
-        for name in ("patch_size", "order", "transpose_hw")
-        if getattr(data_cfg, name) != getattr(model.config, name)
+        for name in convention_mismatches(data_cfg, model.config)
     ]
     if mismatched:
         raise ValueError(
@@ -1065,7 +1040,7 @@ def add_model_data_arguments(parser: argparse.ArgumentParser, split: str = "test
         default="",
         help="survey folder, parquet dir/glob, Hub name or image folder; '' = synthetic on the fly",
     )
-    parser.add_argument("--source", default="auto", choices=["auto", "synthetic", "hf", "folder"])
+    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES])
     parser.add_argument("--split", default=split)
     parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
 

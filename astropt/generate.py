@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from astropt.display import percentile_stretch, survey_colour_order
 from astropt.io import atomic_write
 from astropt.model import GPT, KVCache
-from astropt.tokens import denormalise_patches, unpatchify
+from astropt.tokens import tokens_to_images
 
 # Display stretch of per-patch normalised values: +-NORM_CLIP std maps to [0, 1].
 NORM_CLIP = 3.0
@@ -197,27 +198,6 @@ def complete(
     return torch.cat([prefix_patches, generated], dim=1)
 
 
-# ------------------------------------------------------------------ folding back
-def fold_tokens(
-    tokens: torch.Tensor,
-    image_hw: tuple[int, int],
-    patch_size: int,
-    order: str = "spiral",
-    transpose_hw: bool = False,
-) -> torch.Tensor:
-    """Fold ``(B, N, P*P*C)`` sequences into ``(B, C, H, W)`` images in display layout.
-
-    ``image_hw`` is the (height, width) of the images the tokens came from.
-    With ``transpose_hw`` (AstroPT's layout) the tokens were cut from the
-    transposed image ``(C, W, H)``; it is folded as such and transposed back,
-    so the result is always the natural ``(C, H, W)``.
-    """
-    height, width = image_hw
-    if transpose_hw:
-        return unpatchify(tokens, (width, height), patch_size, order).transpose(-1, -2)
-    return unpatchify(tokens, (height, width), patch_size, order)
-
-
 # --------------------------------------------------------------- completion grid
 @dataclass
 class CompletionGrid:
@@ -287,12 +267,9 @@ def _to_display(
     elif rgb:
         shown = images
     else:
-        ref = images if reference is None else reference
-        low = np.percentile(ref, 0.5, axis=(1, 2, 3), keepdims=True)
-        high = np.percentile(ref, 99.5, axis=(1, 2, 3), keepdims=True)
-        shown = (images - low) / np.maximum(high - low, 1e-12)
+        shown = percentile_stretch(images, reference)
         if images.shape[1] == 3:
-            shown = shown[:, ::-1]
+            shown = survey_colour_order(shown)
     if shown.shape[1] == 3:
         colour = shown
     else:  # one band, or a band count with no colour convention: grey from the band mean
@@ -404,14 +381,16 @@ def completion_grid(
 
     image_hw = (images.shape[-2], images.shape[-1])
 
-    def fold(seq: torch.Tensor) -> np.ndarray:
-        return fold_tokens(seq, image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw).numpy()
+    def fold(seq: torch.Tensor, **pixel_units) -> np.ndarray:
+        return tokens_to_images(
+            seq, image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw, **pixel_units
+        ).numpy()
 
     kept_tokens = torch.zeros(n_got, n_patches, tokens.shape[-1])
     kept_tokens[:, :prefix] = 1.0
     kept = fold(kept_tokens).max(axis=1) > 0.5
     norm_true, norm_completion = fold(tokens), fold(completion)
-    pixel_completion = fold(denormalise_patches(completion, mean, std))
+    pixel_completion = fold(completion, mean=mean, std=std)
     originals = images.numpy()
     rgb = _is_display_rgb(originals)
 

@@ -49,13 +49,13 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, get_args
 
 import numpy as np
 import torch
 
 from astropt.io import atomic_write, load_state_checked
-from astropt.model import GPT, GPTConfig
+from astropt.model import GPT, GPTConfig, Tokeniser
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def astropt_config(
             )
         n_chan = int(channels)
     tokeniser = args.get("tokeniser", "aim")
-    if tokeniser not in ("aim", "affine"):
+    if tokeniser not in get_args(Tokeniser):
         raise ValueError(f"unsupported AstroPT tokeniser {tokeniser!r} (aim and affine are)")
     attn_type = args.get("attn_type", "causal")
     if attn_type == "prefix":

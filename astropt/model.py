@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from astropt.tokens import Order
 
 try:  # optional: only used on CUDA in half precision
     from flash_attn import flash_attn_func as _flash_attn_func
@@ -37,6 +39,7 @@ except Exception:  # ImportError, or a build that does not match the installed t
 AttnType = Literal["causal", "prefix", "full"]
 Objective = Literal["ar", "mae"]
 Tokeniser = Literal["aim", "affine"]
+Pool = Literal["mean", "prefix", "last"]
 
 
 @dataclass
@@ -61,7 +64,7 @@ class GPTConfig:
     # Data conventions (not architecture):
     patch_size: int = 16
     n_chan: int = 3
-    order: Literal["spiral", "raster"] = "spiral"
+    order: Order = "spiral"
     transpose_hw: bool = False  # True for AstroPT's released weights (images seen as (C, W, H))
     embed_layer: str = "final"  # default layer of `GPT.embed`: "final", "middle" or a block index
 
@@ -77,10 +80,10 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for name, allowed in (
-            ("tokeniser", ("aim", "affine")),
-            ("attn_type", ("causal", "prefix", "full")),
-            ("objective", ("ar", "mae")),
-            ("order", ("spiral", "raster")),
+            ("tokeniser", get_args(Tokeniser)),
+            ("attn_type", get_args(AttnType)),
+            ("objective", get_args(Objective)),
+            ("order", get_args(Order)),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -96,6 +99,23 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"unknown GPTConfig field(s): {', '.join(unknown)}")
         return cls(**values)
+
+
+def mae_mask(
+    shape: tuple[int, int],
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The ``mae`` objective's random patch mask: ``(B, N)`` bool, True where a patch is hidden.
+
+    Each sequence hides exactly ``max(1, round(mask_ratio * N))`` patches, chosen
+    uniformly from ``generator``'s stream (one ``torch.rand(B, N)`` draw).
+    """
+    batch, seq = shape
+    n_masked = max(1, round(mask_ratio * seq))
+    scores = torch.rand(batch, seq, generator=generator, device=device)
+    return scores.argsort(dim=1).argsort(dim=1) < n_masked
 
 
 class PatchCodec(nn.Module):
@@ -443,11 +463,7 @@ class GPT(nn.Module):
                 predictions[:, prefix - 1 :].float(), targets[:, prefix - 1 :].float(), delta=1.0
             )
             return predictions, loss
-        batch, seq, _ = tokens.shape
-        n_masked = max(1, round(self.config.mask_ratio * seq))
-        scores = torch.rand(batch, seq, generator=generator, device=tokens.device)
-        ranks = scores.argsort(dim=1).argsort(dim=1)
-        mask = ranks < n_masked
+        mask = mae_mask(tokens.shape[:2], self.config.mask_ratio, generator, tokens.device)
         predictions, loss = self(tokens, targets=tokens, mask=mask)
         return predictions, loss
 
@@ -481,7 +497,7 @@ class GPT(nn.Module):
         self,
         patches: torch.Tensor,
         layer: int | str | None = None,
-        pool: Literal["mean", "prefix", "last"] = "mean",
+        pool: Pool = "mean",
         prefix: int | None = None,
     ) -> torch.Tensor:
         """One vector per image: ``(B, T, patch_dim)`` tokens to ``(B, n_embd)``.

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -139,7 +139,7 @@ def parse_target(spec: str, catalogue: pd.DataFrame) -> Target:
     column, _, task = spec.partition(":")
     _require_column(column, catalogue)
     if task:
-        if task not in ("regression", "classification"):
+        if task not in get_args(Task):
             raise ValueError(f"target task must be regression or classification, got {task!r}")
         return Target(column, column, task)  # type: ignore[arg-type]
     found = [t for t in auto_targets(catalogue[[column]]) if t.name == column]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
@@ -80,7 +80,7 @@ def _grid_side(num_patches: int) -> int:
 
 
 def _check_order(order: str) -> None:
-    if order not in ("spiral", "raster"):
+    if order not in get_args(Order):
         raise ValueError(f"order must be 'spiral' or 'raster', got {order!r}")
 
 
@@ -210,3 +210,30 @@ def images_to_tokens(
     if transpose_hw:
         images = images.transpose(-1, -2)
     return normalise_patches(patchify(images, patch_size=patch_size, order=order))
+
+
+def tokens_to_images(
+    tokens: torch.Tensor,
+    image_hw: tuple[int, int],
+    patch_size: int = DEFAULT_PATCH_SIZE,
+    order: Order = "spiral",
+    transpose_hw: bool = False,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fold ``(B, N, P*P*C)`` token sequences back into ``(B, C, H, W)`` images.
+
+    The inverse of :func:`images_to_tokens`: ``image_hw`` is the (height, width)
+    of the images the tokens came from. With ``transpose_hw`` (AstroPT's layout)
+    the tokens were cut from the transposed image ``(C, W, H)``; it is folded
+    as such and transposed back, so the result is always the natural
+    ``(C, H, W)``. With ``mean`` and ``std`` (``(B, N, 1)``, from
+    :func:`normalise_patches`) the tokens are first turned back into pixel
+    units; without them the images stay in normalised units.
+    """
+    if mean is not None and std is not None:
+        tokens = denormalise_patches(tokens, mean, std)
+    height, width = image_hw
+    if transpose_hw:
+        return unpatchify(tokens, (width, height), patch_size, order).transpose(-1, -2)
+    return unpatchify(tokens, (height, width), patch_size, order)

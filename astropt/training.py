@@ -53,6 +53,8 @@ from safetensors.torch import load_file
 
 from astropt import hub
 from astropt.config import ConfigError, RunConfig, config_from_dict, describe_keys, load_config
+from astropt.data.config import convention_mismatches
+from astropt.device import native_bf16, resolve_device
 from astropt.io import (
     atomic_write,
     atomic_write_dir,
@@ -60,7 +62,7 @@ from astropt.io import (
     load_state_checked,
     recover_atomic_dirs,
 )
-from astropt.model import GPT, GPTConfig
+from astropt.model import GPT, GPTConfig, mae_mask
 
 log = logging.getLogger("astropt.training")
 
@@ -183,12 +185,6 @@ def measure_matmul_peak(
     return 2.0 * n**3 / best
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of config ``dtype`` on ``device`` (None: plain float32).
 
@@ -203,9 +199,7 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if name == "float16":
         return torch.float16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if native_bf16(device):
         return torch.bfloat16
     return None
 
@@ -271,14 +265,11 @@ class DistInfo:
 
 
 def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = resolve_device(name, local_rank)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name} but CUDA is not available; use device=cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     return device
 
@@ -478,8 +469,7 @@ class Trainer:
             base = loaded.config
             conventions = [
                 f"data.{name}={getattr(base, name)!r} (run has {getattr(cfg.data, name)!r})"
-                for name in ("patch_size", "order", "transpose_hw")
-                if getattr(base, name) != getattr(cfg.data, name)
+                for name in convention_mismatches(cfg.data, base)
             ]
             if conventions:
                 raise ConfigError(
@@ -1135,10 +1125,7 @@ def reconstruct(
         predictions, _ = model(tokens[:, :-1], prefix_len=1)
         return torch.cat([tokens[:, :1], predictions.to(tokens.dtype)], dim=1), None
     generator = torch.Generator(device=tokens.device).manual_seed(seed)
-    batch, seq, _ = tokens.shape
-    n_masked = max(1, round(model.config.mask_ratio * seq))
-    scores = torch.rand(batch, seq, generator=generator, device=tokens.device)
-    mask = scores.argsort(dim=1).argsort(dim=1) < n_masked
+    mask = mae_mask(tokens.shape[:2], model.config.mask_ratio, generator, tokens.device)
     predictions, _ = model(tokens, mask=mask)
     return torch.where(mask[..., None], predictions.to(tokens.dtype), tokens), mask
 
@@ -1158,7 +1145,8 @@ def render_preview(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from astropt.tokens import denormalise_patches, unpatchify
+    from astropt.display import percentile_stretch
+    from astropt.tokens import tokens_to_images
 
     cfg = model.config
     tokens = batch.tokens[:n].to(device)
@@ -1168,14 +1156,12 @@ def render_preview(
     with autocast():
         recon, mask = reconstruct(model, tokens.float(), seed=seed)
     model.train(was_training)
-    height, width = batch.images.shape[-2:]
-    grid = (width, height) if cfg.transpose_hw else (height, width)
+    image_hw = tuple(batch.images.shape[-2:])
 
     def to_images(patches: torch.Tensor) -> np.ndarray:
-        pixels = denormalise_patches(patches.float(), mean, std)
-        images = unpatchify(pixels, grid, cfg.patch_size, cfg.order)
-        if cfg.transpose_hw:
-            images = images.transpose(-1, -2)
+        images = tokens_to_images(
+            patches.float(), image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw, mean, std
+        )
         return images.cpu().numpy()
 
     rows = [("galaxy", to_images(tokens)), ("model", to_images(recon))]
@@ -1186,12 +1172,11 @@ def render_preview(
     fig, axes = plt.subplots(
         len(rows), count, figsize=(1.6 * count, 1.7 * len(rows)), squeeze=False
     )
+    # One stretch per galaxy, from its true pixels, applied to every row.
+    rows = [(title, percentile_stretch(images, truth, (1.0, 99.5))) for title, images in rows]
     for column in range(count):
-        # One stretch per galaxy, from its true pixels, applied to every row.
-        lo, hi = np.percentile(truth[column], [1.0, 99.5])
-        scale = max(hi - lo, 1e-12)
         for row_index, (title, images) in enumerate(rows):
-            image = np.clip((images[column] - lo) / scale, 0.0, 1.0)
+            image = np.clip(images[column], 0.0, 1.0)
             image = np.moveaxis(image, 0, -1)
             if image.shape[-1] != 3:
                 image = image[..., 0]

@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(*args.worker)
         return 0
 
-    from astropt.embed import ModelEncoder, resolve_device, resolve_dtype
+    from astropt.device import resolve_device
+    from astropt.embed import ModelEncoder, resolve_dtype
     from astropt.interop import ours_to_astropt
     from astropt.model import GPT, GPTConfig
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import write_parquet_survey
 
-from astropt.generate import complete, fold_tokens
+from astropt.generate import complete
 from astropt.model import GPT, GPTConfig
 from astropt.simulate import make_stamps
-from astropt.tokens import images_to_tokens, normalise_patches, unpatchify
+from astropt.tokens import images_to_tokens, normalise_patches, tokens_to_images, unpatchify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,18 +89,18 @@ def test_completion_folds_back_to_the_image_shape(transpose_hw):
     images = torch.rand(2, 3, 32, 32, generator=g)
     tokens, mean, std = images_to_tokens(images, 8, "spiral", transpose_hw)
     out = complete(model, tokens[:, :4], 12)
-    folded = fold_tokens(out, (32, 32), 8, "spiral", transpose_hw)
+    folded = tokens_to_images(out, (32, 32), 8, "spiral", transpose_hw)
     assert folded.shape == (2, 3, 32, 32)
     # The true tokens, unnormalised and folded, are the images again (the
     # transpose of AstroPT's layout undone): the fold used for display is right.
-    pixels = fold_tokens(tokens * (std + 1e-8) + mean, (32, 32), 8, "spiral", transpose_hw)
+    pixels = tokens_to_images(tokens * (std + 1e-8) + mean, (32, 32), 8, "spiral", transpose_hw)
     torch.testing.assert_close(pixels, images, rtol=0, atol=1e-5)
 
 
 def test_fold_of_a_non_square_image_with_transpose():
     images = torch.rand(1, 3, 16, 32)
     tokens, mean, std = images_to_tokens(images, 8, "raster", transpose_hw=True)
-    back = fold_tokens(tokens * (std + 1e-8) + mean, (16, 32), 8, "raster", transpose_hw=True)
+    back = tokens_to_images(tokens * (std + 1e-8) + mean, (16, 32), 8, "raster", transpose_hw=True)
     torch.testing.assert_close(back, images, rtol=0, atol=1e-5)
 
 

@@ -7,8 +7,16 @@ Its own module so that the sources (:mod:`astropt.data.sources`) and the loader
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
-SOURCES = ("synthetic", "hf", "folder")
+from astropt.tokens import Order
+
+Source = Literal["synthetic", "hf", "folder"]
+FloatScaling = Literal["asinh", "linear"]
+SOURCES: tuple[str, ...] = get_args(Source)
+#: DataConfig fields that must equal the model's GPTConfig fields of the same name: they
+#: decide how images become tokens, so weights only work with the values they were trained on.
+DATA_CONVENTIONS = ("patch_size", "order", "transpose_hw")
 
 
 @dataclass
@@ -82,9 +90,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
-        if self.order not in ("spiral", "raster"):
+        if self.order not in get_args(Order):
             raise ValueError(f"data.order must be 'spiral' or 'raster', got {self.order!r}")
-        if self.float_scaling not in ("asinh", "linear"):
+        if self.float_scaling not in get_args(FloatScaling):
             raise ValueError(
                 f"data.float_scaling must be 'asinh' or 'linear', got {self.float_scaling!r}"
             )
@@ -112,3 +120,26 @@ class DataConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def convention_mismatches(data_cfg: Any, model_cfg: Any) -> list[str]:
+    """The :data:`DATA_CONVENTIONS` on which a data config and a model config disagree."""
+    return [
+        name for name in DATA_CONVENTIONS if getattr(data_cfg, name) != getattr(model_cfg, name)
+    ]
+
+
+def synthetic_split_sizes(cfg: Any) -> dict[str, int]:
+    """Galaxies in each split of the on-the-fly synthetic survey of data config ``cfg``.
+
+    The ``synthetic_n`` galaxies are cut into contiguous index ranges in this
+    order: train, then validation (``synthetic_val_fraction``), then test
+    (``synthetic_test_fraction``), each fraction rounded to a whole galaxy.
+    """
+    total = cfg.synthetic_n
+    n_val = round(total * cfg.synthetic_val_fraction)
+    n_test = round(total * cfg.synthetic_test_fraction)
+    n_train = total - n_val - n_test
+    if n_train < 0:
+        raise ValueError("synthetic_val_fraction + synthetic_test_fraction exceed 1")
+    return {"train": n_train, "validation": n_val, "test": n_test}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import DataConfig
+from .config import DataConfig, synthetic_split_sizes
 from .decode import (
     FITS_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -675,14 +675,12 @@ class SyntheticSource:
         _simulate()  # fail at construction, not inside a worker
         cfg = self.cfg
         self.side = cfg.synthetic_image_size or cfg.image_size or 64
-        total = cfg.synthetic_n
-        n_val = round(total * cfg.synthetic_val_fraction)
-        n_test = round(total * cfg.synthetic_test_fraction)
-        n_train = total - n_val - n_test
-        if n_train < 0:
-            raise ValueError("synthetic_val_fraction + synthetic_test_fraction exceed 1")
-        starts = {"train": 0, "validation": n_train, "test": n_train + n_val}
-        sizes = {"train": n_train, "validation": n_val, "test": n_test}
+        sizes = synthetic_split_sizes(cfg)
+        starts = {
+            "train": 0,
+            "validation": sizes["train"],
+            "test": sizes["train"] + sizes["validation"],
+        }
         self.start, self.n = starts[self.split], sizes[self.split]
         if self.max_samples is not None:
             self.n = min(self.n, self.max_samples)

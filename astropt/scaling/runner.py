@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from astropt.data.config import synthetic_split_sizes
 from astropt.scaling.fit import _finite
 from astropt.scaling.ladder import Ladder, RunSpec, plan_runs
 from astropt.scaling.probing import ProbeFn, default_probe, probe_score
@@ -133,8 +134,7 @@ def train_split_size(cfg: Any) -> int | None:
     data = cfg.data
     total = None
     if getattr(data, "source", None) == "synthetic" and not getattr(data, "path", ""):
-        n = data.synthetic_n
-        total = n - round(n * data.synthetic_val_fraction) - round(n * data.synthetic_test_fraction)
+        total = synthetic_split_sizes(data)["train"]
     elif getattr(data, "path", ""):
         survey = Path(data.path) / "survey.json"
         if survey.is_file():

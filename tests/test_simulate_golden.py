@@ -27,6 +27,9 @@ from PIL import Image
 
 from astropt import simulate
 
+# Writes two surveys: seconds, so outside `make test-fast` (CI runs it).
+pytestmark = pytest.mark.slow
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "simulate_17ea644.npz"
 #: The population of ``sample_population(64, default_rng(2024))``: every key, galaxies 0-7.
 POPULATION = dict(n=64, seed=2024, kept=8)

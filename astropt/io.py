@@ -13,6 +13,7 @@ other module may use it.
   undoes a replacement a dead process left behind.
 * :func:`load_weights` / :func:`read_json`: a safetensors or JSON file, or a
   :class:`CorruptFileError` naming the file (never a bare parser error).
+* :func:`folder_lock`: one live run per folder; a dead run's lock vanishes with it.
 * :func:`load_state_checked`: ``load_state_dict(strict=True)`` whose error
   names every missing, unexpected and misshapen tensor.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +182,44 @@ def load_state_checked(model: torch.nn.Module, state: dict, source: str) -> None
             parts.append(f"shape mismatch {misshapen}")
         raise ValueError(f"weights in {source} do not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the folder's lock (see :func:`folder_lock`)."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``folder/.lock``) for the ``with`` block.
+
+    The lock is an ``fcntl.flock`` on an open file: the kernel drops it when the
+    holder exits in any way (``kill -9`` included), so a crashed run never leaves
+    a folder stuck. A second process asking for it gets :class:`FolderBusyError`
+    naming the holder's pid and host. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    handle = open(path, "a+")  # noqa: SIM115 (held open for the whole block)
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FolderBusyError(
+                f"{folder} is in use by another {what} ({holder}): wait for it to finish, "
+                "or choose another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

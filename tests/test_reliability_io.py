@@ -78,3 +78,41 @@ def test_truncated_weights_name_the_file_and_fall_back(tmp_path, caplog):
     (run / "checkpoints" / "latest" / "config.json").write_text("{ not json")
     with pytest.raises(CorruptFileError, match="no readable checkpoint.*config.json"):
         load_model(run)
+
+
+def test_folder_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from astropt.io import FolderBusyError, folder_lock
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from astropt.io import folder_lock\n"
+            f"with folder_lock({str(tmp_path)!r}):\n"
+            "    print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderBusyError, match=rf"in use by another run \(pid {holder.pid}"):
+            with folder_lock(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # A killed holder leaves no stale lock.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with folder_lock(tmp_path):
+                break
+        except FolderBusyError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)

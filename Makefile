@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The tested torch build; the package itself only asks for torch>=2.4.
+# The tested torch build; the package itself only asks for torch>=2.6.
 TORCH_PIN := torch==2.13.0
 
 .PHONY: quickstart test test-fast bench lint format clean

@@ -7,7 +7,8 @@ A run is described by one :class:`RunConfig`:
 * ``data``: the :class:`~astropt.data.DataConfig` of the data pipeline;
 * ``optim``: :class:`OptimConfig` (AdamW and the learning-rate schedule).
 
-Sources are applied in order: the dataclass defaults, a TOML file (which may
+Parsing is :mod:`astropt.options` (the one parser of every command). Sources are
+applied in order: the dataclass defaults, a TOML file (which may
 name a ``base`` TOML of its own, relative to itself), then command-line
 overrides such as ``model.n_layer=6`` or ``data.path=runs/survey``. Every key
 is checked: an unknown one fails naming the nearest valid key, and a value is
@@ -24,23 +25,46 @@ them under ``model.`` is accepted only when the values agree (so a saved
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import sys
-import types
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, packaged
-    import tomli as tomllib
-
 from astropt.data.config import DATA_CONVENTIONS, DataConfig
 from astropt.model import GPTConfig
+from astropt.options import (
+    ConfigError,
+    Entry,
+    build_options,
+    coerce,
+    describe_options,
+    did_you_mean,
+    flatten,
+    option_keys,
+    parse_override,
+    read_file,
+    sections,
+    table_fields,
+    unknown_key,
+)
+
+__all__ = [
+    "DATA_CONVENTIONS",
+    "ConfigError",
+    "OptimConfig",
+    "RunConfig",
+    "coerce",
+    "config_from_dict",
+    "config_from_entries",
+    "describe_keys",
+    "did_you_mean",
+    "load_config",
+    "resolve",
+    "sections_of",
+    "table_fields",
+    "valid_keys",
+    "validate",
+]
 
 
 @dataclass
@@ -105,21 +129,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied; the message says why and how to fix it."""
-
-
 SECTIONS: dict[str, type] = {"model": GPTConfig, "data": DataConfig, "optim": OptimConfig}
-
-
-# ------------------------------------------------------------------ keys
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def sections_of(root: type) -> dict[str, type]:
     """The ``[section]`` tables of a config dataclass: its fields that are dataclasses."""
-    hints = _hints(root)
+    hints = typing.get_type_hints(root)
     return {
         f.name: hints[f.name]
         for f in dataclasses.fields(root)
@@ -133,235 +148,11 @@ def valid_keys(root: type = RunConfig) -> dict[str, Any]:
     ``root``: the config dataclass (:class:`RunConfig`, or another command's
     config built the same way: top-level fields plus dataclass sections).
     """
-    keys: dict[str, Any] = {}
-    sections = sections_of(root)
-    run_hints = _hints(root)
-    for f in dataclasses.fields(root):
-        if f.name in sections:
-            continue
-        keys[f.name] = run_hints[f.name]
-    for section, cls in sections.items():
-        hints = _hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.init:
-                keys[f"{section}.{f.name}"] = hints[f.name]
-    return keys
-
-
-def _nearest(key: str, keys: list[str]) -> str | None:
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if close:
-        return close[0]
-    # "n_layer" written without its section: match on the last component.
-    leaf = key.rsplit(".", 1)[-1]
-    by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
-    close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
-    return by_leaf[close[0]] if close else None
-
-
-def did_you_mean(key: str, candidates: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` naming the candidate nearest to ``key``, or ``""``."""
-    hint = _nearest(key, list(candidates))
-    return f"; did you mean '{hint}'?" if hint else ""
-
-
-def _unknown_key(
-    key: str, keys: dict[str, Any], origin: str, sections: dict[str, type] = SECTIONS
-) -> ConfigError:
-    suggestion = did_you_mean(key, [*keys, *(f"[{s}]" for s in sections)])
-    return ConfigError(f"unknown config key '{key}' ({origin}){suggestion}")
-
-
-def table_fields(
-    cls: type, table: dict, origin: str, *, exclude: Iterable[str] = ()
-) -> dict[str, Any]:
-    """The entries of a TOML ``table`` as init fields of the dataclass ``cls``, parsed by type.
-
-    For configs other than a run's (a scaling ladder, ...): an unknown key raises
-    :class:`ConfigError` naming the nearest field (``origin`` says where the table came
-    from), each value is parsed by :func:`coerce`. Fields in ``exclude`` are not accepted.
-    Returns ``{field: value}`` for the keys present, ready for ``cls(**values)``.
-    """
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in set(exclude)]
-    values = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigError(f"unknown key '{key}' ({origin}){did_you_mean(key, names)}")
-        values[key] = coerce(value, hints[key], key)
-    return values
-
-
-# ---------------------------------------------------------------- values
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _parse_literal_text(text: str) -> Any:
-    """A TOML value written on the command line (lists, quoted strings)."""
-    return tomllib.loads(f"v = {text}")["v"]
-
-
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` (a command-line string or a TOML value) as the field type ``tp``.
-
-    Raises :class:`ConfigError` naming ``key``, the expected type and the value.
-    """
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in args if a is not type(None)]
-        if type(None) in args and (
-            value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))
-        ):
-            return None
-        errors = []
-        for member in members:
-            try:
-                return coerce(value, member, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: cannot use {value!r} as {tp}")
-    if origin is Literal:
-        choices = args
-        candidate = value
-        if isinstance(value, str) and not all(isinstance(c, str) for c in choices):
-            try:
-                candidate = _parse_literal_text(value)
-            except Exception:
-                candidate = value
-        if candidate in choices and type(candidate) is type(
-            next(c for c in choices if c == candidate)
-        ):
-            return candidate
-        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}{suggestion}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            text = value.strip().replace("_", "")
-            try:
-                return int(text)
-            except ValueError:
-                pass
-            try:  # "1e6" is a fine way to write a step count
-                number = float(text)
-                if number.is_integer():
-                    return int(number)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip().replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    if origin in (list, tuple, dict) or tp in (list, tuple, dict):
-        container = origin or tp
-        if isinstance(value, str):
-            try:
-                value = _parse_literal_text(value)
-            except Exception as error:
-                raise ConfigError(
-                    f"{key} must be a {container.__name__} written as TOML, got {value!r}"
-                ) from error
-        if container is dict:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key} must be a table, got {value!r}")
-            return dict(value)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        item_types = [a for a in args if a is not Ellipsis]
-        items = [
-            coerce(v, item_types[0], f"{key}[{i}]") if item_types else v
-            for i, v in enumerate(value)
-        ]
-        return container(items)
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(f"{key} must be a path, got {value!r}")
-    if tp is Any:
-        return value
-    raise ConfigError(f"{key}: unsupported field type {tp}")
+    return option_keys(root)
 
 
 # ------------------------------------------------------------------ apply
-def _flatten(
-    table: dict, prefix: str = "", sections: dict[str, type] = SECTIONS
-) -> list[tuple[str, Any]]:
-    items: list[tuple[str, Any]] = []
-    for name, value in table.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict) and key in sections:
-            items.extend(_flatten(value, key + ".", sections))
-        else:
-            items.append((key, value))
-    return items
-
-
-def _read_file(
-    path: Path, seen: tuple[Path, ...] = (), sections: dict[str, type] = SECTIONS
-) -> list[tuple[str, Any, str]]:
-    """``(key, value, origin)`` entries of a TOML (or saved JSON) config, bases first."""
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"config files include each other: {' -> '.join(map(str, seen))}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.suffix == ".json":
-        table = json.loads(path.read_text())
-    else:
-        try:
-            with open(path, "rb") as handle:
-                table = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from error
-    entries: list[tuple[str, Any, str]] = []
-    base = table.pop("base", None)
-    if base is not None:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: 'base' must be a path string, got {base!r}")
-        entries.extend(_read_file(path.parent / base, (*seen, path), sections))
-    entries.extend((key, value, str(path)) for key, value in _flatten(table, "", sections))
-    return entries
-
-
-def _parse_override(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    key = key.strip().lstrip("-")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. model.n_layer=6)")
-    return key, value.strip()
-
-
-def _set(cfg: Any, key: str, value: Any, keys: dict[str, Any]) -> None:
+def _set(cfg: RunConfig, key: str, value: Any, keys: dict[str, Any]) -> None:
     target: Any = cfg
     name = key
     if "." in key:
@@ -383,25 +174,21 @@ def load_config(
     (naming the nearest valid one) and for values that do not parse as the
     field's type.
     """
-    sections = sections_of(root)
-    keys = valid_keys(root)
-    cfg = root()
-    entries: list[tuple[str, Any, str]] = (
-        [] if path is None else _read_file(Path(path), sections=sections)
-    )
-    for text in overrides:
-        key, value = _parse_override(text)
-        entries.append((key, value, "command line"))
+    entries: list[Entry] = [] if path is None else read_file(Path(path), sections(root))
+    entries += [(*parse_override(text), "command line") for text in overrides]
     if root is not RunConfig:
-        for key, value, origin in entries:
-            if key not in keys:
-                raise _unknown_key(key, keys, origin, sections)
-            _set(cfg, key, value, keys)
-        return _rebuild(cfg)
+        return _validated(build_options(root, entries))
+    return config_from_entries(entries)
+
+
+def config_from_entries(entries: list[Entry]) -> RunConfig:
+    """A resolved :class:`RunConfig` from ``(key, value, origin)`` entries applied in order."""
+    keys = valid_keys()
+    cfg = RunConfig()
     explicit_conventions: dict[str, tuple[Any, str]] = {}
     for key, value, origin in entries:
         if key not in keys:
-            raise _unknown_key(key, keys, origin)
+            raise unknown_key(key, keys, origin, tuple(SECTIONS))
         if key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
             explicit_conventions[key[6:]] = (coerce(value, keys[key], key), origin)
             continue
@@ -421,18 +208,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     values = dataclasses.asdict(cfg.model)
     for name in DATA_CONVENTIONS:
         values[name] = getattr(cfg.data, name)
-    data_values = dataclasses.asdict(cfg.data)
-    # The model decides how many channels an image has; a file that disagrees is skipped.
-    if data_values["channels"] is None:
-        data_values["channels"] = cfg.model.n_chan
-    elif data_values["channels"] != cfg.model.n_chan:
-        raise ConfigError(
-            f"data.channels={data_values['channels']} disagrees with model.n_chan="
-            f"{cfg.model.n_chan}: images must have the channels the model reads"
-        )
     try:
         cfg.model = GPTConfig(**values)
-        cfg.data = type(cfg.data)(**data_values)
+        cfg.data = type(cfg.data)(**dataclasses.asdict(cfg.data))
         cfg.optim = OptimConfig(**dataclasses.asdict(cfg.optim))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error
@@ -440,17 +218,15 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _rebuild(cfg: Any) -> Any:
-    """Re-run the sections' dataclass checks, then ``cfg.validate()`` (configs other than RunConfig)."""
-    try:
-        for name, cls in sections_of(type(cfg)).items():
-            setattr(cfg, name, cls(**dataclasses.asdict(getattr(cfg, name))))
-        if hasattr(cfg, "validate"):
+def _validated(cfg: Any) -> Any:
+    """``cfg`` after its ``validate()`` method (configs other than RunConfig), errors as ConfigError."""
+    if hasattr(cfg, "validate"):
+        try:
             cfg.validate()
-    except (TypeError, ValueError) as error:
-        if isinstance(error, ConfigError):
+        except ConfigError:
             raise
-        raise ConfigError(str(error)) from error
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from error
     return cfg
 
 
@@ -484,56 +260,21 @@ def validate(cfg: RunConfig) -> None:
 
 def config_from_dict(values: dict, root: type = RunConfig) -> Any:
     """Rebuild a :class:`RunConfig` (or ``root``) from its ``to_dict`` output (checked like a file)."""
-    sections = sections_of(root)
-    keys = valid_keys(root)
-    cfg = root()
-    for key, value in _flatten(values, "", sections):
+    entries = [(key, value, "dict") for key, value in flatten(values, sections(root))]
+    if root is not RunConfig:
+        return _validated(build_options(root, entries))
+    keys = valid_keys()
+    cfg = RunConfig()
+    for key, value, origin in entries:
         if key not in keys:
-            raise _unknown_key(key, keys, "dict", sections)
-        if root is RunConfig and key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
+            raise unknown_key(key, keys, origin, tuple(SECTIONS))
+        if key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
             continue  # derived from data.* by resolve()
         _set(cfg, key, value, keys)
-    return resolve(cfg) if root is RunConfig else _rebuild(cfg)
-
-
-def _field_notes(cls: type) -> dict[str, str]:
-    """The comment written beside (or just above) each field in ``cls``'s source."""
-    import inspect
-    import re
-
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    notes: dict[str, str] = {}
-    above: list[str] = []
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            above.append(stripped.lstrip("#: ").strip())
-            continue
-        match = re.match(r"(\w+)\s*:[^=]*(?:=.*?)?(?:#\s*(.*))?$", stripped)
-        if match and not stripped.startswith(("def ", "class ", "@")):
-            note = match.group(2) or " ".join(above)
-            if note:
-                notes[match.group(1)] = note
-        above = []
-    return notes
+    return resolve(cfg)
 
 
 def describe_keys(root: type = RunConfig) -> str:
     """Every key with its type, default and note (the ``--help`` listing)."""
-    sections = sections_of(root)
-    defaults = _flatten(dataclasses.asdict(root()), "", sections)
-    keys = valid_keys(root)
-    notes = {name: note for name, note in _field_notes(root).items()}
-    for section, cls in sections.items():
-        notes.update({f"{section}.{k}": v for k, v in _field_notes(cls).items()})
-    lines = []
-    for key, default in defaults:
-        if root is RunConfig and key.startswith("model.") and key[6:] in DATA_CONVENTIONS:
-            continue
-        lines.append(f"  {key} ({_type_name(keys[key])}, default {default!r})")
-        if key in notes:
-            lines.append(f"      {notes[key]}")
-    return "\n".join(lines)
+    skip = tuple(f"model.{name}" for name in DATA_CONVENTIONS) if root is RunConfig else ()
+    return describe_options(root, skip=skip)

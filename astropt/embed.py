@@ -41,7 +41,6 @@ same ``torchrun`` command, with the same number of processes, to resume.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -52,7 +51,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -60,11 +59,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from astropt.data.config import SOURCES
 from astropt.device import native_bf16, resolve_device
 from astropt.display import percentile_stretch, survey_colour_order
 from astropt.io import atomic_write, atomic_write_text
 from astropt.model import Pool
+from astropt.options import Command, run_command
 
 FORMAT = "astropt-embeddings/1"
 MANIFEST = "_manifest.json"
@@ -1023,130 +1022,117 @@ def export_baselines_for(path: str | Path, **overrides) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------- command line
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+#: Data options a checkpoint decides (its conventions) or an export fixes (no augmentation).
+MODEL_DECIDES = ("patch_size", "order", "transpose_hw", "augment")
+
+#: The older flag spellings of the model/data keys shared by ``embed`` and ``sample``.
+MODEL_DATA_FLAGS = {
+    "--data": "data.path",
+    "--source": "data.source",
+    "--image-size": "data.image_size",
+    "--num-workers": "data.num_workers",
+    "--data-opt": "data.",
+}
 
 
-def add_model_data_arguments(parser: argparse.ArgumentParser, split: str = "test") -> None:
-    """The ``--checkpoint/--data/--source/--split/--image-size`` options shared by the CLIs."""
-    parser.add_argument(
-        "--checkpoint", required=True, help="run folder, model folder, AstroPT ckpt.pt or Hub id"
-    )
-    parser.add_argument(
-        "--data",
-        default="",
-        help="survey folder, parquet dir/glob, Hub name or image folder; '' = synthetic on the fly",
-    )
-    parser.add_argument("--source", default="auto", choices=["auto", *SOURCES])
-    parser.add_argument("--split", default=split)
-    parser.add_argument("--image-size", type=int, default=None, help="centre crop side in pixels")
+def model_data_section():
+    """The ``data`` options of a command that reads galaxies for a trained model.
+
+    Any :class:`~astropt.data.DataConfig` key except those the checkpoint decides
+    (:data:`MODEL_DECIDES`); ``data.source=auto`` guesses the source from ``data.path``.
+    """
+    from astropt.data import DataConfig
+    from astropt.options import partial_section
+
+    return partial_section(DataConfig, exclude=MODEL_DECIDES, source="auto")
 
 
-def data_config_from_args(model, args: argparse.Namespace, **fields):
-    """The :class:`DataConfig` the options of :func:`add_model_data_arguments` describe, for ``model``."""
+def data_config_from_options(model, data: dict[str, Any]):
+    """The :class:`DataConfig` of a ``data`` section (:func:`model_data_section`) for ``model``."""
     from astropt.data import guess_source
 
-    source = guess_source(args.data) if args.source == "auto" else args.source
-    return data_config_for(
-        model, source=source, path=args.data, image_size=args.image_size, **fields
-    )
+    fields = dict(data)
+    if fields.get("source", "auto") == "auto":
+        fields["source"] = guess_source(fields.get("path", ""))
+    return data_config_for(model, **fields)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m astropt.embed",
-        description="Embed galaxies with a model and write a resumable parquet export "
-        "(id, catalogue columns, embedding). Rerun the same command to resume.",
-    )
-    add_model_data_arguments(parser)
-    parser.add_argument("--out", required=True, help="output export folder, e.g. emb.parquet")
-    parser.add_argument(
-        "--layer",
-        default=None,
-        help="final | middle | block index (default: the model's embed_layer)",
-    )
-    parser.add_argument("--pool", default="mean", choices=["mean", "prefix", "last"])
-    parser.add_argument("--prefix", type=int, default=None, help="tokens averaged by --pool prefix")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--rows-per-part", type=int, default=DEFAULT_ROWS_PER_PART)
-    parser.add_argument(
-        "--thumbnails",
-        type=int,
-        default=0,
-        metavar="S",
-        help="store SxS RGB thumbnails (UMAP stamp panels)",
-    )
-    parser.add_argument(
-        "--random-init",
-        action="store_true",
-        help="embed with fresh weights of the checkpoint's architecture",
-    )
-    parser.add_argument(
-        "--baselines",
-        action="store_true",
-        help="also write the pixel-PCA and random-init baselines beside --out",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of --random-init and the baselines"
-    )
-    parser.add_argument(
-        "--data-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other DataConfig field",
-    )
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser  # fmt: skip
+@dataclasses.dataclass
+class EmbedOptions:
+    """Options of ``astropt embed`` (``python -m astropt.embed``)."""
+
+    checkpoint: str  # run folder, model folder, AstroPT ckpt.pt or Hub id
+    out: str  # output export folder, e.g. emb.parquet
+    split: str = "test"  # data split to embed
+    layer: str | None = None  # final | middle | block index (default: the model's embed_layer)
+    pool: Pool = "mean"  # how token outputs become one vector
+    prefix: int | None = None  # tokens averaged by pool=prefix
+    batch_size: int = 256
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where native
+    max_samples: int | None = None  # embed only the first N galaxies of the split
+    rows_per_part: int = DEFAULT_ROWS_PER_PART  # rows per parquet part (the resume unit)
+    thumbnails: int = 0  # store SxS RGB thumbnails (UMAP stamp panels); 0: none
+    random_init: bool = False  # embed with fresh weights of the checkpoint's architecture
+    baselines: bool = False  # also write the pixel-PCA and random-init baselines beside out
+    seed: int = 0  # seed of random_init and the baselines
+    overwrite: bool = False  # replace an export made with other settings
+    progress: bool = True  # progress bar
+    # where the galaxies come from: path ('' = synthetic on the fly), source, image_size, ...
+    data: dict[str, Any] = model_data_section()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_embed(opts: EmbedOptions) -> int:
+    """Embed the split the options name; write the export (and baselines)."""
     from astropt.hub import load_model
 
-    model = load_model(args.checkpoint)
-    fields: dict[str, Any] = {"num_workers": args.num_workers}
-    for item in args.data_opt:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--data-opt expects KEY=VALUE, got {item!r}")
-        fields[key] = _parse_value(value)
-    data_cfg = data_config_from_args(model, args, **fields)
+    model = load_model(opts.checkpoint)
+    data_cfg = data_config_from_options(model, opts.data)
     kind = "model"
-    if args.random_init:
-        model, kind = random_init_like(model, args.seed), "random-init"
+    if opts.random_init:
+        model, kind = random_init_like(model, opts.seed), "random-init"
     options = {
-        "layer": args.layer,
-        "pool": args.pool,
-        "prefix": args.prefix,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "dtype": args.dtype,
-        "rows_per_part": args.rows_per_part,
-        "max_samples": args.max_samples,
-        "overwrite": args.overwrite,
-        "progress": not args.no_progress,
+        "layer": opts.layer,
+        "pool": opts.pool,
+        "prefix": opts.prefix,
+        "batch_size": opts.batch_size,
+        "device": opts.device,
+        "dtype": opts.dtype,
+        "rows_per_part": opts.rows_per_part,
+        "max_samples": opts.max_samples,
+        "overwrite": opts.overwrite,
+        "progress": opts.progress,
     }
     out = export_embeddings(
-        model, data_cfg, args.out, args.split, kind=kind, checkpoint=str(args.checkpoint),
-        thumbnails=args.thumbnails, **options,
+        model, data_cfg, opts.out, opts.split, kind=kind, checkpoint=str(opts.checkpoint),
+        thumbnails=opts.thumbnails, **options,
     )  # fmt: skip
     ids, emb, _ = read_embeddings(out)
     print(f"wrote {len(ids)} embeddings of width {emb.shape[1]} to {out}", file=sys.stderr)
-    if args.baselines:
+    if opts.baselines:
         for name, path in export_baselines(
-            model, data_cfg, out, args.split, seed=args.seed, **options
+            model, data_cfg, out, opts.split, seed=opts.seed, **options
         ).items():
             print(f"wrote the {name} baseline to {path}", file=sys.stderr)
     return 0
+
+
+COMMAND = Command(
+    EmbedOptions,
+    run_embed,
+    "Embed galaxies with a model and write a resumable parquet export "
+    "(id, catalogue columns, embedding). Rerun the same command to resume.",
+    flags=MODEL_DATA_FLAGS,
+    examples=(
+        "astropt embed checkpoint=runs/x data.path=runs/survey out=emb.parquet baselines=true",
+        "python -m astropt.embed --checkpoint runs/x --data runs/survey --out emb.parquet",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m astropt.embed`` (the same as ``astropt embed``)."""
+    return run_command(COMMAND, argv, "python -m astropt.embed")
 
 
 if __name__ == "__main__":

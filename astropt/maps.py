@@ -16,6 +16,7 @@ export's data source (read again by id with the data pipeline).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from astropt.options import Command, run_command
 
 # AstroPT's figure: absolute magnitudes, sSFR, stellar mass, redshift, Galaxy Zoo answers.
 DEFAULT_MAP_PROPERTIES = (
@@ -301,3 +304,60 @@ def _style(ax) -> None:
     ax.set_xlabel("UMAP 1", fontsize=8)
     ax.set_ylabel("UMAP 2", fontsize=8)
     ax.tick_params(labelsize=7)
+
+
+# --------------------------------------------------------------------------- command line
+@dataclass
+class MapsOptions:
+    """Options of ``astropt maps`` (``python probe/umap_maps.py``)."""
+
+    embeddings: str  # embedding export (folder or parquet file)
+    out: str = "umap.png"  # PNG path; coordinates go to <out stem>_coords.csv
+    # catalogue columns, one panel each (default: magnitudes, sSFR, mass, redshift, morphology)
+    properties: list[str] | None = None
+    seed: int = 0  # UMAP random state and subsample seed
+    max_points: int = 20000  # galaxies mapped at most (a seeded subsample beyond)
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    gridsize: int = 30  # hexagons across
+    stamps: bool = True  # add the panel of example stamps
+    stamp_grid: int = 8  # stamps at most G x G
+
+
+def run_maps(opts: MapsOptions) -> int:
+    """Write the UMAP panels and coordinates of an export."""
+    result = make_maps(
+        opts.embeddings,
+        opts.out,
+        opts.properties,
+        seed=opts.seed,
+        max_points=opts.max_points,
+        n_neighbors=opts.n_neighbors,
+        min_dist=opts.min_dist,
+        gridsize=opts.gridsize,
+        stamps=opts.stamps,
+        stamp_grid=opts.stamp_grid,
+    )
+    print(
+        f"{len(result.ids)} galaxies, {result.n_panels} panels -> {result.path} "
+        f"(coordinates: {result.coords_path})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+COMMAND = Command(
+    MapsOptions,
+    run_maps,
+    "UMAP maps of an embedding export: hexbin panels coloured by properties, plus stamps.",
+    positional=("embeddings",),
+    examples=(
+        "astropt maps emb.parquet out=report/umap.png",
+        "python probe/umap_maps.py emb.parquet --out report/umap.png --no-stamps",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python probe/umap_maps.py`` (the same as ``astropt maps``)."""
+    return run_command(COMMAND, argv, "python probe/umap_maps.py")

@@ -24,14 +24,17 @@ Entry point: :func:`run_probe_suite` (also behind ``probe/linear_probe.py`` and
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
+
+from astropt.options import Command, run_command
 
 Task = Literal["regression", "classification"]
 HEADLINE = {"regression": "r2", "classification": "balanced_accuracy"}
@@ -795,3 +798,92 @@ def discover_embeddings(path: str | Path) -> dict[str, Path | None]:
     for name, candidate in baseline_paths(path).items():
         found[name] = candidate if candidate.exists() else None
     return found
+
+
+# --------------------------------------------------------------------------- command line
+@dataclass
+class ProbeOptions:
+    """Options of ``astropt probe`` (``python probe/linear_probe.py``)."""
+
+    embeddings: str  # embedding export (folder or parquet file)
+    out: str = "report"  # report folder
+    pca: str | None = None  # pixel-PCA baseline export (default: beside the export)
+    random: str | None = None  # random-init baseline export (default: beside the export)
+    baselines: bool = True  # false: probe the model's embeddings only
+    # columns, 'col>0.5' thresholds, 'col:regression' (default: every numeric column)
+    targets: list[str] | None = None
+    seed: int = 0
+    test_fraction: float = 0.2
+    folds: int = 5  # k of the k-fold CV on the training part
+    # training-set sizes of the label-efficiency curves, e.g. 30,100,all ('' to skip)
+    label_sizes: list[str] = field(
+        default_factory=lambda: ["30", "100", "300", "1000", "3000", "all"]
+    )
+    label_targets: list[str] | None = None  # targets with label-efficiency curves ('all')
+    threads: int = 1  # BLAS threads of the fits
+
+    def __post_init__(self) -> None:
+        for size in self.label_sizes:
+            if size not in ("all", "") and not size.isdigit():
+                raise ValueError(f"label_sizes: {size!r} is neither a count nor 'all'")
+
+
+def run_probe(opts: ProbeOptions) -> int:
+    """Probe an export and its baselines; write the report; print the headline table."""
+    from astropt.embed import export_baselines_for, read_manifest
+
+    sets = discover_embeddings(opts.embeddings)
+    if opts.pca:
+        sets["pca"] = Path(opts.pca)
+    if opts.random:
+        sets["random"] = Path(opts.random)
+    if not opts.baselines:
+        sets = {"model": sets["model"]}
+    missing = tuple(name for name, path in sets.items() if path is None)
+    if missing:
+        meta = (read_manifest(opts.embeddings) or {}).get("meta", {})
+        if "model_config" in meta:
+            print(f"computing the {' and '.join(missing)} baseline(s)", file=sys.stderr)
+            sets.update(export_baselines_for(opts.embeddings, which=missing, seed=opts.seed))
+        else:
+            print(
+                f"no {' or '.join(missing)} baseline beside {opts.embeddings} and no record of "
+                "its model and data to compute them: probing without",
+                file=sys.stderr,
+            )
+    label_targets = opts.label_targets
+    if label_targets == ["all"]:
+        label_targets = "all"
+    sizes = [None if size in ("all", "") else int(size) for size in opts.label_sizes]
+    summary = run_probe_suite(
+        sets,
+        opts.out,
+        targets=opts.targets,
+        seed=opts.seed,
+        test_fraction=opts.test_fraction,
+        folds=opts.folds,
+        label_sizes=[s for s in sizes if s != 0] or None,
+        label_targets=label_targets,
+        threads=opts.threads,
+        progress=True,
+    )
+    print(markdown_table(summary))
+    print(f"report: {Path(opts.out) / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+COMMAND = Command(
+    ProbeOptions,
+    run_probe,
+    "Linear probes of an embedding export, with baselines and label-efficiency curves.",
+    positional=("embeddings",),
+    examples=(
+        "astropt probe emb.parquet out=report/ label_sizes=30,all",
+        "python probe/linear_probe.py emb.parquet --out report/ --label-sizes 30,all",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python probe/linear_probe.py`` (the same as ``astropt probe``)."""
+    return run_command(COMMAND, argv, "python probe/linear_probe.py")

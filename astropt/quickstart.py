@@ -21,15 +21,14 @@ finished steps (a half-done training run resumes from its last checkpoint).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.toml"
+from astropt.options import Command, resolve_config_path, run_command
 
 #: Probe targets that the scientific bar names explicitly (issue: stellar mass,
 #: sSFR or colour, redshift, half-light radius and the Galaxy10-style class).
@@ -292,22 +291,45 @@ def _embed_markdown(text: str, link_prefix: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Run the astropt science loop end to end on the built-in synthetic survey."
-    )
-    parser.add_argument(
-        "--out", default="runs/quickstart", help="run folder (default: %(default)s)"
-    )
-    parser.add_argument("--fast", action="store_true", help="tiny sizes, for the test suite")
-    parser.add_argument("--config", default=str(REPO_CONFIG), help="training config TOML")
-    parser.add_argument(
-        "overrides", nargs="*", help="extra training overrides such as model.n_layer=6"
-    )
-    args = parser.parse_args(argv)
-    settings = FAST if args.fast else FULL
-    Quickstart(Path(args.out), settings, Path(args.config), args.overrides).run()
+@dataclass
+class QuickstartOptions:
+    """Options of ``astropt quickstart`` (``python -m astropt.quickstart``)."""
+
+    out: str = "runs/quickstart"  # run folder (survey, model, embeddings, report, REPORT.md)
+    fast: bool = False  # tiny sizes, for the test suite
+    config: str = "configs/quickstart.toml"  # training config (the shipped one from any folder)
+    # training overrides such as model.n_layer=6 (any training key=value given here lands in it)
+    overrides: list[str] = field(default_factory=list)
+
+
+def run_quickstart(opts: QuickstartOptions) -> int:
+    """Run (or finish) the science loop into ``opts.out``."""
+    settings = FAST if opts.fast else FULL
+    Quickstart(Path(opts.out), settings, resolve_config_path(opts.config), opts.overrides).run()
     return 0
+
+
+def _training_keys():
+    from astropt.config import valid_keys
+
+    return valid_keys()
+
+
+COMMAND = Command(
+    QuickstartOptions,
+    run_quickstart,
+    "Run the astropt science loop end to end on the built-in synthetic survey.",
+    forward=("overrides", _training_keys),
+    examples=(
+        "astropt quickstart out=runs/quickstart",
+        "python -m astropt.quickstart --out runs/quickstart --fast model.n_layer=2",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m astropt.quickstart`` (the same as ``astropt quickstart``)."""
+    return run_command(COMMAND, argv, "python -m astropt.quickstart")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "astropt"
 
 #: Bottom to top. Each row is one layer; a module may import its own row and the rows above it.
 LAYERS: list[tuple[str, ...]] = [
-    ("astropt.io", "astropt.device", "astropt.display"),  # leaves: no astropt imports
+    (
+        "astropt.io",
+        "astropt.device",
+        "astropt.display",
+        "astropt.options",
+    ),  # leaves: no astropt imports
     ("astropt.tokens",),
     ("astropt.model",),
     ("astropt.interop",),

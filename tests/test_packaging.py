@@ -121,3 +121,14 @@ def test_installed_package_runs_from_any_folder(tmp_path):
     shown = run(sys.executable, str(script), "train", "configs/quickstart.toml", "--print-config")
     assert shown.returncode == 0, shown.stderr
     assert '"n_layer": 4' in shown.stdout  # read from the packaged quickstart.toml
+    survey = run(
+        sys.executable, str(script), "survey", "--out", "s", "--n", "12", "--image-size", "64",
+        "--quiet",
+    )  # fmt: skip
+    assert survey.returncode == 0, survey.stderr
+    assert sorted(p.name for p in (elsewhere / "s").iterdir()) == [
+        "survey.json",
+        "test",
+        "train",
+        "validation",
+    ]

@@ -1,24 +1,34 @@
-"""The survey folder: parquet shards in the ``Smith42/galaxies`` schema, and a montage."""
+"""The survey folder: parquet shards in the ``Smith42/galaxies`` schema, a montage, ``astropt survey``."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from astropt.options import Command, run_command
 from astropt.simulate.spec import (
     _F32,
     BANDS,
     DR8,
     GALAXY10_CLASSES,
+    IMAGE_SIZES,
     LABEL_COLUMNS,
     SIM_VERSION,
     SurveySpec,
 )
-from astropt.simulate.stamps import _check_size, encode_jpeg, iter_render, to_rgb_uint8
+from astropt.simulate.stamps import (
+    _check_size,
+    encode_jpeg,
+    iter_render,
+    make_stamps,
+    to_rgb_uint8,
+)
 
 SPLITS = ("train", "validation", "test")
 
@@ -287,3 +297,78 @@ def montage(
         )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG", optimize=True)
+
+
+# --------------------------------------------------------------------------- command line
+@dataclass
+class SurveyOptions:
+    """Options of ``astropt survey`` (``python data/make_synthetic_survey.py``)."""
+
+    out: str | None = None  # output folder (must be empty unless overwrite)
+    n: int = 10000  # number of galaxies
+    image_size: int = 256  # stamp side in pixels at 0.262 arcsec/pixel (64, 128, 256 or 512)
+    seed: int = 0  # survey seed
+    workers: int = 1  # worker processes
+    float_bands: bool = False  # also store the float g, r, z images (nanomaggies) as flux_grz
+    shard_size: int | None = None  # galaxies per shard (None: 1000)
+    overwrite: bool = False  # replace an existing survey
+    montage: str | None = None  # also write a labelled PNG grid of galaxies 0-63 here
+    quiet: bool = False  # no progress bar
+
+    def __post_init__(self) -> None:
+        if self.out is None and self.montage is None:
+            raise ValueError("give out=DIR (and/or montage=PNG)")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size}")
+        for name, lowest in (("n", 1), ("workers", 1), ("seed", 0), ("shard_size", 1)):
+            value = getattr(self, name)
+            if value is not None and value < lowest:
+                raise ValueError(f"{name} must be >= {lowest}, got {value}")
+
+
+def run_survey(opts: SurveyOptions) -> int:
+    """Write the survey (and/or the montage) the options describe."""
+    if opts.montage:
+        rgb, _, labels = make_stamps(64, opts.image_size, opts.seed)
+        montage(rgb, labels, opts.montage)
+        print(f"wrote {opts.montage}")
+    if opts.out:
+        start = time.perf_counter()
+        try:
+            meta = write_survey(
+                opts.out,
+                opts.n,
+                opts.image_size,
+                opts.seed,
+                workers=opts.workers,
+                float_bands=opts.float_bands,
+                shard_size=opts.shard_size,
+                overwrite=opts.overwrite,
+                progress=not opts.quiet,
+            )
+        except (FileExistsError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        seconds = time.perf_counter() - start
+        splits = ", ".join(f"{k} {v}" for k, v in meta["splits"].items())
+        print(f"wrote {opts.n} stamps ({splits}) to {opts.out} in {seconds:.1f} s")
+    return 0
+
+
+COMMAND = Command(
+    SurveyOptions,
+    run_survey,
+    "Write the built-in synthetic survey (DESI Legacy Survey DR8-like grz stamps) to parquet: "
+    "OUT/{train,validation,test}/shard-NNNNN.parquet in the Smith42/galaxies schema plus "
+    "OUT/survey.json. The pixel scale is always DR8's 0.262 arcsec: image_size changes the "
+    "field of view, not the resolution. Galaxy i depends only on (seed, i).",
+    examples=(
+        "astropt survey out=runs/survey n=10000 image_size=128 seed=0 workers=2",
+        "python data/make_synthetic_survey.py --out runs/survey --n 10000 --image-size 128 --seed 0",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python data/make_synthetic_survey.py`` (the same as ``astropt survey``)."""
+    return run_command(COMMAND, argv, "python data/make_synthetic_survey.py")

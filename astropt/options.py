@@ -660,13 +660,44 @@ def _describe(command: Command, spelled: Mapping[str, str]) -> str:
     return describe_options(command.options, skip=command.skip_keys, spellings=spelled)
 
 
-def run_command(command: Command, argv: list[str] | None, prog: str) -> int:
+@dataclass(frozen=True)
+class CommandGroup:
+    """Commands under one name, picked by the first argument (``astropt scaling run ...``)."""
+
+    description: str
+    commands: Mapping[str, Command]
+
+
+def group_help(group: CommandGroup, prog: str) -> str:
+    width = max(map(len, group.commands))
+    lines = [f"usage: {prog} {{{','.join(group.commands)}}} ...", "", group.description, ""]
+    lines += [
+        f"  {name:<{width}}  {command.description.split('. ')[0]}"
+        for name, command in group.commands.items()
+    ]
+    lines += ["", f"{prog} NAME --help lists the keys of each."]
+    return "\n".join(lines)
+
+
+def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: str) -> int:
     """Parse ``argv`` for ``command`` and run it; returns the exit status.
 
     ``--help`` prints every key; a config problem prints one line
-    ``PROG: error: ...`` and returns 2.
+    ``PROG: error: ...`` and returns 2. A :class:`CommandGroup` takes the
+    command's name first.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if isinstance(command, CommandGroup):
+        if not argv or argv[0] in ("-h", "--help"):
+            print(group_help(command, prog), file=sys.stdout if argv else sys.stderr)
+            return 0 if argv else 2
+        name, rest = argv[0], argv[1:]
+        if name not in command.commands:
+            hint = nearest_key(name, list(command.commands))
+            suggestion = f"; did you mean '{hint}'?" if hint else ""
+            print(f"{prog}: error: unknown command '{name}'{suggestion}", file=sys.stderr)
+            return 2
+        return run_command(command.commands[name], rest, f"{prog} {name}")
     if "-h" in argv or "--help" in argv:
         print(command_help(command, prog))
         return 0

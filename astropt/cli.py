@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "maps": ("astropt.maps", "UMAP maps coloured by catalogue properties"),
     "sample": ("astropt.generate", "complete galaxies from their central patches"),
     "survey": ("astropt.simulate.writer", "write the built-in synthetic survey"),
-    "scaling": ("astropt.scaling", "scaling-law studies: run, probe, fit"),
+    "scaling": ("astropt.scaling.cli", "scaling-law studies: run, probe, fit"),
     "quickstart": ("astropt.quickstart", "the whole science loop on the synthetic survey"),
 }
 

@@ -64,7 +64,6 @@ galaxies, parameters without the positional table.
 """
 
 from astropt.scaling.cli import (
-    build_parser,
     main,
 )
 from astropt.scaling.fit import (
@@ -127,7 +126,6 @@ __all__ = [
     "Sweep",
     "TrainFn",
     "append_result",
-    "build_parser",
     "build_run",
     "compute_points",
     "data_points",

@@ -1,15 +1,16 @@
-"""``python -m astropt.scaling run|probe|fit`` (see the package docstring)."""
+"""``astropt scaling run|probe|fit`` (``python -m astropt.scaling``; see the package docstring)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import Literal
 
+from astropt.options import Command, CommandGroup, resolve_config_path, run_command
 from astropt.scaling.fit import fit_study, format_report
 from astropt.scaling.ladder import Sweep, load_ladder
 from astropt.scaling.plots import plot_study
@@ -17,132 +18,121 @@ from astropt.scaling.probing import probe_results
 from astropt.scaling.results import _json_default, read_results
 from astropt.scaling.runner import ProbeChoice, run_study
 
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(float(v)) for v in text.split(",") if v.strip()]
+#: Rows ``astropt scaling probe`` probes: one sweep, or all.
+ProbeSweep = Literal[Sweep, "all"]
 
 
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+@dataclass
+class StudyOptions:
+    """Options of ``astropt scaling run``."""
+
+    ladder: str  # ladder TOML (e.g. configs/scaling/cpu)
+    out: str | None = None  # run folders and results.jsonl (default runs/scaling/LADDER)
+    results: str | None = None  # results JSONL (default OUT/results.jsonl)
+    budgets: list[float] | None = None  # FLOPs, comma separated (e.g. 1e11,3e11)
+    data_sizes: list[int] | None = None  # training galaxies of the data sweep ('': no sweep)
+    data_rung: str | None = None  # shape of the data sweep
+    data_budget: float | None = None  # FLOPs of the data sweep runs
+    rungs: list[str] | None = None  # only these rungs (comma separated)
+    seeds: list[int] | None = None  # seeds (comma separated; default the ladder's)
+    probe: ProbeChoice | None = None  # embed and probe each finished run: all, or compute only
+    threads: int | None = None  # torch CPU threads (1 is fastest on a shared machine)
+    dry_run: bool = False  # print the plan, train nothing
+    # training key=value for every run (a training key given directly lands here too)
+    overrides: list[str] = field(default_factory=list)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m astropt.scaling",
-        description="Scaling study: train a ladder of shapes over compute budgets and "
-        "data sizes, then fit L = L_inf + A * x^-alpha in compute, data and parameters.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+@dataclass
+class ProbeRunsOptions:
+    """Options of ``astropt scaling probe``."""
 
-    run = sub.add_parser("run", help="train the planned runs missing from the results file")
-    run.add_argument("--ladder", required=True, help="ladder TOML (e.g. configs/scaling/cpu)")
-    run.add_argument("--out", help="run folders and results.jsonl (default runs/scaling/LADDER)")
-    run.add_argument("--results", help="results JSONL (default OUT/results.jsonl)")
-    run.add_argument("--budgets", type=_floats, help="FLOPs, comma separated (e.g. 1e11,3e11)")
-    run.add_argument(
-        "--data-sizes", type=_ints, help='training galaxies of the data sweep ("": no sweep)'
-    )
-    run.add_argument("--data-rung", help="shape of the data sweep")
-    run.add_argument("--data-budget", type=float, help="FLOPs of the data sweep runs")
-    run.add_argument("--rungs", type=_names, help="only these rungs (comma separated)")
-    run.add_argument("--seeds", type=_ints, help="seeds (comma separated; default the ladder's)")
-    run.add_argument(
-        "--probe",
-        choices=get_args(ProbeChoice),
-        help="embed and probe each finished run: all, or the compute sweep only",
-    )
-    run.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (1 is fastest on a shared, oversubscribed machine)",
-    )
-    run.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
-    run.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-
-    probe = sub.add_parser("probe", help="probe finished runs of a results file afterwards")
-    probe.add_argument("results", help="results JSONL written by `run`")
-    probe.add_argument(
-        "--sweep", default="compute", choices=[*get_args(Sweep), "all"], help="rows to probe"
-    )
-    probe.add_argument("--force", action="store_true", help="probe rows that have scores too")
-    probe.add_argument("--threads", type=int, help="torch CPU threads")
-
-    fit = sub.add_parser("fit", help="fit the power laws and draw the figures")
-    fit.add_argument("results", help="results JSONL written by `run`")
-    fit.add_argument("--out", help="folder for fit.json and PNGs (default: beside RESULTS)")
-    fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap refits (default 1000)")
-    fit.add_argument("--ci", type=float, default=0.95, help="interval coverage (default 0.95)")
-    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    fit.add_argument(
-        "--no-curves",
-        action="store_true",
-        help="frontier from final losses only (default: learning curves too)",
-    )
-    fit.add_argument(
-        "--curve-from",
-        type=float,
-        default=0.25,
-        help="learning-curve points count from this fraction of each run's compute (0.25)",
-    )
-    fit.add_argument("--data-rung", help="data sweep to fit (default: the one with most runs)")
-    fit.add_argument("--data-budget", type=float, help="budget of the data sweep to fit")
-    return parser
+    results: str  # results JSONL written by `run`
+    sweep: ProbeSweep = "compute"  # rows to probe
+    force: bool = False  # probe rows that have scores too
+    threads: int | None = None  # torch CPU threads
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@dataclass
+class FitOptions:
+    """Options of ``astropt scaling fit``."""
+
+    results: str  # results JSONL written by `run`
+    out: str | None = None  # folder for fit.json and PNGs (default: beside results)
+    n_boot: int = 1000  # bootstrap refits
+    ci: float = 0.95  # interval coverage
+    seed: int = 0  # bootstrap seed
+    curves: bool = True  # learning curves too (false: frontier from final losses only)
+    curve_from: float = 0.25  # learning-curve points count from this fraction of each run's compute
+    data_rung: str | None = None  # data sweep to fit (default: the one with most runs)
+    data_budget: float | None = None  # budget of the data sweep to fit
+
+
+def _logging(threads: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.command == "run":
-        if args.threads:
-            import torch
+    if threads:
+        import torch
 
-            torch.set_num_threads(args.threads)
-        ladder = load_ladder(args.ladder)
-        out = Path(args.out) if args.out else Path("runs") / "scaling" / ladder.name
-        run_study(
-            ladder,
-            out,
-            budgets=args.budgets,
-            data_sizes=args.data_sizes,
-            data_rung=args.data_rung,
-            data_budget=args.data_budget,
-            seeds=args.seeds,
-            rungs=args.rungs,
-            results=args.results,
-            overrides=args.overrides,
-            probe=args.probe or False,
-            dry_run=args.dry_run,
-        )
-        return 0
+        torch.set_num_threads(threads)
 
-    if args.command == "probe":
-        if args.threads:
-            import torch
 
-            torch.set_num_threads(args.threads)
-        sweep = None if args.sweep == "all" else args.sweep
-        count = probe_results(args.results, sweep=sweep, force=args.force)
-        print(f"probed {count} runs of {args.results}")
-        return 0
+def _ladder_path(name: str) -> Path:
+    """The ladder file ``name`` names: as given, or the shipped one (also without ``.toml``)."""
+    path = resolve_config_path(name)
+    if not path.exists() and path.suffix != ".toml":
+        with_suffix = resolve_config_path(f"{name}.toml")
+        if with_suffix.exists():
+            return with_suffix
+    return path
 
-    rows = read_results(args.results)
+
+def run_scaling_study(opts: StudyOptions) -> int:
+    """Train the planned runs missing from the results file."""
+    _logging(opts.threads)
+    ladder = load_ladder(_ladder_path(opts.ladder))
+    out = Path(opts.out) if opts.out else Path("runs") / "scaling" / ladder.name
+    run_study(
+        ladder,
+        out,
+        budgets=opts.budgets,
+        data_sizes=opts.data_sizes,
+        data_rung=opts.data_rung,
+        data_budget=opts.data_budget,
+        seeds=opts.seeds,
+        rungs=opts.rungs,
+        results=opts.results,
+        overrides=opts.overrides,
+        probe=opts.probe or False,
+        dry_run=opts.dry_run,
+    )
+    return 0
+
+
+def run_probe_runs(opts: ProbeRunsOptions) -> int:
+    """Probe finished runs of a results file."""
+    _logging(opts.threads)
+    sweep = None if opts.sweep == "all" else opts.sweep
+    count = probe_results(opts.results, sweep=sweep, force=opts.force)
+    print(f"probed {count} runs of {opts.results}")
+    return 0
+
+
+def run_fit(opts: FitOptions) -> int:
+    """Fit the power laws of a results file and draw the figures."""
+    _logging(None)
+    rows = read_results(opts.results)
     if not rows:
-        print(f"no rows in {args.results}", file=sys.stderr)
+        print(f"no rows in {opts.results}", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else Path(args.results).parent
+    out = Path(opts.out) if opts.out else Path(opts.results).parent
     fit = fit_study(
         rows,
-        n_boot=args.n_boot,
-        ci=args.ci,
-        seed=args.seed,
-        use_curves=not args.no_curves,
-        curve_from=args.curve_from,
-        data_rung=args.data_rung,
-        data_budget=args.data_budget,
+        n_boot=opts.n_boot,
+        ci=opts.ci,
+        seed=opts.seed,
+        use_curves=opts.curves,
+        curve_from=opts.curve_from,
+        data_rung=opts.data_rung,
+        data_budget=opts.data_budget,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit.json").write_text(json.dumps(fit, indent=2, default=_json_default) + "\n")
@@ -150,3 +140,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(fit))
     print(f"\nwrote {out / 'fit.json'} and {', '.join(p.name for p in paths)}")
     return 0
+
+
+def _training_keys():
+    from astropt.config import valid_keys
+
+    return valid_keys()
+
+
+COMMAND = CommandGroup(
+    "Scaling study: train a ladder of shapes over compute budgets and data sizes, then fit "
+    "L = L_inf + A * x^-alpha in compute, data and parameters.",
+    {
+        "run": Command(
+            StudyOptions,
+            run_scaling_study,
+            "Train the planned runs missing from the results file (resumable, torchrun-aware).",
+            forward=("overrides", _training_keys),
+            examples=(
+                "astropt scaling run ladder=configs/scaling/cpu budgets=1e10,3e10 "
+                "data.path=runs/survey",
+                "python -m astropt.scaling run --ladder configs/scaling/cpu --dry-run",
+            ),
+        ),
+        "probe": Command(
+            ProbeRunsOptions,
+            run_probe_runs,
+            "Probe finished runs of a results file afterwards.",
+            positional=("results",),
+        ),
+        "fit": Command(
+            FitOptions,
+            run_fit,
+            "Fit the power laws and draw the figures.",
+            positional=("results",),
+            examples=("astropt scaling fit runs/scaling/cpu/results.jsonl out=docs/scaling",),
+        ),
+    },
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m astropt.scaling`` (the same as ``astropt scaling``)."""
+    return run_command(COMMAND, None if argv is None else list(argv), "python -m astropt.scaling")

@@ -81,9 +81,9 @@ class OptimConfig:
     warmup_iters: int = 2000  # optimiser steps of linear warmup from 0
     decay_iters: int | None = None  # step where the cosine reaches min_lr; None: max_iters
     weight_decay: float = 0.1  # decoupled decay of weight matrices (not norms, biases, tokens)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW denominator floor
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     impl: Literal["auto", "fused", "foreach", "for"] = "auto"  # AdamW kernel; auto: fused
 
@@ -103,7 +103,7 @@ class RunConfig:
     resume: bool = False  # continue from out_dir/checkpoints/latest
     overwrite: bool = False  # allow a fresh run to replace the checkpoints already in out_dir
     init_from: str | None = None  # start from these weights (model/run folder, ckpt.pt, Hub id)
-    seed: int = 0
+    seed: int = 0  # weights, data order and augmentation
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
     # Autocast dtype; auto: bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -119,7 +119,7 @@ class RunConfig:
     progress: bool = True  # tqdm progress bar (rank 0)
     tensorboard: bool = False  # also log to out_dir/tensorboard when tensorboard is installed
     wandb: bool = False  # also log to Weights & Biases when wandb is installed
-    wandb_project: str = "astropt"
+    wandb_project: str = "astropt"  # Weights & Biases project of wandb=true
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

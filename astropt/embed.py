@@ -1067,7 +1067,7 @@ class EmbedOptions:
     layer: str | None = None  # final | middle | block index (default: the model's embed_layer)
     pool: Pool = "mean"  # how token outputs become one vector
     prefix: int | None = None  # tokens averaged by pool=prefix
-    batch_size: int = 256
+    batch_size: int = 256  # galaxies per forward pass
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where native
     max_samples: int | None = None  # embed only the first N galaxies of the split

@@ -466,7 +466,7 @@ class SampleOptions:
     prefix: int  # central patches kept
     out: str  # PNG path; the .npz goes beside it
     n: int = 16  # galaxies (the first n of the split)
-    split: str = "test"
+    split: str = "test"  # data split the galaxies come from
     # noise in units of the residual scale measured on the prefix (0: deterministic)
     temperature: float = 0.0
     seed: int = 0  # seed of the noise

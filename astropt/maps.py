@@ -317,8 +317,8 @@ class MapsOptions:
     properties: list[str] | None = None
     seed: int = 0  # UMAP random state and subsample seed
     max_points: int = 20000  # galaxies mapped at most (a seeded subsample beyond)
-    n_neighbors: int = 15
-    min_dist: float = 0.1
+    n_neighbors: int = 15  # UMAP neighbourhood size (local vs global structure)
+    min_dist: float = 0.1  # UMAP minimum distance between mapped points
     gridsize: int = 30  # hexagons across
     stamps: bool = True  # add the panel of example stamps
     stamp_grid: int = 8  # stamps at most G x G

@@ -51,19 +51,19 @@ class GPTConfig:
     """
 
     block_size: int = 1024  # rows of the positional table: the longest sequence
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout probability (attention and MLP outputs)
     bias: bool = False  # biases in Linear and LayerNorm layers
     tokeniser: Tokeniser = "aim"  # "aim": Linear-GELU-Linear MLP, "affine": one Linear
-    attn_type: AttnType = "causal"
-    objective: Objective = "ar"
+    attn_type: AttnType = "causal"  # causal, prefix (bidirectional first k tokens) or full
+    objective: Objective = "ar"  # ar: next-patch prediction; mae: masked autoencoder
     mask_ratio: float = 0.75  # fraction of patches masked by the "mae" objective
     prefix_len: int = 0  # bidirectional prefix of "prefix" attention; 0 draws one per batch
     # Data conventions (not architecture):
     patch_size: int = 16
-    n_chan: int = 3
+    n_chan: int = 3  # image channels (bands)
     order: Order = "spiral"
     transpose_hw: bool = False  # True for AstroPT's released weights (images seen as (C, W, H))
     embed_layer: str = "final"  # default layer of `GPT.embed`: "final", "middle" or a block index

@@ -429,7 +429,7 @@ def field_notes(cls: type) -> dict[str, str]:
         if stripped.startswith("#"):
             above.append(stripped.lstrip("#: ").strip())
             continue
-        match = re.match(r"(\w+)\s*:[^=]*(?:=.*?)?(?:#\s*(.*))?$", stripped)
+        match = re.match(r"(\w+)\s*:[^=#]*(?:=.*?)?(?:#\s*(.*))?$", stripped)
         if match and not stripped.startswith(("def ", "class ", "@")):
             note = match.group(2) or " ".join(above)
             if note:
@@ -598,7 +598,7 @@ def parse_command_line(command: Command, argv: list[str]) -> tuple[Path | None, 
             config = Path(token)
         elif positional:
             entries.append((positional.pop(0), token, "command line"))
-        elif config is None and token.endswith(".json"):  # a run folder's saved config
+        elif config is None:  # a run folder's config.json, or a config without the suffix
             config = Path(token)
         else:
             raise ConfigError(

@@ -812,8 +812,8 @@ class ProbeOptions:
     baselines: bool = True  # false: probe the model's embeddings only
     # columns, 'col>0.5' thresholds, 'col:regression' (default: every numeric column)
     targets: list[str] | None = None
-    seed: int = 0
-    test_fraction: float = 0.2
+    seed: int = 0  # train/test split, folds and label subsets
+    test_fraction: float = 0.2  # galaxies held out for testing
     folds: int = 5  # k of the k-fold CV on the training part
     # training-set sizes of the label-efficiency curves, e.g. 30,100,all ('' to skip)
     label_sizes: list[str] = field(

@@ -204,7 +204,7 @@ def test_positional_lists_and_config_files(tmp_path):
     with pytest.raises(ConfigError, match="neither a count nor 'all'"):
         options_from_command_line(probe, ["emb.parquet", "label_sizes=30,most"])
     with pytest.raises(ConfigError, match="unexpected argument 'extra'"):
-        options_from_command_line(probe, ["emb.parquet", "extra"])
+        options_from_command_line(probe, ["emb.parquet", "c.toml", "extra"])
     with pytest.raises(ConfigError, match="missing required 'embeddings'"):
         options_from_command_line(probe, ["out=report"])
     # A TOML file sets the same keys; the command line wins over it.
@@ -257,7 +257,11 @@ def test_help_lists_every_key_with_its_note(capsys):
         text = capsys.readouterr().out
         for key in command.option_keys():
             if key not in command.skip_keys:
-                assert re.search(rf"^  {re.escape(key)} \(", text, flags=re.M), (name, key)
+                # The key's line, then its note on the next line.
+                assert re.search(rf"^  {re.escape(key)} \(.*\n      \S", text, flags=re.M), (
+                    name,
+                    key,
+                )
     assert run_command(COMMANDS["embed"], ["--help"], "astropt embed") == 0
     text = capsys.readouterr().out
     assert "  thumbnails (int, default 0)\n      store SxS RGB thumbnails" in text

@@ -34,21 +34,21 @@ class DataConfig:
     and ``transpose_hw`` must match the model (a loaded model's config says).
     """
 
-    source: str = "synthetic"
-    path: str = ""
-    revision: str | None = None
-    streaming: bool = False
-    image_size: int | None = None
-    patch_size: int = 16
-    order: str = "spiral"
-    transpose_hw: bool = False
-    augment: bool = True
-    num_workers: int = 0
-    strict: bool = False
-    id_column: str | None = None
-    catalogue: str | None = None
-    synthetic_n: int = 10000
-    synthetic_seed: int = 0
+    source: str = "synthetic"  # synthetic, hf (parquet/arrow/Hub) or folder (JPEG/PNG/FITS/.npy)
+    path: str = ""  # survey folder, parquet dir/glob, Hub name or image folder ('': simulate)
+    revision: str | None = None  # Hub dataset revision (branch, tag or commit)
+    streaming: bool = False  # read a Hub dataset as a stream instead of downloading it
+    image_size: int | None = None  # centre crop side in pixels (None: the stored size)
+    patch_size: int = 16  # patch side in pixels (a model convention)
+    order: str = "spiral"  # token order: spiral (from the centre out) or raster
+    transpose_hw: bool = False  # read images as (C, W, H) like AstroPT's released models
+    augment: bool = True  # random flips and right-angle rotations of training images
+    num_workers: int = 0  # data loader worker processes
+    strict: bool = False  # stop at the first bad file instead of skipping and counting it
+    id_column: str | None = None  # column of galaxy ids (None: the first of dr8_id, id, objid, ...)
+    catalogue: str | None = None  # CSV catalogue joined to a folder of images
+    synthetic_n: int = 10000  # galaxies simulated on the fly (path '')
+    synthetic_seed: int = 0  # seed of the on-the-fly survey
 
     #: Column holding the image (Image feature, binary, or numeric arrays such
     #: as the survey's ``flux_grz``); for the on-the-fly simulator, ``"flux_grz"``
@@ -64,13 +64,13 @@ class DataConfig:
     channels: int | None = None
     #: Float images: ``"asinh"`` (``asinh(x / asinh_softening)``) or ``"linear"``.
     float_scaling: str = "asinh"
-    asinh_softening: float = 0.01
+    asinh_softening: float = 0.01  # softening of the asinh scaling (image units)
     #: Band suffixes grouping single-band FITS files (``gal_g.fits``, ...) in a folder.
     fits_bands: tuple[str, ...] = ("g", "r", "z")
     #: On-the-fly simulator: render side (``None``: ``image_size`` or 64) and split fractions.
     synthetic_image_size: int | None = None
-    synthetic_val_fraction: float = 0.1
-    synthetic_test_fraction: float = 0.1
+    synthetic_val_fraction: float = 0.1  # on-the-fly survey: validation fraction
+    synthetic_test_fraction: float = 0.1  # on-the-fly survey: test fraction
     #: Streaming only: examples held by the shuffle buffer.
     shuffle_buffer: int = 1000
     #: Batches each worker prepares ahead.

@@ -13,6 +13,7 @@ from astropt.tokens import Order
 
 Source = Literal["synthetic", "hf", "folder"]
 FloatScaling = Literal["asinh", "linear"]
+Resample = Literal["area", "lanczos"]
 SOURCES: tuple[str, ...] = get_args(Source)
 #: DataConfig fields that must equal the model's GPTConfig fields of the same name: they
 #: decide how images become tokens, so weights only work with the values they were trained on.
@@ -30,7 +31,8 @@ class DataConfig:
     to render on the fly), ``"hf"`` (``path`` = Hub name, local folder or glob of
     parquet/arrow), ``"folder"`` (``path`` = directory of JPEG/PNG/FITS/``.npy``).
     ``image_size`` is a centre-crop side in pixels (``None`` keeps the stored
-    size; then every image must have the same size). ``patch_size``, ``order``
+    size; then every image must have the same size, unless ``resize`` is set).
+    ``patch_size``, ``order``
     and ``transpose_hw`` must match the model (a loaded model's config says).
     """
 
@@ -65,6 +67,14 @@ class DataConfig:
     #: Float images: ``"asinh"`` (``asinh(x / asinh_softening)``) or ``"linear"``.
     float_scaling: str = "asinh"
     asinh_softening: float = 0.01  # softening of the asinh scaling (image units)
+    #: Centre crop as a fraction of each image's shorter side (``0 < f <= 1``), taken
+    #: before ``resize``; the other way to crop, beside ``image_size`` in pixels.
+    crop_fraction: float | None = None
+    #: Resample every image (after any crop) to ``resize x resize`` pixels with
+    #: anti-aliasing, so folders of mixed sizes feed one model; ``None`` keeps the size.
+    resize: int | None = None
+    #: ``"area"`` (box average: keeps flux per unit area) or ``"lanczos"`` (sharper).
+    resample: str = "area"
     #: Band suffixes grouping single-band FITS files (``gal_g.fits``, ...) in a folder.
     fits_bands: tuple[str, ...] = ("g", "r", "z")
     #: On-the-fly simulator: render side (``None``: ``image_size`` or 64) and split fractions.
@@ -98,9 +108,29 @@ class DataConfig:
             )
         if self.patch_size < 1:
             raise ValueError(f"data.patch_size must be positive, got {self.patch_size}")
-        if self.image_size is not None and self.image_size % self.patch_size:
+        if (
+            self.image_size is not None
+            and self.resize is None
+            and self.image_size % self.patch_size
+        ):
             raise ValueError(
                 f"data.image_size {self.image_size} is not a multiple of the patch size "
+                f"{self.patch_size}"
+            )
+        if self.resample not in get_args(Resample):
+            raise ValueError(
+                f"data.resample must be one of {get_args(Resample)}, got {self.resample!r}"
+            )
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"data.crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.crop_fraction is not None and self.image_size is not None:
+            raise ValueError(
+                "data.crop_fraction and data.image_size both crop (a fraction of the side, or "
+                "pixels): give one"
+            )
+        if self.resize is not None and (self.resize < 1 or self.resize % self.patch_size):
+            raise ValueError(
+                f"data.resize {self.resize} is not a positive multiple of the patch size "
                 f"{self.patch_size}"
             )
         if self.num_workers < 0:
@@ -127,6 +157,11 @@ def convention_mismatches(data_cfg: Any, model_cfg: Any) -> list[str]:
     return [
         name for name in DATA_CONVENTIONS if getattr(data_cfg, name) != getattr(model_cfg, name)
     ]
+
+
+def output_side(cfg: Any) -> int | None:
+    """Side in pixels of the images a data config hands the model (``None``: as stored)."""
+    return cfg.resize or cfg.image_size
 
 
 def synthetic_split_sizes(cfg: Any) -> dict[str, int]:

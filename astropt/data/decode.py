@@ -24,6 +24,15 @@ Layouts: JPEG/PNG decode to ``(H, W, C)`` and are read as ``(C, H, W)``;
 ``(H, W, C)`` array with ``C <= 4 < H`` is recognised and transposed. FITS
 files hold a ``(C, H, W)`` cube or a ``(H, W)`` single band (the first HDU with
 image data is read); one-file-per-band sets are stacked by the folder source.
+
+Legacy Survey cutout-service files (:func:`cutout_bands`): FITS planes come
+back in g, r, z order whatever order the header names, in nanomaggies, with
+pixels that no exposure covers (NaN) set to 0, the service's own zero-weight
+value; the service's JPEGs render z, r, g into R, G, B and are read as decoded
+(R, G, B), the convention of ``Smith42/galaxies`` and AstroPT's weights.
+
+Resizing (``DataConfig.resize``, :func:`resize_image`) runs after the centre
+crop and before augmentation and value scaling.
 """
 
 from __future__ import annotations
@@ -191,14 +200,14 @@ def read_fits(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
                     shape = getattr(hdu, "shape", ()) or ()
                     if len(shape) >= 2:
                         _check_pixels(shape[-2], shape[-1], max_pixels)
-                data = next(
-                    (hdu.data for hdu in hdus if getattr(hdu, "data", None) is not None), None
-                )
+                hdu = next((h for h in hdus if getattr(h, "data", None) is not None), None)
+                data = None if hdu is None else hdu.data
                 if data is None or data.ndim not in (2, 3):
                     shape = None if data is None else data.shape
                     raise SkipSample("corrupt", f"{path} holds no 2-D or 3-D image (data {shape})")
                 # FITS is big-endian; one conversion to native float32 serves every use.
                 array = np.asarray(data, dtype=np.float32)
+                bands = cutout_bands(hdu.header, array.shape[0] if array.ndim == 3 else 1)
         except SkipSample:
             raise
         except Exception as exc:  # astropy raises OSError, ValueError, TypeError, ...
@@ -206,7 +215,39 @@ def read_fits(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     for warning in caught:
         if "truncated" in str(warning.message):
             raise SkipSample("corrupt", f"FITS {path} is truncated ({warning.message})")
-    return array if array.ndim == 3 else array[None]
+    array = array if array.ndim == 3 else array[None]
+    if bands is not None:
+        # A survey cutout: planes in wavelength order (g, r, z), and pixels without
+        # data (NaN where no exposure covers them) as the service's zero-weight value, 0.
+        order = sorted(range(len(bands)), key=lambda i: WAVELENGTH_ORDER.index(bands[i]))
+        array = np.nan_to_num(array[order], nan=0.0, posinf=0.0, neginf=0.0)
+    return array
+
+
+#: Optical/near-infrared bands from blue to red; survey float planes keep this order.
+WAVELENGTH_ORDER = "ugrizY"
+
+
+def cutout_bands(header, planes: int) -> str | None:
+    """The bands of a Legacy Survey cutout-service FITS file, one letter per plane, or ``None``.
+
+    The cutout service (``legacysurvey.org/viewer/fits-cutout``) writes one
+    primary HDU of shape ``(bands, H, W)`` in nanomaggies with ``BANDS = 'grz'``
+    and ``BAND0``, ``BAND1``, ... naming each plane; a file without those
+    keywords (or with bands outside ``ugrizY``) is not treated as a cutout.
+    """
+    letters = [header.get(f"BAND{i}") for i in range(planes)]
+    if not all(isinstance(b, str) for b in letters):
+        bands = header.get("BANDS")
+        if not isinstance(bands, str) or len(bands) != planes:
+            return None
+        letters = list(bands)
+    letters = [b.strip() for b in letters]
+    if not all(b in WAVELENGTH_ORDER and len(b) == 1 for b in letters) or len(set(letters)) != len(
+        letters
+    ):
+        return None
+    return "".join(letters)
 
 
 def read_npy(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -293,7 +334,9 @@ class Prep:
     """How each decoded image is conformed (picklable; travels to the workers).
 
     ``shape`` is the ``(C, H, W)`` every sample must end with (after band
-    selection and crop); ``None`` while the loader is still finding it out.
+    selection, crop and resize); ``None`` while the loader is still finding it out.
+    ``crop`` is a centre-crop side in pixels, ``crop_fraction`` one as a fraction
+    of the shorter side; ``resize`` the side every image is resampled to.
     """
 
     crop: int | None
@@ -301,13 +344,77 @@ class Prep:
     bands: tuple[int, ...] | None
     float_scaling: str
     softening: float
+    crop_fraction: float | None = None
+    resize: int | None = None
+    resample: str = "area"
+
+    @classmethod
+    def from_config(cls, cfg) -> Prep:
+        """The per-sample preparation a :class:`~astropt.data.config.DataConfig` asks for."""
+        return cls(
+            crop=cfg.image_size,
+            shape=None,
+            bands=cfg.bands,
+            float_scaling=cfg.float_scaling,
+            softening=cfg.asinh_softening,
+            crop_fraction=cfg.crop_fraction,
+            resize=cfg.resize,
+            resample=cfg.resample,
+        )
+
+
+def centre_crop(array: np.ndarray, height: int, width: int, what: str) -> np.ndarray:
+    """The central ``height x width`` pixels of ``(C, H, W)`` (offsets rounded down), a view.
+
+    The galaxy at the stamp centre stays at the centre of the patch grid.
+    """
+    full_h, full_w = array.shape[1:]
+    if full_h < height or full_w < width:
+        raise SkipSample(
+            "wrong_size",
+            f"{what}: {full_h}x{full_w} pixels is smaller than the crop {height}x{width}",
+        )
+    top, left = (full_h - height) // 2, (full_w - width) // 2
+    return array[:, top : top + height, left : left + width]
+
+
+def resize_image(array: np.ndarray, side: int, method: str = "area") -> np.ndarray:
+    """Resample ``(C, H, W)`` to ``(C, side, side)`` with anti-aliasing (Pillow's filters).
+
+    ``"area"`` averages the input pixels each output pixel covers (weighted by
+    the covered fraction), so a downscaled image keeps its flux per unit area
+    and a source keeps its position; ``"lanczos"`` is Lanczos-3 widened by the
+    scale factor when shrinking (anti-aliased), sharper but with small ringing.
+    8-bit images stay 8-bit (rounded), other images come back as float32
+    (unsigned 16-bit values keep their scale: they are resampled as floats and
+    rounded back). Non-square inputs are stretched to the square: centre-crop
+    them first to keep the aspect ratio.
+    """
+    from PIL import Image
+
+    if array.shape[1:] == (side, side):
+        return array
+    resample = {"area": Image.Resampling.BOX, "lanczos": Image.Resampling.LANCZOS}[method]
+    planes = []
+    for plane in array:
+        if plane.dtype == np.uint8:
+            img = Image.fromarray(np.ascontiguousarray(plane), mode="L")
+            planes.append(np.asarray(img.resize((side, side), resample)))
+        else:
+            img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+            planes.append(np.asarray(img.resize((side, side), resample)))
+    out = np.stack(planes)
+    if array.dtype.kind == "u" and array.dtype != np.uint8:
+        info = np.iinfo(array.dtype)
+        out = np.clip(np.rint(out), 0, info.max).astype(array.dtype)
+    return out
 
 
 def conform(array: np.ndarray, prep: Prep, what: str) -> np.ndarray:
-    """Select bands, check finiteness and shape, centre-crop. Returns a view when it can.
+    """Select bands, check finiteness, centre-crop, resize, check the shape.
 
-    The crop keeps the central ``crop x crop`` pixels (offsets rounded down), so
-    the galaxy at the stamp centre stays at the centre of the patch grid.
+    Returns a view when no resampling is needed. See :func:`centre_crop` and
+    :func:`resize_image`.
     """
     if prep.bands is not None:
         if max(prep.bands) >= array.shape[0]:
@@ -321,13 +428,12 @@ def conform(array: np.ndarray, prep: Prep, what: str) -> np.ndarray:
         raise SkipSample("nonfinite", f"{what}: {bad} NaN or infinite pixels")
     chan, height, width = array.shape
     if prep.crop is not None:
-        if height < prep.crop or width < prep.crop:
-            raise SkipSample(
-                "wrong_size",
-                f"{what}: {height}x{width} pixels is smaller than the crop {prep.crop}",
-            )
-        top, left = (height - prep.crop) // 2, (width - prep.crop) // 2
-        array = array[:, top : top + prep.crop, left : left + prep.crop]
+        array = centre_crop(array, prep.crop, prep.crop, what)
+    elif prep.crop_fraction is not None:
+        side = max(1, round(min(height, width) * prep.crop_fraction))
+        array = centre_crop(array, side, side, what)
+    if prep.resize is not None:
+        array = resize_image(array, prep.resize, prep.resample)
     if prep.shape is not None:
         if chan != prep.shape[0]:
             raise SkipSample("wrong_channels", f"{what}: {chan} channels, expected {prep.shape[0]}")

@@ -20,6 +20,7 @@ batch an uninterrupted loader would have yielded next.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -35,7 +36,7 @@ from torch.utils.data import IterableDataset as TorchIterableDataset
 
 from astropt.tokens import images_to_tokens
 
-from .config import DataConfig
+from .config import DataConfig, output_side
 from .decode import (
     REASONS,
     BadSampleError,
@@ -695,13 +696,7 @@ def make_loader(
     augment = (cfg.augment and is_train) if augment is None else augment
     drop_last = is_train if drop_last is None else drop_last
     device = torch.device(device)
-    prep = Prep(
-        crop=cfg.image_size,
-        shape=None,
-        bands=cfg.bands,
-        float_scaling=cfg.float_scaling,
-        softening=cfg.asinh_softening,
-    )
+    prep = Prep.from_config(cfg)
 
     # Tokens are made where the batch is used: on a CPU target inside the
     # workers (the work spreads over them), on an accelerator after the copy.
@@ -817,19 +812,13 @@ def map_loader(
     :mod:`astropt.finetune`).
     """
     device = torch.device(device)
-    prep = Prep(
-        crop=cfg.image_size,
-        shape=None,
-        bands=cfg.bands,
-        float_scaling=cfg.float_scaling,
-        softening=cfg.asinh_softening,
-    )
+    prep = Prep.from_config(cfg)
     worker_spec = (
         _TokenSpec(cfg.patch_size, cfg.order, cfg.transpose_hw) if device.type == "cpu" else None
     )
     if isinstance(source, SyntheticSource) and cfg.bands is None:
         # The simulator's shape is known: no need to render a galaxy to find it.
-        side = cfg.image_size or source.side
+        side = output_side(cfg) or source.side
         shape = (3, side, side)
     else:
         shape = _probe_map(source, prep, cfg.strict, label, cfg.channels)
@@ -884,20 +873,14 @@ def _with_shape(prep: Prep, shape: tuple[int, int, int], cfg: DataConfig) -> Pre
     if height % cfg.patch_size or width % cfg.patch_size:
         raise ValueError(
             f"images are {height}x{width} pixels, not a multiple of the patch size "
-            f"{cfg.patch_size}: set data.image_size to crop them"
+            f"{cfg.patch_size}: set data.image_size to crop them or data.resize to resample them"
         )
     if cfg.order == "spiral" and height != width:
         raise ValueError(
             f"images are {height}x{width} pixels; the spiral order needs square images: set "
-            "data.image_size to crop them"
+            "data.image_size or data.crop_fraction to crop them"
         )
-    return Prep(
-        crop=prep.crop,
-        shape=(chan, height, width),
-        bands=prep.bands,
-        float_scaling=prep.float_scaling,
-        softening=prep.softening,
-    )
+    return dataclasses.replace(prep, shape=(chan, height, width))
 
 
 __all__ = [

@@ -16,6 +16,12 @@ Public API
                                            galaxy ``i`` depends only on ``(seed, i)``
 ``write_survey(out, n, image_size, seed, ...)``  parquet shards + ``survey.json``
 
+``framing="zoom"`` (``make_stamps``, ``write_survey``, ``astropt survey framing=zoom``):
+each stamp's pixel scale is chosen per galaxy (``zoom_pixel_scales``) so that its
+observed half-light diameter spans ``zoom_fill`` of the side, as in Galaxy Zoo
+images; the truth gains ``pixel_scale_arcsec``. The default ``"fixed"`` framing is
+described below and is unchanged.
+
 Stamps keep the survey's pixel scale at every size: a 64 px stamp is the central
 16.8 arcsec of the same sky as a 512 px one (134 arcsec), *not* a downsampled
 512 stamp. The centre pixel grid, the PSF, the noise level per pixel and the
@@ -45,15 +51,19 @@ from astropt.simulate.render import render
 from astropt.simulate.spec import (
     BANDS,
     DR8,
+    FRAMINGS,
     GALAXY10_CLASSES,
     IMAGE_SIZES,
     LABEL_COLUMNS,
     SIM_VERSION,
+    ZOOM_FILL,
     SurveySpec,
+    zoom_pixel_scales,
 )
 from astropt.simulate.stamps import (
     encode_jpeg,
     iter_render,
+    label_columns,
     make_stamps,
     render_indices,
     to_rgb_uint8,
@@ -71,6 +81,7 @@ __all__ = [
     "BANDS",
     "CosmologyTable",
     "DR8",
+    "FRAMINGS",
     "GALAXY10_CLASSES",
     "IMAGE_SIZES",
     "LABEL_COLUMNS",
@@ -81,6 +92,7 @@ __all__ = [
     "encode_jpeg",
     "iter_render",
     "k_correction",
+    "label_columns",
     "make_stamps",
     "montage",
     "psf_image",
@@ -96,4 +108,6 @@ __all__ = [
     "survey_features",
     "to_rgb_uint8",
     "write_survey",
+    "ZOOM_FILL",
+    "zoom_pixel_scales",
 ]

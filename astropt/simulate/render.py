@@ -7,6 +7,7 @@ and source noise are added from each galaxy's own generator.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -358,6 +359,7 @@ def render(
     *,
     isolated: bool = False,
     survey: SurveySpec = DR8,
+    pixel_scales: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render galaxies to float images (n, 3, S, S), nanomaggies per pixel, bands g, r, z.
 
@@ -367,11 +369,25 @@ def render(
     psf: convolve with each object's per-band PSF; noise: add sky + source noise.
     isolated: draw only the galaxy itself (clumps and tidal features included) with no
         neighbours or artefacts; for photometry tests and clean examples.
+    pixel_scales: (n,) arcsec/pixel, one per stamp (zoom framing); ``None``: the
+        survey's own scale for all. Profiles, PSF and sky noise per pixel follow each
+        stamp's scale (the noise per pixel grows with the pixel side, as when binning).
     """
     size = int(image_size)
     if size < 8:
         raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
     n = len(params["redshift"])
+    if pixel_scales is not None:
+        scales = np.asarray(pixel_scales, float)
+        if scales.shape != (n,) or not (scales > 0).all():
+            raise ValueError(f"pixel_scales must be {n} positive values, got {scales.shape}")
+        out = np.empty((n, 3, size, size), _F32)
+        for j in range(n):
+            one = {k: v[j : j + 1] for k, v in params.items()}
+            gen = [rng[j]] if isinstance(rng, Sequence) else rng
+            spec = dataclasses.replace(survey, pixel_scale=float(scales[j]))
+            out[j] = render(one, size, gen, psf, noise, isolated=isolated, survey=spec)[0]
+        return out
     img = np.zeros((n, 3, size, size), _F32)
     for j in range(n):
         _draw_galaxy(img[j], params, j, survey, isolated)

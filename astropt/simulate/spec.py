@@ -33,6 +33,7 @@ classes (``GALAXY10_CLASSES``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -98,6 +99,35 @@ LABEL_COLUMNS: dict[str, tuple[str, str, str]] = {
 }
 
 IMAGE_SIZES = (64, 128, 256, 512)
+
+#: ``fixed``: every stamp at the survey's pixel scale (DR8 cutouts). ``zoom``: each stamp's
+#: field of view scales with its galaxy, as Galaxy Zoo images and ``Smith42/galaxies`` v2.0
+#: ``image_crop`` frame them.
+Framing = Literal["fixed", "zoom"]
+FRAMINGS: tuple[str, ...] = get_args(Framing)
+#: Zoom framing: the galaxy's observed half-light diameter spans this fraction of the side.
+ZOOM_FILL = 0.2
+#: The extra truth column of zoomed surveys.
+PIXEL_SCALE_COLUMN = ("pixel_scale_arcsec", ("float32", "arcsec/pixel", "pixel scale of the stamp"))
+
+
+def zoom_pixel_scales(
+    r_half_arcsec: np.ndarray, seeing_fwhm_r: np.ndarray, image_size: int, fill: float = ZOOM_FILL
+) -> np.ndarray:
+    """Pixel scale (arcsec/pixel) per galaxy so its observed half-light diameter spans ``fill``
+    of an ``image_size``-pixel stamp.
+
+    The observed half-light radius is approximated as ``sqrt(r_half**2 + (FWHM / 2)**2)``:
+    exact for a Gaussian galaxy seen through a Gaussian PSF (whose half-light radius is
+    FWHM / 2), close for the survey's profiles; framing on the observed size is what a
+    cutout sized from a catalogue's measured radius (Galaxy Zoo: Petrosian R90) does.
+    """
+    if not 0 < fill <= 1:
+        raise ValueError(f"zoom fill must be in (0, 1], got {fill}")
+    observed = np.sqrt(
+        np.asarray(r_half_arcsec, float) ** 2 + (0.5 * np.asarray(seeing_fwhm_r)) ** 2
+    )
+    return 2.0 * observed / (fill * image_size)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ import numpy as np
 
 from astropt.simulate.population import _galaxy_uniforms, _population_from_uniforms
 from astropt.simulate.render import render
-from astropt.simulate.spec import _F32, DR8, LABEL_COLUMNS, SurveySpec
+from astropt.simulate.spec import (
+    _F32,
+    DR8,
+    FRAMINGS,
+    LABEL_COLUMNS,
+    PIXEL_SCALE_COLUMN,
+    ZOOM_FILL,
+    SurveySpec,
+    zoom_pixel_scales,
+)
 
 
 def to_rgb_uint8(flux: np.ndarray, *, survey: SurveySpec = DR8) -> np.ndarray:
@@ -78,6 +87,16 @@ def _slice(params: dict, sl: slice) -> dict:
     return {k: v[sl] for k, v in params.items()}
 
 
+def label_columns(framing: str = "fixed") -> dict[str, tuple[str, str, str]]:
+    """The truth columns of a survey with this framing: zoomed stamps add their pixel scale."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+    if framing == "fixed":
+        return LABEL_COLUMNS
+    name, spec = PIXEL_SCALE_COLUMN
+    return {**LABEL_COLUMNS, name: spec}
+
+
 def iter_render(
     indices: np.ndarray,
     image_size: int,
@@ -86,14 +105,21 @@ def iter_render(
     survey: SurveySpec = DR8,
     block: int = 256,
     chunk: int | None = None,
+    framing: str = "fixed",
+    zoom_fill: float = ZOOM_FILL,
 ):
     """Yield ``(flux (m, 3, S, S) float32, labels)`` for consecutive pieces of ``indices``.
 
     Parameters are drawn for ``block`` galaxies at a time (vectorised), images are
     rendered ``chunk`` at a time (default ~2 MB of pixels, small enough that the
     temporaries stay in cache and are not re-faulted from the OS every call).
+    ``framing="zoom"``: each stamp gets the pixel scale of :func:`zoom_pixel_scales`
+    (the galaxy's observed half-light diameter spans ``zoom_fill`` of the side), and
+    the labels carry it as ``pixel_scale_arcsec``. The galaxies are the same in both
+    framings (same parameters); only how they are framed differs.
     """
     size = _check_size(image_size)
+    label_columns(framing)  # checks the name
     indices = np.asarray(indices, np.int64)
     if (indices < 0).any() or seed < 0:
         raise ValueError("seed and galaxy indices must be >= 0")
@@ -105,40 +131,73 @@ def iter_render(
         for c in range(0, len(idx), chunk):
             sl = slice(c, c + chunk)
             p = _slice(params, sl)
-            yield render(p, size, gens[sl], survey=survey), _labels(p, idx[sl])
+            if framing == "fixed":
+                yield render(p, size, gens[sl], survey=survey), _labels(p, idx[sl])
+                continue
+            scales = zoom_pixel_scales(p["r_half_arcsec"], p["seeing_fwhm_r"], size, zoom_fill)
+            labels = _labels(p, idx[sl])
+            labels[PIXEL_SCALE_COLUMN[0]] = scales.astype(np.float32)
+            yield render(p, size, gens[sl], survey=survey, pixel_scales=scales), labels
 
 
 def render_indices(
-    indices: np.ndarray, image_size: int, seed: int, *, survey: SurveySpec = DR8
+    indices: np.ndarray,
+    image_size: int,
+    seed: int,
+    *,
+    survey: SurveySpec = DR8,
+    framing: str = "fixed",
+    zoom_fill: float = ZOOM_FILL,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Galaxies ``indices`` of survey ``seed``: (flux (n, 3, S, S) float32, labels)."""
+    """Galaxies ``indices`` of survey ``seed``: (flux (n, 3, S, S) float32, labels).
+
+    ``framing``/``zoom_fill``: see :func:`iter_render`.
+    """
     size = _check_size(image_size)
     indices = np.asarray(indices, np.int64)
     flux = np.empty((len(indices), 3, size, size), _F32)
-    labels: dict[str, list] = {k: [] for k in LABEL_COLUMNS}
+    columns = label_columns(framing)
+    labels: dict[str, list] = {k: [] for k in columns}
     pos = 0
-    for f, lab in iter_render(indices, size, seed, survey=survey):
+    for f, lab in iter_render(
+        indices, size, seed, survey=survey, framing=framing, zoom_fill=zoom_fill
+    ):
         flux[pos : pos + len(f)] = f
         pos += len(f)
         for k, v in lab.items():
             labels[k].append(v)
     return flux, {
-        k: np.concatenate(v) if v else np.zeros(0, LABEL_COLUMNS[k][0]) for k, v in labels.items()
+        k: np.concatenate(v) if v else np.zeros(0, columns[k][0]) for k, v in labels.items()
     }
 
 
 def make_stamps(
-    n: int, image_size: int, seed: int, start: int = 0, *, survey: SurveySpec = DR8
+    n: int,
+    image_size: int,
+    seed: int,
+    start: int = 0,
+    *,
+    survey: SurveySpec = DR8,
+    framing: str = "fixed",
+    zoom_fill: float = ZOOM_FILL,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Galaxies ``start .. start+n-1`` of survey ``seed``.
 
     Returns ``(rgb (n, S, S, 3) uint8, flux (n, 3, S, S) float32 nanomaggies g r z,
-    labels)`` with labels as in ``LABEL_COLUMNS`` (``dr8_id`` = galaxy index).
+    labels)`` with labels as in ``LABEL_COLUMNS`` (``dr8_id`` = galaxy index; zoomed
+    stamps add ``pixel_scale_arcsec``, see :func:`iter_render`).
     Galaxy i depends only on (seed, i): any chunking gives identical arrays.
     """
     if n < 0 or start < 0:
         raise ValueError("n and start must be >= 0")
-    flux, labels = render_indices(np.arange(start, start + n), image_size, seed, survey=survey)
+    flux, labels = render_indices(
+        np.arange(start, start + n),
+        image_size,
+        seed,
+        survey=survey,
+        framing=framing,
+        zoom_fill=zoom_fill,
+    )
     size = flux.shape[-1]
     rgb = np.empty((n, size, size, 3), np.uint8)
     step = max(1, (1 << 19) // (size * size))

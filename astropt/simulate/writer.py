@@ -18,14 +18,15 @@ from astropt.simulate.spec import (
     DR8,
     GALAXY10_CLASSES,
     IMAGE_SIZES,
-    LABEL_COLUMNS,
     SIM_VERSION,
+    ZOOM_FILL,
     SurveySpec,
 )
 from astropt.simulate.stamps import (
     _check_size,
     encode_jpeg,
     iter_render,
+    label_columns,
     make_stamps,
     to_rgb_uint8,
 )
@@ -47,12 +48,12 @@ def split_indices(n: int, split: str) -> np.ndarray:
     return idx[split_of(idx) == SPLITS.index(split)]
 
 
-def survey_features(image_size: int, float_bands: bool):
+def survey_features(image_size: int, float_bands: bool, framing: str = "fixed"):
     """The ``datasets.Features`` of a shard (image, dr8_id, labels[, flux_grz])."""
     from datasets import Features, Image, List, Value
 
     feats = {"image": Image()}
-    for k, (dtype, _, _) in LABEL_COLUMNS.items():
+    for k, (dtype, _, _) in label_columns(framing).items():
         feats[k] = Value(dtype)
     if float_bands:
         feats["flux_grz"] = List(Value("float32"), length=3 * image_size * image_size)
@@ -61,11 +62,14 @@ def survey_features(image_size: int, float_bands: bool):
 
 def _rows(task: tuple) -> dict:
     """Worker: render one chunk of galaxies into parquet-ready columns."""
-    indices, size, seed, float_bands, survey = task
-    cols: dict[str, list] = {"image": [], **{k: [] for k in LABEL_COLUMNS}}
+    indices, size, seed, float_bands, survey, framing, zoom_fill = task
+    cols: dict[str, list] = {"image": [], **{k: [] for k in label_columns(framing)}}
     if float_bands:
         cols["flux_grz"] = []
-    for flux, labels in iter_render(np.asarray(indices), size, seed, survey=survey):
+    renders = iter_render(
+        np.asarray(indices), size, seed, survey=survey, framing=framing, zoom_fill=zoom_fill
+    )
+    for flux, labels in renders:
         cols["image"].extend(
             encode_jpeg(im, survey.jpeg_quality) for im in to_rgb_uint8(flux, survey=survey)
         )
@@ -125,6 +129,8 @@ def write_survey(
     overwrite: bool = False,
     progress: bool = True,
     survey: SurveySpec = DR8,
+    framing: str = "fixed",
+    zoom_fill: float = ZOOM_FILL,
 ) -> dict:
     """Write ``out/{train,validation,test}/shard-NNNNN.parquet`` and ``out/survey.json``.
 
@@ -132,6 +138,8 @@ def write_survey(
     depends only on (n, shard_size), never on ``workers``, and every galaxy only on
     (seed, i), so the files are byte-identical for any worker count. ``survey.json``
     is written last: its presence marks a complete survey. Returns its contents.
+    ``framing="zoom"`` scales each stamp's field of view with its galaxy
+    (:func:`astropt.simulate.iter_render`) and adds the ``pixel_scale_arcsec`` column.
     """
     size = _check_size(image_size)
     if n < 1:
@@ -144,7 +152,7 @@ def write_survey(
         per = 3 * size * size * 4 if float_bands else 0
         shard_size = int(min(1000, max(16, (256 << 20) // max(per, 1)))) if per else 1000
     chunk = int(max(4, min(256, (1 << 21) // (size * size))))
-    schema = survey_features(size, float_bands).arrow_schema
+    schema = survey_features(size, float_bands, framing).arrow_schema
 
     tasks, plan = [], []  # plan: (split, shard number, number of chunks)
     sizes = {}
@@ -156,10 +164,19 @@ def write_survey(
             shard = idx[lo : lo + shard_size]
             pieces = [shard[c : c + chunk] for c in range(0, len(shard), chunk)]
             plan.append((split, s, len(pieces)))
-            tasks.extend((p, size, int(seed), float_bands, survey) for p in pieces)
+            tasks.extend(
+                (p, size, int(seed), float_bands, survey, framing, zoom_fill) for p in pieces
+            )
 
     shards = _render_shards(out, tasks, plan, schema, float_bands, workers, progress, n, size)
     meta = _survey_meta(n, size, seed, float_bands, sizes, shard_size, shards, survey)
+    if framing == "zoom":
+        # Only zoomed surveys get these keys: fixed surveys stay byte-identical to before.
+        meta["framing"] = "zoom"
+        meta["zoom_fill"] = zoom_fill
+        meta["pixel_scale_arcsec"] = "per stamp: the pixel_scale_arcsec column"
+        meta["field_of_view_arcsec"] = "per stamp: image_size * pixel_scale_arcsec"
+        meta["columns"] = _columns_meta("zoom")
     tmp = out / "survey.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, out / "survey.json")
@@ -222,6 +239,13 @@ def _render_shards(
     return shards
 
 
+def _columns_meta(framing: str) -> dict:
+    return {
+        k: {"dtype": t, "unit": unit, "description": desc}
+        for k, (t, unit, desc) in label_columns(framing).items()
+    }
+
+
 def _survey_meta(
     n: int,
     size: int,
@@ -253,10 +277,7 @@ def _survey_meta(
         "shard_size": shard_size,
         "shards": shards,
         "galaxy10_classes": list(GALAXY10_CLASSES),
-        "columns": {
-            k: {"dtype": t, "unit": unit, "description": desc}
-            for k, (t, unit, desc) in LABEL_COLUMNS.items()
-        },
+        "columns": _columns_meta("fixed"),
         "survey": asdict(survey),
     }
 
@@ -306,7 +327,9 @@ class SurveyOptions:
 
     out: str | None = None  # output folder (must be empty unless overwrite)
     n: int = 10000  # number of galaxies
-    image_size: int = 256  # stamp side in pixels at 0.262 arcsec/pixel (64, 128, 256 or 512)
+    image_size: int = 256  # stamp side in pixels (64, 128, 256 or 512)
+    framing: str = "fixed"  # fixed (0.262 arcsec/pixel) or zoom (field of view per galaxy)
+    zoom_fill: float = ZOOM_FILL  # zoom: fraction of the side the half-light diameter spans
     seed: int = 0  # survey seed
     workers: int = 1  # worker processes
     float_bands: bool = False  # also store the float g, r, z images (nanomaggies) as flux_grz
@@ -318,6 +341,7 @@ class SurveyOptions:
     def __post_init__(self) -> None:
         if self.out is None and self.montage is None:
             raise ValueError("give out=DIR (and/or montage=PNG)")
+        label_columns(self.framing)  # a clear error for an unknown framing
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size}")
         for name, lowest in (("n", 1), ("workers", 1), ("seed", 0), ("shard_size", 1)):
@@ -329,7 +353,9 @@ class SurveyOptions:
 def run_survey(opts: SurveyOptions) -> int:
     """Write the survey (and/or the montage) the options describe."""
     if opts.montage:
-        rgb, _, labels = make_stamps(64, opts.image_size, opts.seed)
+        rgb, _, labels = make_stamps(
+            64, opts.image_size, opts.seed, framing=opts.framing, zoom_fill=opts.zoom_fill
+        )
         montage(rgb, labels, opts.montage)
         print(f"wrote {opts.montage}")
     if opts.out:
@@ -345,6 +371,8 @@ def run_survey(opts: SurveyOptions) -> int:
                 shard_size=opts.shard_size,
                 overwrite=opts.overwrite,
                 progress=not opts.quiet,
+                framing=opts.framing,
+                zoom_fill=opts.zoom_fill,
             )
         except (FileExistsError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)

@@ -10,8 +10,9 @@ in the ``Smith42/galaxies`` schema (an ``image`` column of JPEG bytes that
 ``astropt.simulate.LABEL_COLUMNS``), plus ``DIR/survey.json`` describing the
 survey. Load it with ``datasets.load_dataset("parquet", data_dir=DIR)``.
 
-The pixel scale is always DR8's 0.262 arcsec: ``--image-size`` changes the field of
-view (64 px = 16.8 arcsec, 512 px = 134 arcsec), not the resolution. Galaxy ``i``
+The pixel scale is DR8's 0.262 arcsec by default: ``--image-size`` changes the field of
+view (64 px = 16.8 arcsec, 512 px = 134 arcsec), not the resolution; ``--framing zoom``
+scales each stamp's field of view with its galaxy instead (``pixel_scale_arcsec`` column). Galaxy ``i``
 depends only on (seed, i), so the files are byte-identical for any ``--workers``.
 ``--montage PNG`` also writes a labelled grid of galaxies 0-63 (alone, when ``--out``
 is omitted). The work is :func:`astropt.simulate.write_survey`.

@@ -69,7 +69,7 @@ FORMAT = "astropt-embeddings/1"
 MANIFEST = "_manifest.json"
 PCA_FILE = "_pca.npz"
 POSITION = "_position"  # a sharded export's row position in the split
-RESERVED_COLUMNS = ("id", "embedding", "thumbnail", POSITION)
+RESERVED_COLUMNS = ("id", "embedding", "thumbnail", "prediction", POSITION)
 DEFAULT_ROWS_PER_PART = 16384
 
 
@@ -267,6 +267,7 @@ def _rows_table(
     emb: np.ndarray,
     thumbs: np.ndarray | None,
     positions: list[int] | None = None,
+    column: str = "embedding",
 ) -> pa.Table:
     id_array = np.asarray(ids)
     columns: dict[str, pa.Array] = {"id": pa.array(id_array)}
@@ -274,7 +275,7 @@ def _rows_table(
         columns[POSITION] = pa.array(np.asarray(positions, dtype=np.int64))
     for name, values in catalogue.items():
         columns[name] = pa.array(values)
-    columns["embedding"] = _fixed_size_list(emb.astype(np.float32, copy=False), pa.float32())
+    columns[column] = _fixed_size_list(emb.astype(np.float32, copy=False), pa.float32())
     if thumbs is not None:
         columns["thumbnail"] = _fixed_size_list(thumbs, pa.uint8())
     return pa.table(columns)
@@ -303,6 +304,7 @@ def export_loader(
     total: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    column: str = "embedding",
 ) -> Path:
     """Run ``encoder`` over the batches of ``open_loader()`` and write the export folder ``out``.
 
@@ -321,6 +323,7 @@ def export_loader(
     is an error unless ``overwrite``. A part holds ``rows_per_part //
     batch_size`` batches (fewer rows when the loader skipped bad samples), so
     part boundaries are batch boundaries and resume positions are exact.
+    ``column`` names the vector column (``prediction`` for :mod:`astropt.predict`).
     Returns ``out``.
     """
     out = Path(out)
@@ -329,7 +332,7 @@ def export_loader(
     settings = json.loads(json.dumps(settings))  # normalise (tuples -> lists) for comparison
     rank, world_size = process_group()
     common = dict(meta=meta, rows_per_part=rows_per_part, batch_size=batch_size,
-                  thumbnail_size=thumbnail_size, total=total)  # fmt: skip
+                  thumbnail_size=thumbnail_size, total=total, column=column)  # fmt: skip
     if world_size == 1:
         return _export_rows(
             encoder, open_loader, out, settings, overwrite=overwrite, progress=progress, **common
@@ -446,6 +449,7 @@ def _export_rows(
     overwrite: bool,
     progress: bool,
     positions: bool = False,
+    column: str = "embedding",
 ) -> Path:
     """One process's export into ``out`` (see :func:`export_loader`); ``positions``
     stores each row's position in the split (:data:`POSITION`) when the loader knows it."""
@@ -495,10 +499,10 @@ def _export_rows(
             pending.append((ids, _catalogue_columns(batch.catalogue, len(ids)), emb, thumbs, where))
             bar.update(len(ids))
             if len(pending) >= batches_per_part:
-                _flush(out, manifest, pending, loader)
+                _flush(out, manifest, pending, loader, column)
                 pending = []
         if pending:
-            _flush(out, manifest, pending, loader)
+            _flush(out, manifest, pending, loader, column)
     finally:
         bar.close()
     manifest["complete"] = True
@@ -562,7 +566,7 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, default=str))
 
 
-def _flush(out: Path, manifest: dict, pending: list, loader) -> None:
+def _flush(out: Path, manifest: dict, pending: list, loader, column: str = "embedding") -> None:
     """Write one part atomically, then record it (with the loader state) in the manifest."""
     index = len(manifest["parts"])
     names = list(pending[0][1])
@@ -572,7 +576,7 @@ def _flush(out: Path, manifest: dict, pending: list, loader) -> None:
     thumbs = None if pending[0][3] is None else np.concatenate([p[3] for p in pending])
     known = all(p[4] is not None for p in pending)
     positions = [i for p in pending for i in p[4]] if known else None
-    table = _rows_table(ids, catalogue, emb, thumbs, positions)
+    table = _rows_table(ids, catalogue, emb, thumbs, positions, column)
     name = f"part-{index:05d}.parquet"
     atomic_write(out / name, lambda tmp: pq.write_table(table, tmp))
     state = _jsonable(loader.state_dict()) if hasattr(loader, "state_dict") else None

@@ -273,3 +273,56 @@ def test_task_head_json_is_plain_json(tmp_path):
     model.save_pretrained(tmp_path)
     values = json.loads((tmp_path / hub.TASK_HEAD_NAME).read_text())
     assert values["kind"] == "classification" and values["n_outputs"] == 4
+
+
+# ------------------------------------------------------------------ sweep arithmetic
+def test_intervals_over_seeds_and_paired_differences():
+    import pandas as pd
+    from scipy import stats
+
+    from astropt.finetune.metrics import mean_interval
+    from astropt.finetune.sweep import differences
+
+    values = [0.61, 0.65, 0.58, 0.70]
+    mean, low, high = mean_interval(values)
+    expected = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert (low, high) == pytest.approx(expected)
+    assert mean == pytest.approx(np.mean(values))
+    rows = []
+    for seed, base in enumerate([0.5, 0.6, 0.4]):
+        rows.append(dict(mode="full", init="scratch", label_fraction=0.1, seed=seed, accuracy=base))
+        rows.append(dict(mode="full", init="pretrained", label_fraction=0.1, seed=seed,
+                         accuracy=base + 0.1 + 0.01 * seed))  # fmt: skip
+    rows.append(dict(mode="full", init="pretrained", label_fraction=0.1, seed=9, accuracy=0.0))
+    diffs = differences(pd.DataFrame(rows), "accuracy")
+    row = diffs[diffs.comparison == "pretrained - scratch"].iloc[0]
+    assert row.seeds == 3  # seed 9 has no scratch partner
+    assert row.difference == pytest.approx(0.11)
+    assert row.low == pytest.approx(0.11 - stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3))
+    assert row.win
+
+
+def test_predict_command_writes_probabilities_of_the_saved_model(tmp_path, tiny_survey, hf_cache):
+    from astropt.data import make_loader
+    from astropt.embed import data_config_for
+    from astropt.predict import main, read_predictions
+
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=4)
+    head = HeadConfig(kind="classification", n_outputs=3, class_names=["a", "b", "c"])
+    model = FinetunedGPT.from_gpt(GPT(config), head)
+    torch.nn.init.normal_(model.task_head[1].weight)
+    model.save_pretrained(tmp_path / "ft" / "model")  # a run folder's model/
+    out = tmp_path / "preds.parquet"
+    argv = ["--checkpoint", str(tmp_path / "ft"), "--data", tiny_survey.path, "--out", str(out),
+            "--batch-size", "5", "--dtype", "float32", "--device", "cpu",
+            "--data-opt", f"cache_dir={hf_cache}", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    frame = read_predictions(out)
+    np.testing.assert_array_equal(frame["id"], tiny_survey.ids["test"])
+    cfg = data_config_for(model, source="hf", path=tiny_survey.path, cache_dir=hf_cache)
+    batch = next(iter(make_loader(cfg, "test", batch_size=100, shuffle=False, augment=False)))
+    expected = model.eval().predict(batch.tokens).numpy()
+    np.testing.assert_allclose(frame[["p_a", "p_b", "p_c"]].to_numpy(), expected, atol=1e-6)
+    assert (frame["predicted_class"] == np.asarray(["a", "b", "c"])[expected.argmax(1)]).all()
+    assert main(argv) == 0  # a finished export is left as it is

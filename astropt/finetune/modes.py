@@ -1,0 +1,162 @@
+"""Building a finetune: the starting trunk, what trains in each mode, optimiser groups, the head.
+
+* :func:`load_trunk`: loaded weights or a fresh trunk (``scratch``, ``scratch:PATH``);
+* :func:`prepare_for_mode`: ``probe`` freezes the trunk, ``lora`` adds adapters
+  (:mod:`astropt.finetune.lora`), ``full`` trains everything; parameters the
+  head never reaches are frozen in every mode (DDP must not wait for them);
+* :func:`param_groups` / :func:`make_optimizer`: AdamW with layer-wise
+  learning-rate decay in ``full`` mode;
+* :func:`head_config`: the task head a labelled pool and its training labels call for.
+
+Used by the loop (:mod:`astropt.finetune.trainer`) and ``bench/finetune.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from astropt import hub
+from astropt.finetune import data as fdata
+from astropt.finetune import lora
+from astropt.finetune.config import FinetuneConfig
+from astropt.finetune.model import FinetunedGPT, HeadConfig
+from astropt.model import GPT
+
+
+def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
+    """The trunk a run starts from: loaded weights, or fresh ones (``scratch``, seeded).
+
+    ``scratch`` builds ``scratch_config``; ``scratch:PATH`` builds PATH's
+    architecture (the fair baseline of a pretrained run); a finetuned model
+    contributes its trunk only.
+    """
+    spec = init_from.strip()
+    if spec.lower() in ("scratch", "none", ""):
+        torch.manual_seed(seed)
+        return GPT(scratch_config)
+    if spec.lower().startswith("scratch:"):
+        config = hub.load_model(spec.split(":", 1)[1]).config
+        torch.manual_seed(seed)
+        return GPT(config)
+    loaded = hub.load_model(spec)
+    if isinstance(loaded, FinetunedGPT):
+        trunk = GPT(loaded.config)
+        state = {k: v for k, v in loaded.state_dict().items() if not k.startswith("task_head.")}
+        hub.load_state_checked(trunk, state, source=spec)
+        return trunk
+    return loaded
+
+
+def _unused_parameters(model: FinetunedGPT) -> list[str]:
+    """Trunk parameters a task head never reaches (frozen so DDP does not wait for them):
+    the patch-prediction head, the mask token, and blocks past the head's layer."""
+    block = model.resolve_layer(model._layer_arg())
+    unused = []
+    for name, _ in model.named_parameters():
+        if name.startswith("head.") or name == "mask_token":
+            unused.append(name)
+        elif block is not None and (name.startswith("norm_f.")):
+            unused.append(name)
+        elif block is not None and name.startswith("blocks."):
+            if int(name.split(".")[1]) > block:
+                unused.append(name)
+    return unused
+
+
+def prepare_for_mode(model: FinetunedGPT, cfg: FinetuneConfig) -> nn.Module:
+    """Set what trains for ``cfg.mode``; returns the module to train (``model``, or its
+    ``peft`` wrapper for ``lora``). Parameters the head never reaches are frozen in every mode."""
+    for param in model.parameters():
+        param.requires_grad = True
+    for name in _unused_parameters(model):
+        model.get_parameter(name).requires_grad = False
+    if cfg.mode == "probe":
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("task_head.")
+    if cfg.mode == "lora":
+        return lora.add_adapters(
+            model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets
+        )
+    return model
+
+
+def make_optimizer(model: nn.Module, cfg: FinetuneConfig, n_layer: int) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (trainable parameters only)."""
+    return torch.optim.AdamW(
+        param_groups(model, cfg, n_layer),
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        eps=cfg.optim.eps,
+    )
+
+
+def param_groups(model: nn.Module, cfg: FinetuneConfig, n_layer: int) -> list[dict]:
+    """AdamW groups with an ``lr_scale`` each: layer-wise decay in ``full`` mode.
+
+    Weight decay applies to matrices only (the positional table included, as in
+    pretraining; not norms or biases).
+    """
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        plain = name.replace("base_model.model.", "")
+        scale = 1.0
+        if cfg.mode == "full" and not plain.startswith("task_head."):
+            if plain.startswith("blocks."):
+                depth = int(plain.split(".")[1]) + 1
+            elif plain.startswith(("tokeniser.", "pos_emb.", "mask_token")):
+                depth = 0
+            else:  # final norm
+                depth = n_layer + 1
+            scale = cfg.layer_decay ** (n_layer + 1 - depth)
+        decay = param.dim() >= 2
+        groups.setdefault((scale, decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr_scale": scale,
+            "weight_decay": cfg.optim.weight_decay if decay else 0.0,
+        }
+        for (scale, decay), params in sorted(groups.items(), key=lambda kv: kv[0])
+    ]
+
+
+def head_config(cfg: FinetuneConfig, pool: fdata.LabelledPool, train_pos: np.ndarray):
+    labels = pool.labels[train_pos]
+    common = dict(
+        targets=list(pool.targets),
+        pool=cfg.pool,
+        layer=str(cfg.layer),
+        prefix=cfg.prefix,
+        dropout=cfg.head_dropout,
+    )
+    if cfg.head == "classification":
+        k = len(pool.class_names)
+        weights = None
+        if cfg.class_weights == "balanced":
+            counts = np.bincount(labels, minlength=k).astype(np.float64)
+            weights = (len(labels) / (k * np.maximum(counts, 1))).tolist()
+        return HeadConfig(
+            kind="classification",
+            n_outputs=k,
+            class_names=list(pool.class_names),
+            label_smoothing=cfg.label_smoothing,
+            class_weights=weights,
+            **common,
+        )
+    values = labels.reshape(len(labels), -1).astype(np.float64)
+    if cfg.head == "regression":
+        std = values.std(0)
+        return HeadConfig(
+            kind="regression",
+            n_outputs=values.shape[1],
+            target_mean=values.mean(0).tolist(),
+            target_std=np.where(std > 0, std, 1.0).tolist(),
+            **common,
+        )
+    return HeadConfig(
+        kind="votes", n_outputs=values.shape[1], vote_groups=list(cfg.vote_groups), **common
+    )

@@ -1,0 +1,305 @@
+"""Label-efficiency sweep: how many labels does a task need, from pretrained weights or scratch?
+
+``python -m astropt.finetune.sweep CONFIG.toml --out runs/sweep --modes full,lora,probe
+--inits runs/quickstart,scratch --fractions 0.01,0.1,1 --seeds 0,1,2 [key=value ...]``
+
+Runs :func:`astropt.finetune.trainer.finetune` for every ``mode x init x
+label_fraction x seed`` (in-process, one after another; a finished run, one
+whose ``summary.json`` exists, is skipped, so an interrupted sweep resumes),
+all with the same ``split_seed`` (the same test galaxies), then writes:
+
+* ``results.csv``: one row per run (mode, init, label fraction, labels used,
+  seed, every test score);
+* ``label_efficiency.png``: the headline test score (accuracy, or R^2) against
+  the number of training labels, one line per mode and init, the mean over
+  seeds with its 95 % Student-t interval;
+* ``differences.csv`` / ``report.md``: for each mode and fraction, pretrained
+  minus scratch (paired by seed: the same label subset), and each mode minus
+  ``probe`` at the same init, with the interval over seeds; a win is a
+  difference whose interval lies above zero.
+
+``scratch`` as an init means the architecture of the first pretrained init
+with fresh weights (``init_from=scratch:PATH``), the fair baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from astropt.finetune.config import load_finetune_config
+from astropt.finetune.metrics import HEADLINE, mean_interval
+from astropt.io import atomic_write, atomic_write_text
+
+log = logging.getLogger("astropt.finetune")
+
+
+def init_name(spec: str) -> str:
+    return "scratch" if spec.lower().startswith("scratch") else "pretrained"
+
+
+def run_name(mode: str, init: str, fraction: float, seed: int) -> str:
+    return f"{mode}-{init_name(init)}-f{fraction:g}-s{seed}"
+
+
+def run_sweep(
+    config: str | Path | None,
+    out: str | Path,
+    modes: list[str],
+    inits: list[str],
+    fractions: list[float],
+    seeds: list[int],
+    overrides: list[str] = (),
+    combos: list[tuple[str, str, float]] | None = None,
+) -> Path:
+    """Run (or resume) the grid; write ``results.csv``, the figure and the report. Returns ``out``.
+
+    ``combos``: an explicit list of ``(mode, init, fraction)`` instead of the full product.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pretrained = [i for i in inits if init_name(i) == "pretrained"]
+    resolved = {
+        i: (f"scratch:{pretrained[0]}" if i.lower() == "scratch" and pretrained else i)
+        for i in inits
+    }
+    grid = combos or list(itertools.product(modes, inits, fractions))
+    from astropt.finetune.trainer import finetune
+
+    for (mode, init, fraction), seed in itertools.product(grid, seeds):
+        folder = out / run_name(mode, init, fraction, seed)
+        if (folder / "summary.json").is_file():
+            continue
+        cfg = load_finetune_config(
+            config,
+            [
+                *overrides,
+                f"out_dir={folder}",
+                f"mode={mode}",
+                f"init_from={resolved.get(init, init)}",
+                f"label_fraction={fraction}",
+                f"seed={seed}",
+                "overwrite=true",
+            ],
+        )
+        log.info("sweep: %s", folder.name)
+        finetune(cfg)
+    rows = collect(out)
+    write_results(out, rows)
+    return out
+
+
+def collect(out: Path) -> list[dict]:
+    """One row per finished run under ``out``."""
+    rows = []
+    for summary_path in sorted(out.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        row = {
+            "run": summary_path.parent.name,
+            "mode": summary["mode"],
+            "init": init_name(summary["init_from"]),
+            "label_fraction": summary["label_fraction"],
+            "n_labels": summary["n_labels"],
+            "seed": summary["seed"],
+            "head": summary["head"],
+        }
+        row.update({k: v for k, v in summary["test"].items() if isinstance(v, (int, float))})
+        rows.append(row)
+    return rows
+
+
+def differences(frame, metric: str):
+    """Paired (by seed) differences with intervals: pretrained - scratch, and mode - probe."""
+    import pandas as pd
+
+    out = []
+    keyed = frame.set_index(["mode", "init", "label_fraction", "seed"])[metric].sort_index()
+    for (mode, fraction), _ in frame.groupby(["mode", "label_fraction"]):
+        comparisons = [("pretrained - scratch", (mode, "pretrained"), (mode, "scratch"))]
+        if mode != "probe":
+            for init in ("pretrained", "scratch"):
+                comparisons.append((f"{mode} - probe ({init})", (mode, init), ("probe", init)))
+        for name, a, b in comparisons:
+            try:
+                left = keyed.loc[(a[0], a[1], fraction)]
+                right = keyed.loc[(b[0], b[1], fraction)]
+            except KeyError:
+                continue
+            common = left.index.intersection(right.index)
+            if len(common) == 0:
+                continue
+            diff = (left.loc[common] - right.loc[common]).to_numpy()
+            mean, low, high = mean_interval(diff)
+            out.append(
+                {
+                    "comparison": name,
+                    "mode": mode,
+                    "label_fraction": fraction,
+                    "seeds": len(common),
+                    "difference": mean,
+                    "low": low,
+                    "high": high,
+                    "win": bool(low > 0),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    if not rows:
+        return
+    frame = pd.DataFrame(rows).sort_values(["mode", "init", "label_fraction", "seed"])
+    atomic_write(out / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    metric = HEADLINE[frame["head"].iloc[0]]
+    diffs = differences(frame, metric)
+    if len(diffs):
+        atomic_write(out / "differences.csv", lambda tmp: diffs.to_csv(tmp, index=False))
+    plot_label_efficiency(frame, metric, out / "label_efficiency.png")
+    atomic_write_text(out / "report.md", report(frame, diffs, metric))
+
+
+def summary_table(frame, metric: str):
+    import pandas as pd
+
+    rows = []
+    for (mode, init, fraction), group in frame.groupby(["mode", "init", "label_fraction"]):
+        mean, low, high = mean_interval(group[metric].to_numpy())
+        rows.append(
+            {
+                "mode": mode,
+                "init": init,
+                "label_fraction": fraction,
+                "n_labels": int(group["n_labels"].median()),
+                "seeds": len(group),
+                metric: mean,
+                "low": low,
+                "high": high,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_label_efficiency(frame, metric: str, path: Path) -> Path:
+    """Test score against training labels used: mean over seeds and its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    table = summary_table(frame, metric)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    styles = {"pretrained": "-", "scratch": "--"}
+    colours = {"full": "C0", "lora": "C1", "probe": "C2"}
+    for (mode, init), group in table.groupby(["mode", "init"]):
+        group = group.sort_values("n_labels")
+        x = group["n_labels"].to_numpy()
+        y = group[metric].to_numpy()
+        low = np.where(np.isfinite(group["low"]), group["low"], y)
+        high = np.where(np.isfinite(group["high"]), group["high"], y)
+        colour = colours.get(mode, None)
+        ax.plot(x, y, styles.get(init, "-"), marker="o", color=colour, label=f"{mode}, {init}")
+        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+        if len(x) == 1:
+            ax.errorbar(x, y, yerr=[y - low, high - y], color=colour, capsize=3, fmt="none")
+    ax.set_xscale("log")
+    ax.set_xlabel("training labels used")
+    ax.set_ylabel(f"test {metric}")
+    seeds = int(table["seeds"].min())
+    ax.set_title(f"label efficiency (mean and 95% interval over {seeds}+ seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def report(frame, diffs, metric: str) -> str:
+    table = summary_table(frame, metric)
+    lines = [f"# Label efficiency: test {metric}", ""]
+    lines.append(f"| mode | init | labels | fraction | seeds | {metric} | 95% interval |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for row in table.sort_values(["mode", "init", "label_fraction"]).itertuples():
+        value = getattr(row, metric)
+        lines.append(
+            f"| {row.mode} | {row.init} | {row.n_labels} | {row.label_fraction:g} | {row.seeds} | "
+            f"{value:.3f} | [{row.low:.3f}, {row.high:.3f}] |"
+        )
+    if len(diffs):
+        lines += ["", "## Differences (paired by seed)", ""]
+        lines.append("| comparison | fraction | seeds | difference | 95% interval | win |")
+        lines.append("|---|---|---|---|---|---|")
+        for row in diffs.itertuples():
+            lines.append(
+                f"| {row.comparison} | {row.label_fraction:g} | {row.seeds} | "
+                f"{row.difference:+.3f} | [{row.low:+.3f}, {row.high:+.3f}] | "
+                f"{'yes' if row.win else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m astropt.finetune.sweep",
+        description="Label-efficiency sweep: finetune over mode x init x label_fraction x seed "
+        "and plot the test score against labels used, with intervals over seeds. Rerun the "
+        "same command to resume.",
+    )
+    parser.add_argument("config", nargs="?", help="finetune config TOML")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    parser.add_argument("--out", required=True, help="sweep folder")
+    parser.add_argument("--modes", default="full", help="comma-separated: probe,lora,full")
+    parser.add_argument(
+        "--inits", default="scratch", help="comma-separated init_from values; 'scratch' = fresh"
+    )
+    parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds")
+    parser.add_argument(
+        "--combo",
+        action="append",
+        default=[],
+        metavar="MODE:INIT:FRACTION",
+        help="run only these combinations (repeatable) instead of the full grid",
+    )
+    parser.add_argument("--report-only", action="store_true", help="redraw from finished runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.report_only:
+        write_results(Path(args.out), collect(Path(args.out)))
+        return 0
+    inits = [v.strip() for v in args.inits.split(",") if v.strip()]
+    combos = None
+    if args.combo:
+        combos = []
+        for text in args.combo:
+            mode, init, fraction = text.rsplit(":", 2)
+            combos.append((mode, init, float(fraction)))
+        inits = list(dict.fromkeys([*(c[1] for c in combos), *inits]))
+    run_sweep(
+        args.config,
+        args.out,
+        [m.strip() for m in args.modes.split(",") if m.strip()],
+        inits,
+        _floats(args.fractions),
+        [int(s) for s in args.seeds.split(",") if s.strip()],
+        list(args.overrides),
+        combos,
+    )
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,13 +200,12 @@ def main(argv=None) -> None:
     if reason:
         sys.exit(reason)
     torch.set_num_threads(1)
-    for old in args.out.glob("*"):  # everything but the README is regenerated
-        if old.name != "README.md":
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    started = time.time()
     generate(args.ref_dir.resolve(), args.out.resolve())
-    sizes = sorted((p.stat().st_size, p.relative_to(args.out)) for p in args.out.rglob("*"))
-    total = sum(size for size, _ in sizes)
-    print(f"wrote {len(sizes)} files, {total / 1024:.0f} KiB, to {args.out}")
+    # The folder holds other golden files too (the simulator's): count only these.
+    written = [p for p in args.out.rglob("*") if p.is_file() and p.stat().st_mtime >= started]
+    total = sum(p.stat().st_size for p in written)
+    print(f"wrote {len(written)} files, {total / 1024:.0f} KiB, to {args.out}")
 
 
 if __name__ == "__main__":

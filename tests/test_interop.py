@@ -78,7 +78,7 @@ def test_golden_files_are_what_the_reference_writes(tmp_path_factory):
     live, golden = _live_reference(tmp_path_factory), make_golden.GOLDEN_DIR
     generated = {p.relative_to(live) for p in live.rglob("*") if p.is_file()}
     committed = {p.relative_to(golden) for p in golden.rglob("*") if p.is_file()}
-    assert generated == committed - {Path("README.md")}
+    assert generated <= committed, f"not in tests/golden: {sorted(generated - committed)}"
     for name in sorted(generated):
         if name.suffix == ".npy":
             # Another CPU may round the reference's arithmetic differently in the last bits.

@@ -14,9 +14,7 @@ examples per second from the median step, and ``lora / full`` is the ratio
 measured in the same run.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` over a mode's
-steps; on CPU, the peak resident set of a fresh subprocess that builds the
-model and runs one step of that mode (``ru_maxrss``), less the same process's
-resident set before the model was built.
+steps; not measured on CPU (shown as ``-``).
 
     python bench/finetune.py [--shapes quickstart,095M] [--rounds 5] [--device auto] [--threads N]
 """
@@ -26,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -119,23 +115,6 @@ def time_modes(shape: str, device, rounds: int, dtype: str) -> dict[str, dict]:
     return out
 
 
-def cpu_peak(shape: str, mode: str, dtype: str) -> int:
-    """Peak RSS growth (bytes) of one fresh process building ``shape`` and running one step."""
-    command = [sys.executable, __file__, "--memory-child", shape, mode, "--dtype", dtype]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    return int(json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"])
-
-
-def memory_child(shape: str, mode: str, dtype: str) -> None:
-    import torch
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    parts = build(shape, mode, torch.device("cpu"))
-    step(*parts, dtype)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_bytes": (after - before) * 1024}))  # ru_maxrss is in KiB on Linux
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="quickstart,095M")
@@ -153,9 +132,6 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.memory_child:
-        memory_child(*args.memory_child, args.dtype if args.dtype != "auto" else "float32")
-        return 0
     from astropt.device import resolve_device
     from astropt.embed import resolve_dtype
 
@@ -169,11 +145,10 @@ def main() -> int:
         rounds = args.rounds if shape == "quickstart" else args.big_rounds
         rows = time_modes(shape, device, rounds, dtype)
         for mode, row in rows.items():
-            if row["peak_bytes"] is None:
-                row["peak_bytes"] = cpu_peak(shape, mode, dtype)
+            peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.0f}"
             print(
                 f"{shape:<11} {mode:<6} {row['trainable']:>12,} {row['examples_per_s']:>11.1f} "
-                f"{row['median_step_s']:>8.3f} {row['peak_bytes'] / 2**20:>9.0f}"
+                f"{row['median_step_s']:>8.3f} {peak:>9}"
             )
         ratio = rows["lora"]["examples_per_s"] / rows["full"]["examples_per_s"]
         probe = rows["probe"]["examples_per_s"] / rows["full"]["examples_per_s"]

@@ -179,6 +179,11 @@ class KVCache:
         return keys[:, :, :end], values[:, :, :end]
 
 
+def _dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, skipped when it would be the identity (eval mode or p = 0)."""
+    return module(x) if module.training and module.p > 0 else x
+
+
 def attention_mask(
     attn_type: AttnType, q_len: int, kv_len: int, prefix_len: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -229,17 +234,18 @@ class SelfAttention(nn.Module):
             # projection, and slower in bf16 than in fp32 at these head sizes
             # (forward + backward, head_dim 16-64: 1.2x to 10x), so attend in
             # fp32 with autocast off (it would cast straight back).
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).to(
-                torch.float32, memory_format=torch.contiguous_format
-            )
-            if cache is not None:
+            heads = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+            if cache is None:
+                q, k, v = heads.to(torch.float32, memory_format=torch.contiguous_format)
+            else:  # the cache copies k and v into its buffers anyway: no copy here
+                q, k, v = heads.float()
                 k, v = cache.append(layer, k, v)
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
                 )
             y = y.transpose(1, 2).to(qkv.dtype, memory_format=torch.contiguous_format)
-            return self.resid_dropout(self.proj(y.view(batch, seq, width)))
+            return _dropout(self.resid_dropout, self.proj(y.view(batch, seq, width)))
         q, k, v = qkv.unbind(2)  # (B, T, H, D) views
         if (
             _flash_attn_func is not None
@@ -249,7 +255,7 @@ class SelfAttention(nn.Module):
             and cache is None
         ):
             y = _flash_attn_func(q, k, v, dropout_p=dropout, causal=attn_type == "causal")
-            return self.resid_dropout(self.proj(y.reshape(batch, seq, width)))
+            return _dropout(self.resid_dropout, self.proj(y.reshape(batch, seq, width)))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if cache is not None:
             k, v = cache.append(layer, k, v)
@@ -257,7 +263,7 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
         )
         y = y.transpose(1, 2).reshape(batch, seq, width)
-        return self.resid_dropout(self.proj(y))
+        return _dropout(self.resid_dropout, self.proj(y))
 
 
 class MLP(nn.Module):
@@ -268,7 +274,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return _dropout(self.dropout, self.proj(F.gelu(self.fc(x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -380,15 +386,19 @@ class GPT(nn.Module):
                 raise ValueError(
                     f"sequence position {start + seq - 1} is beyond block_size {cfg.block_size}"
                 )
-            positions = torch.arange(start, start + seq, device=patches.device)
+            # A slice of the table: the rows of positions start..start+seq-1
+            # without a gather kernel (a decode step is made of such small ops).
+            pos = self.pos_emb.weight[start : start + seq]
         elif positions.max() >= cfg.block_size:
             raise ValueError(
                 f"sequence position {int(positions.max())} is beyond block_size {cfg.block_size}"
             )
+        else:
+            pos = self.pos_emb(positions)
         x = self.tokeniser(patches)
         if mask is not None:
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
-        x = self.drop(x + self.pos_emb(positions))
+        x = _dropout(self.drop, x + pos)
         attn_type = "full" if cfg.objective == "mae" else cfg.attn_type
         for index, block in enumerate(self.blocks):
             x = block(x, attn_type, prefix_len, cache, index)

@@ -22,6 +22,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
+from limits import Limits, save_result  # noqa: E402
 
 from astropt import simulate as sim  # noqa: E402
 from astropt.simulate.population import (  # noqa: E402
@@ -110,6 +111,14 @@ def main() -> None:
         rates[256] = args.n / cpu
     print(f"\nratio to the 100 stamps/s target at 256 x 256: {rates[256] / TARGET:.2f}x")
     print(f"simulate 256x256, 1 process, 1 thread: {rates[256]:.0f} stamps/s")
+    # Rendering is neither one big matmul nor one streaming pass: the limits are
+    # printed for scale (pixels written per second against the copy bandwidth).
+    limits = Limits.measure("cpu", clock="cpu")
+    print(limits.describe())
+    print(
+        f"rendered uint8 pixels at 256x256: {limits.bandwidth_fraction(rates[256] * 256 * 256 * 3)}"
+    )
+    save_result("simulate", {"rates": rates, "limits": vars(limits)})
 
 
 if __name__ == "__main__":

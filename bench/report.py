@@ -1,0 +1,152 @@
+"""Write the README's benchmark table from the result files of ``make bench``.
+
+Every benchmark appends one JSON line per run to ``bench/results/NAME.jsonl``
+(:func:`limits.save_result`). This script quotes each headline as the range
+over the recorded runs (at least two runs make a range; one run is marked as
+such) and replaces the table between the ``bench-table`` markers of
+``README.md``, so no figure there is typed by hand.
+
+    python bench/report.py [--results bench/results] [--readme README.md] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def load(folder: Path, name: str) -> list[dict]:
+    path = folder / f"{name}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def span(values: list[float], unit: str = "x", digits: int = 1) -> str:
+    """``"3.1-3.6x (3 runs)"`` from one value per run."""
+    if not values:
+        return "not run yet"
+    low, high = min(values), max(values)
+    runs = f"{len(values)} run{'s' if len(values) > 1 else ''}"
+    if f"{low:.{digits}f}" == f"{high:.{digits}f}":
+        return f"{low:.{digits}f}{unit} ({runs})"
+    return f"{low:.{digits}f}-{high:.{digits}f}{unit} ({runs})"
+
+
+def rows(folder: Path) -> list[tuple[str, str, str]]:
+    table = []
+    embed = load(folder, "embed")
+    shape = "astropt-smallest"
+    same = [r[f"ratio/{shape}"] for r in embed if f"ratio/{shape}" in r]
+    early = [
+        r["rates"][f"{shape}/ours middle float32"] / r["rates"][f"{shape}/ours final float32"]
+        for r in embed
+    ]
+    table.append((
+        "embedding vs astropt 2.0.9 `generate_embeddings`, same work (every block, fp32 both; "
+        "4 layers, width 128, 256 tokens)",
+        "`python bench/embed.py`",
+        f"{span(same, digits=2)}; early exit adds {span(early, digits=2)} on top (not a comparison)",
+    ))  # fmt: skip
+    generate = load(folder, "generate")
+    ratio = [r["rows"][0]["ratio"] for r in generate]
+    table.append((
+        "generation, pre-allocated KV cache vs a fair uncached loop (batch 1, 256 tokens)",
+        "`python bench/generate.py`",
+        span(ratio),
+    ))  # fmt: skip
+    data = load(folder, "data")
+    if data:
+        per_workers = sorted({row["workers"] for run in data for row in run["rows"]})
+        parts = []
+        for workers in per_workers:
+            values = [row["ours"] / row["astropt"] for run in data for row in run["rows"]
+                      if row["workers"] == workers]  # fmt: skip
+            parts.append(f"{workers} worker{'s' if workers != 1 else ''}: {span(values)}")
+        result = "; ".join(parts)
+    else:
+        result = "not run yet"
+    table.append((
+        "JPEG parquet (256x256) to token batches vs astropt 2.0.9's own data path",
+        "`python bench/data.py`",
+        result,
+    ))  # fmt: skip
+    tokens = load(folder, "tokens")
+    table.append((
+        "images to spiral tokens vs astropt 2.0.9 `process_galaxy` (batch 32)",
+        "`python bench/tokens.py`",
+        span([r["ratios"][str(r["headline"])] for r in tokens]),
+    ))  # fmt: skip
+    memory = load(folder, "export_memory")
+    growth = []
+    for run in memory:
+        stream = sorted((r for r in run["rows"] if r["kind"] == "stream"), key=lambda r: r["n"])
+        if len(stream) >= 2:
+            growth.append(stream[-1]["peak_mib"] - stream[-2]["peak_mib"])
+    sizes = ""
+    if memory:
+        stream = sorted(r["n"] for r in memory[-1]["rows"] if r["kind"] == "stream")
+        sizes = (
+            f" ({stream[-2] // 1000}k to {stream[-1] // 1000}k galaxies)" if len(stream) > 1 else ""
+        )
+    table.append((
+        f"embedding export peak RSS growth{sizes}",
+        "`python bench/export_memory.py`",
+        span(growth, unit=" MiB", digits=0),
+    ))  # fmt: skip
+    simulate = load(folder, "simulate")
+    table.append((
+        "synthetic stamps at 256x256, one process",
+        "`python bench/simulate.py`",
+        span([r["rates"]["256"] for r in simulate], unit=" stamps/s", digits=0),
+    ))  # fmt: skip
+    train = load(folder, "train_step")
+    table.append((
+        "training step vs astropt 2.0.9, same shape and dtype (batch 8 x 256 tokens)",
+        "`python bench/train_step.py --threads 1`",
+        "; ".join(
+            f"{key}: {span([r['ratios'][key] for r in train if key in r['ratios']], digits=2)}"
+            for key in (train[-1]["ratios"] if train else {})
+        )
+        or "not run yet",
+    ))  # fmt: skip
+    return table
+
+
+def render(folder: Path) -> str:
+    lines = [
+        START,
+        "| benchmark | command | result (range over runs) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {what} | {command} | {result} |" for what, command, result in rows(folder)]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--readme", default=str(HERE.parent / "README.md"))
+    parser.add_argument("--check", action="store_true", help="fail if the README is out of date")
+    args = parser.parse_args()
+    readme = Path(args.readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} markers")
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    updated = before + render(Path(args.results)) + after
+    if args.check:
+        return 0 if updated == text else 1
+    readme.write_text(updated)
+    print(render(Path(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,8 +28,12 @@ test-fast: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -m "not slow" -q
 
+# Every benchmark appends its figures to bench/results/; report.py rewrites the
+# README's benchmark table from them (ranges over all recorded runs).
+BENCHES := limits tokens data simulate embed export_memory generate train_step
 bench: $(VENV)/.installed
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	$(PY) bench/report.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

@@ -299,6 +299,16 @@ def main() -> int:
     for key, ratio in ratios.items():
         shape, dtype = key.split("/")
         print(f"speed-up ratio vs astropt: {ratio:.2f} ({shape}, {dtype} both, best step time)")
+    from limits import Limits, save_result
+
+    limits = Limits.measure(device)
+    print(limits.describe(), "(the table's 'of peak' uses the best of the bursts above)")
+    save_result(
+        "train_step",
+        {"ratios": ratios, "threads": torch.get_num_threads(), "limits": vars(limits),
+         "of_peak": {key: flops[key] / min(times[("ours", key)]) / peaks[key.split("/")[1]]
+                     for key in flops}},
+    )  # fmt: skip
     if ratios:
         # What each side's trainer runs on a CPU by default: ours at its best
         # dtype here, AstroPT's train.py in float32 (it autocasts on GPUs only).

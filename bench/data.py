@@ -221,7 +221,9 @@ def our_loader(root: str, cache: str, batch: int, workers: int, shuffle: bool = 
 def shipped_configs() -> list[tuple[str, object]]:
     from astropt.config import load_config
 
-    names = sorted(p for p in (ROOT / "configs").glob("*.toml") if p.stem != "astropt-base")
+    # The pretraining configs (finetuning configs have their own schema).
+    names = sorted(ROOT.glob("configs/astropt-*.toml")) + [ROOT / "configs" / "quickstart.toml"]
+    names = [p for p in names if p.stem != "astropt-base"]
     return [(path.stem, load_config(path)) for path in names]
 
 

@@ -35,6 +35,7 @@ from astropt.embed import (
     export_loader,
     model_data_section,
     model_fingerprint,
+    process_group,
     read_manifest,
     read_table,
     resolve_dtype,
@@ -130,6 +131,7 @@ def export_predictions(
     from astropt.finetune.data import is_hdf5
 
     _check_data_config(model, data_cfg)
+    process_group()  # under torchrun: join the group (and pick this rank's GPU) first
     encoder = PredictionEncoder(model, resolve_device(device), dtype)
     if is_hdf5(data_cfg.path):
         open_loader = _galaxy10_opener(data_cfg.path, data_cfg, batch_size, max_samples)

@@ -149,7 +149,7 @@ def model_card(
     metadata) or a mapping of facts (e.g. a synthetic survey's ``survey.json``).
     ``probe_results``: ``{task: value}`` or ``{task: {metric: value}}``, or a
     JSON file holding that. ``training_summary``: e.g. the dict
-    ``astropt.training.train`` returns (steps, tokens, best validation loss).
+    ``astropt.train.train`` returns (steps, tokens, best validation loss).
     """
     from huggingface_hub import ModelCardData
 

@@ -132,7 +132,7 @@ class Quickstart:
 
     def train(self) -> dict:
         from astropt.config import load_config
-        from astropt.training import train
+        from astropt.train import train
 
         overrides = [
             f"out_dir={self.model_dir}",

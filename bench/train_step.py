@@ -95,7 +95,7 @@ def _builders(impl: str, device, ref_folder: str | None):
         sys.path.insert(0, str(ROOT))
         from astropt.config import OptimConfig
         from astropt.model import GPT, GPTConfig
-        from astropt.training import make_optimizer
+        from astropt.train.optim import make_optimizer
 
         def build(layers, heads, width, dtype):
             torch.manual_seed(0)
@@ -237,7 +237,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
-    from astropt.training import measure_matmul_peak
+    from astropt.train.metrics import measure_matmul_peak
 
     device = torch.device(args.device)
     ref = None if args.no_reference else ensure_reference()

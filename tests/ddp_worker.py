@@ -15,7 +15,7 @@ import sys
 import torch
 
 from astropt.config import load_config
-from astropt.training import train
+from astropt.train import train
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("astropt.simulate",),
     ("astropt.data",),
     ("astropt.config",),  # RunConfig: the data and model sections of a training run
-    ("astropt.train", "astropt.training"),
+    ("astropt.train",),
     ("astropt.embed",),
     ("astropt.probe", "astropt.generate"),
     ("astropt.maps",),

@@ -510,7 +510,7 @@ def tiny_survey(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_rung_ladder_trains_fits_and_resumes_end_to_end(tmp_path, tiny_survey):
-    from astropt.training import train
+    from astropt.train import train
 
     ladder = load_ladder(_write_ladder(tmp_path, TINY))
     calls = []

@@ -27,15 +27,9 @@ from astropt.config import ConfigError, OptimConfig, config_from_dict, load_conf
 from astropt.data import make_loader
 from astropt.io import recover_atomic_dirs
 from astropt.model import GPT
-from astropt.training import (
-    ArchitectureMismatch,
-    TrainingDiverged,
-    load_trainer_state,
-    log_spaced_steps,
-    lr_at,
-    make_optimizer,
-    train,
-)
+from astropt.train import ArchitectureMismatch, TrainingDiverged, train
+from astropt.train.checkpoint import load_trainer_state, log_spaced_steps
+from astropt.train.optim import lr_at, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,7 +350,7 @@ def test_train_py_help_from_any_directory(tmp_path):
 
 
 def test_cli_config_errors_exit_2_naming_the_key(capsys):
-    from astropt.training import main
+    from astropt.train import main
 
     assert main([str(ROOT / "configs/quickstart.toml"), "model.n_layers=2"]) == 2
     assert "did you mean 'model.n_layer'" in capsys.readouterr().err

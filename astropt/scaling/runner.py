@@ -10,13 +10,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from astropt.data.config import synthetic_split_sizes
 from astropt.scaling.fit import _finite
 from astropt.scaling.ladder import Ladder, RunSpec, plan_runs
 from astropt.scaling.probing import ProbeFn, default_probe, probe_score
 from astropt.scaling.results import append_result, read_results
+
+if TYPE_CHECKING:
+    from astropt.train.parallel import DistInfo
 
 log = logging.getLogger("astropt.scaling")
 
@@ -225,7 +228,7 @@ def run_study(
             probe-versus-parameters figure needs no more).
         dry_run: print the plan (steps and compute per run) and train nothing.
         train_fn, probe_fn, load_config_fn: injectable for tests; default
-            ``astropt.training.train``, ``default_probe`` and
+            ``astropt.train.train``, ``default_probe`` and
             ``astropt.config.load_config``.
 
     Under ``torchrun`` the study starts one process group for all its runs
@@ -259,51 +262,21 @@ def run_study(
     # torchrun sets MASTER_ADDR for the env:// rendezvous; tests that only fake
     # RANK/WORLD_SIZE (with a stub training) get no group.
     if world_size > 1 and not dry_run and specs and "MASTER_ADDR" in os.environ:
+        from astropt.train.parallel import setup_distributed
+
+        # One process group for the whole study: training joins it and leaves it
+        # up, since a group destroyed and created again in the same processes
+        # (one per run) fails to reconnect (gloo, stale rendezvous keys). Ranks
+        # meet at a barrier after each run while rank 0 probes and writes the row.
         first = study.build(specs[0])[0]
-        study.group = _StudyProcessGroup(getattr(first, "device", "auto"))
+        study.group, _ = setup_distributed(getattr(first, "device", "auto"))
     try:
         return study.run(specs)
     finally:
         if study.group is not None:
-            study.group.close()
+            from astropt.train.parallel import teardown_distributed
 
-
-class _StudyProcessGroup:
-    """One process group for a whole study under ``torchrun``.
-
-    Training joins an existing group and leaves it up; a group destroyed and
-    created again in the same processes (one per run) fails to reconnect
-    (gloo, stale rendezvous keys), so the study owns it. Ranks meet at a
-    barrier after each run, while rank 0 probes and writes the row.
-    """
-
-    def __init__(self, device: str):
-        import torch
-        import torch.distributed as dist
-
-        self.dist = dist
-        self.owned = not dist.is_initialized()
-        if self.owned:
-            cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-            if cuda:
-                local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(local)
-                dist.init_process_group("nccl", device_id=local)
-            else:
-                dist.init_process_group("gloo")
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        self.dist.barrier()
-
-    def close(self) -> None:
-        if self.owned and self.dist.is_initialized():
-            self.dist.destroy_process_group()
+            teardown_distributed(study.group)
 
 
 @dataclass
@@ -321,7 +294,7 @@ class _Study:
     load_config_fn: LoadConfigFn | None = None
     rank: int = 0
     world_size: int = 1
-    group: _StudyProcessGroup | None = None
+    group: DistInfo | None = None  # the study's process group under torchrun
 
     def build(self, spec: RunSpec) -> tuple[Any, RunGeometry, int]:
         """``build_run`` with the study's overrides and world size."""
@@ -352,7 +325,7 @@ class _Study:
                 len(pending),
             )
         if self.train_fn is None and not self.dry_run:
-            from astropt.training import train
+            from astropt.train import train
 
             self.train_fn = train
         if self.probe and self.probe_fn is None:

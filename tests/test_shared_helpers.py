@@ -71,7 +71,7 @@ def test_synthetic_split_sizes_cover_every_galaxy_once():
 
 def test_mae_mask_of_training_previews_is_the_training_mask():
     """The preview and the training loss hide the same patches for the same generator state."""
-    from astropt.training import reconstruct
+    from astropt.train.metrics import reconstruct
 
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=16, patch_size=2,
                           objective="mae", attn_type="full", mask_ratio=0.5))  # fmt: skip

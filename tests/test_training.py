@@ -231,7 +231,9 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(make_cfg, monkeypat
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    from astropt.train.checkpoint import CheckpointWriteError
+
+    with pytest.raises(CheckpointWriteError, match="disk full.*previous checkpoints are intact"):
         train(cfg)
     monkeypatch.setattr(torch, "save", real_save)
     ckpts = Path(cfg.out_dir) / "checkpoints"

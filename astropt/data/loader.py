@@ -549,6 +549,17 @@ class TokenLoader:
             parts.append(f"{reason} ({REASONS.get(reason, reason)}): {count}, e.g. {shown}")
         return text + ": " + " | ".join(parts)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image this loader yields (after band selection and crop)."""
+        return self._dataset.prep.shape
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Patch tokens per image: ``(H / patch_size) * (W / patch_size)``."""
+        _, height, width = self.image_shape
+        return (height // self.cfg.patch_size) * (width // self.cfg.patch_size)
+
     def state_dict(self) -> dict:
         """Position (epoch, batches consumed in it) plus what must match on resume."""
         return {

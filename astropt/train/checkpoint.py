@@ -18,7 +18,6 @@ checkpoint does not depend on the number of processes that wrote it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -29,12 +28,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from astropt import hub
 from astropt.config import ConfigError
 from astropt.data.config import convention_mismatches
-from astropt.io import atomic_write, atomic_write_dir, load_state_checked, recover_atomic_dirs
+from astropt.io import (
+    CorruptFileError,
+    atomic_write,
+    atomic_write_dir,
+    load_state_checked,
+    load_weights,
+    read_json,
+    recover_atomic_dirs,
+)
 from astropt.model import GPT, GPTConfig
 from astropt.train.parallel import DistInfo
 
@@ -49,6 +55,10 @@ CHECKPOINTS = "checkpoints"
 #: weights; every other field shapes the network or its inputs.
 TUNABLE_MODEL_FIELDS = ("dropout", "embed_layer", "mask_ratio", "prefix_len")
 STATE_VERSION = 1
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
 
 
 class ArchitectureMismatch(ConfigError):
@@ -118,59 +128,138 @@ def write_checkpoints(
         )
         atomic_write(tmp / TRAINER_STATE_NAME, lambda p: torch.save(trainer_state, p))
 
-    atomic_write_dir(first, fill)
-    for name in names[1:]:
-        atomic_write_dir(root / name, lambda tmp: shutil.copytree(first, tmp, dirs_exist_ok=True))
+    try:
+        atomic_write_dir(first, fill)
+        for name in names[1:]:
+            atomic_write_dir(
+                root / name, lambda tmp: shutil.copytree(first, tmp, dirs_exist_ok=True)
+            )
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+        raise CheckpointWriteError(
+            f"could not write a checkpoint under {root} ({str(exc)[:200]}); the previous "
+            "checkpoints are intact: free disk space (or fix the folder), then resume=true"
+        ) from exc
 
 
 # =====================================================================
 # Resume
 # =====================================================================
+def _numpy_globals() -> list:
+    """The numpy names a pickled RNG state needs: arrays and dtypes, nothing that runs code."""
+    core = getattr(np, "_core", None) or np.core
+    return [
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        np.ndarray,
+        np.dtype,
+        *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.uint8, np.bool_)},
+    ]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A trainer state that holds more than tensors, numbers, strings and numpy arrays."""
+
+
 def load_trainer_state(folder: str | os.PathLike) -> dict:
-    """The ``trainer_state.pt`` of a checkpoint folder (written by this module)."""
+    """The ``trainer_state.pt`` of a checkpoint folder (written by this module).
+
+    Read with torch's weights-only unpickler, which builds tensors, containers,
+    numbers, strings and (allow-listed) numpy arrays and refuses everything
+    else: a state file in a shared run folder cannot run code on ``resume=true``.
+    """
+    import pickle
+
     path = Path(folder) / TRAINER_STATE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {TRAINER_STATE_NAME}: not a training checkpoint")
-    # Our own file from the run folder: it holds RNG and loader states (numpy
-    # arrays, tuples), which the weights-only unpickler refuses.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors, numbers and "
+            f"arrays, so it was not written by astropt (or was altered): {str(exc)[:200]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CorruptFileError(f"{path} cannot be read ({str(exc)[:200]})") from None
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> dict | None:
-    """Recover, check or clear run folder ``out``; the trainer state to resume from, if any.
+@dataclasses.dataclass
+class ResumePoint:
+    """The checkpoint a resumed run continues from: its folder, trainer state and weights."""
 
-    Collective (every rank calls it); rank 0 alone changes files.
+    folder: Path
+    state: dict
+    weights: dict[str, torch.Tensor]
+
+
+def _read_resume_point(root: Path, info: DistInfo) -> ResumePoint | None:
+    """``latest``, or ``best`` when ``latest`` cannot be read (saying so); None without either.
+
+    A state that is not ours (:class:`UnsafeCheckpointError`) stops the run: it is not
+    a damaged file to step around.
+    """
+    failures = []
+    for name in ("latest", "best"):
+        folder = root / name
+        if not (folder / TRAINER_STATE_NAME).is_file():
+            continue
+        try:
+            state = load_trainer_state(folder)
+            weights = load_weights(folder / hub.WEIGHTS_NAME)
+        except (CorruptFileError, FileNotFoundError) as exc:
+            failures.append(str(exc))
+            if info.is_main:
+                log.warning("cannot resume from %s: %s", folder, exc)
+            continue
+        if failures and info.is_main:
+            log.warning("resuming from %s (step %s) instead", folder, state.get("step"))
+        return ResumePoint(folder=folder, state=state, weights=weights)
+    if failures:
+        raise CorruptFileError(
+            f"no readable checkpoint to resume in {root}: " + "; ".join(failures)
+        )
+    return None
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, info: DistInfo) -> ResumePoint | None:
+    """Recover, check or clear run folder ``out``; the checkpoint to resume from, if any.
+
+    Collective (every rank calls it); rank 0 alone changes files. A run that
+    starts from step 0 starts a new ``metrics.jsonl`` (rows left by a run killed
+    before its first checkpoint would otherwise repeat their steps).
     """
     root = out / CHECKPOINTS
-    latest = root / "latest"
     if info.is_main:
         recover_atomic_dirs(root)
     info.barrier()
-    has_checkpoints = latest.is_dir() or (root / "best").is_dir()
+    has_checkpoints = (root / "latest").is_dir() or (root / "best").is_dir()
     if resume:
-        if (latest / TRAINER_STATE_NAME).is_file():
-            return load_trainer_state(latest)
+        point = _read_resume_point(root, info)
+        if point is not None:
+            return point
         if info.is_main:
             log.info("resume=true but %s holds no checkpoint: starting from scratch", out)
-        return None
-    if has_checkpoints and not overwrite:
+    elif has_checkpoints and not overwrite:
         raise ConfigError(
             f"{out} already holds checkpoints: pass resume=true to continue that run, "
             "overwrite=true to replace it, or another out_dir"
         )
-    if has_checkpoints and info.is_main:
+    elif has_checkpoints and info.is_main:
         log.info("overwrite=true: removing the checkpoints and metrics of %s", out)
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(out / "previews", ignore_errors=True)
+    if info.is_main:
         (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)
     info.barrier()
     return None
 
 
-def load_resume_model(out: Path, config: GPTConfig) -> GPT:
-    """The model of ``out/checkpoints/latest``, refused if its architecture is not ``config``'s."""
-    folder = out / CHECKPOINTS / "latest"
-    saved = json.loads((folder / hub.CONFIG_NAME).read_text())
+def load_resume_model(point: ResumePoint, config: GPTConfig, out: Path) -> GPT:
+    """The model of ``point``, refused if its architecture is not ``config``'s."""
+    folder = point.folder
+    saved = read_json(folder / hub.CONFIG_NAME)
     diffs = architecture_diff(saved, config)
     if diffs:
         raise ArchitectureMismatch(
@@ -180,8 +269,7 @@ def load_resume_model(out: Path, config: GPTConfig) -> GPT:
             "or start a new out_dir."
         )
     model = GPT(config)
-    state = load_file(str(folder / hub.WEIGHTS_NAME), device="cpu")
-    load_state_checked(model, state, source=str(folder))
+    load_state_checked(model, point.weights, source=str(folder))
     return model
 
 

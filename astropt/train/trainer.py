@@ -24,18 +24,19 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from astropt.config import ConfigError, RunConfig, describe_keys, load_config
-from astropt.io import atomic_write_text
+from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
 from astropt.train.checkpoint import (
     CHECKPOINTS,
     STATE_VERSION,
+    ResumePoint,
     full_model_state,
     full_optim_state,
     load_full_optim_state,
@@ -68,20 +69,39 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient: the run stopped before applying the update."""
 
 
+_deferring = False
+
+
 @contextmanager
-def _deferred_interrupts():
-    """Hold SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt."""
+def _deferred_interrupts(note: str = ""):
+    """Hold SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt.
+
+    A second Ctrl-C inside the block raises at once. Nested blocks defer to the
+    outermost one, so a whole training iteration (step, counters, metrics row,
+    checkpoint) finishes or is redone, never half-recorded.
+    """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    global _deferring
+    if _deferring or threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+
+    def hold(*args):
+        if received:
+            raise KeyboardInterrupt
+        received.append(args)
+        if note:
+            print(f"\n{note} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    _deferring = True
     try:
         yield
     finally:
+        _deferring = False
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
@@ -140,10 +160,10 @@ class Trainer:
     def build(self) -> None:
         """Model, optimiser, loaders and run folder; restores ``latest`` when resuming."""
         cfg = self.cfg
-        resume_state = prepare_run_dir(self.out, cfg.resume, cfg.overwrite, self.dist)
+        resume = prepare_run_dir(self.out, cfg.resume, cfg.overwrite, self.dist)
         # Same seed on every rank for the initial weights (DDP also broadcasts them).
         seed_everything(cfg.seed)
-        model = self._build_model(resuming=resume_state is not None).to(self.device)
+        model = self._build_model(resume).to(self.device)
         self.n_params = model.num_params()
         self.raw_model = model
         self.step_module, self.fsdp = wrap_model(
@@ -153,9 +173,10 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.max_iters)
         self.scaler = make_grad_scaler(self.device, self.amp_dtype)
         self._make_loaders()
+        self._check_sequence_fits()
         resume_rng = None
-        if resume_state is not None:
-            resume_rng = self._restore(resume_state)
+        if resume is not None:
+            resume_rng = self._restore(resume.state)
             self.metrics.truncate(self.step)
             self.say("resumed %s at step %d", self.out, self.step)
         if self.dist.is_main:
@@ -183,10 +204,10 @@ class Trainer:
             self.peak,
         )
 
-    def _build_model(self, resuming: bool) -> GPT:
+    def _build_model(self, resume: ResumePoint | None) -> GPT:
         cfg = self.cfg
-        if resuming:
-            return load_resume_model(self.out, cfg.model)
+        if resume is not None:
+            return load_resume_model(resume, cfg.model, self.out)
         if cfg.init_from and cfg.init_from.lower() not in ("scratch", "none"):
             model, cfg.model = load_init_from(cfg.init_from, cfg.data, cfg.model, self.dist)
             return model
@@ -217,6 +238,22 @@ class Trainer:
         )
         # Every evaluation reads the same batches: rewind to this state first.
         self._val_start = self.val_loader.state_dict()
+
+    def _check_sequence_fits(self) -> None:
+        """Fail at start-up, not at the first evaluation, when images outgrow ``block_size``."""
+        model = self.cfg.model
+        per_image = getattr(self.train_loader, "tokens_per_image", None)
+        if per_image is None:  # a custom loader_factory's loader: checked at its first batch
+            return
+        needed = per_image - (1 if model.objective == "ar" else 0)
+        if needed > model.block_size:
+            _, height, width = self.train_loader.image_shape
+            raise ConfigError(
+                f"{height}x{width} images make {per_image} tokens of "
+                f"{model.patch_size}x{model.patch_size} pixels, more than model.block_size="
+                f"{model.block_size} positions: raise model.block_size to {needed} or crop the "
+                "images with data.image_size"
+            )
 
     # ======================================================== checkpoints
     def save_checkpoint(self, names: list[str]) -> None:
@@ -252,6 +289,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "best_val_loss": self.best_val,
             "best_step": self.best_step,
+            "last_train_loss": self.last_train,
+            "last_val_loss": self.last_val,
             "world_size": self.dist.world_size,
             "optimizer": full_optim_state(self.raw_model, self.optimizer, self.fsdp),
             "scheduler": self.scheduler.state_dict(),
@@ -280,6 +319,8 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
         self.best_val = float(state["best_val_loss"])
         self.best_step = state.get("best_step")
+        self.last_train = state.get("last_train_loss")
+        self.last_val = state.get("last_val_loss")
         load_full_optim_state(self.raw_model, self.optimizer, state["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -442,8 +483,28 @@ class Trainer:
     # ================================================================ run
     def run(self) -> dict:
         """Build, then step to ``max_iters``, evaluating and checkpointing on schedule."""
+        with self._run_lock():
+            self.build()
+            return self._loop()
+
+    @contextmanager
+    def _run_lock(self):
+        """Rank 0 holds ``out_dir``'s lock for the run; every rank stops if another run has it."""
+        busy: FolderBusyError | None = None
+        with ExitStack() as stack:
+            if self.dist.is_main:
+                try:
+                    stack.enter_context(folder_lock(self.out, "training run"))
+                except FolderBusyError as error:
+                    busy = error
+            flag = self.dist.all_reduce(torch.tensor([float(busy is not None)], device=self.device))
+            if flag.item() > 0:
+                teardown_distributed(self.dist)
+                raise busy or FolderBusyError(f"{self.out} is in use by another run")
+            yield
+
+    def _loop(self) -> dict:
         cfg = self.cfg
-        self.build()
         snapshots = set(log_spaced_steps(cfg.log_checkpoints, cfg.max_iters))
         checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
         from tqdm.auto import tqdm
@@ -464,35 +525,37 @@ class Trainer:
                     self.save_checkpoint(["step-0000000"])
             speed = Throughput()
             while self.step < cfg.max_iters:
-                started = time.perf_counter()
-                lr = lr_at(self.step, cfg.optim, cfg.max_iters)
-                loss, norm, step_tokens, batches = self.train_step(iterator, lr)
-                self._count(step_tokens, batches, started)
-                self.last_train = loss
-                speed.tokens += step_tokens
-                bar.update(1)
-                is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
-                val = None
-                if is_eval or self.step % cfg.log_interval == 0:
-                    rate = speed.rate()
-                    mfu = rate * self.flops_per_token / (self.peak * self.dist.world_size)
-                    val = self._eval_and_log(self.step, loss, lr, rate, mfu, bar, is_eval, norm)
-                    speed.reset()
-                if val is not None and val < self.best_val:
-                    self.best_val, self.best_step = val, self.step
-                    names = ["best"]
-                else:
-                    names = []
-                if self.step % checkpoint_interval == 0 or self.step == cfg.max_iters:
-                    names.insert(0, "latest")
-                if self.step in snapshots:
-                    names.append(f"step-{self.step:07d}")
-                if names:
-                    self.save_checkpoint(names)
-                    speed.restart_clock()  # checkpoint time is not training speed
-                if self.on_step is not None:
-                    info = {"loss": loss, "lr": lr, "val_loss": val, "tokens": self.tokens}
-                    self.on_step(self.step, {**info, "batches": batches, "trainer": self})
+                note = f"stopping after step {self.step + 1} is recorded"
+                with _deferred_interrupts(note):
+                    started = time.perf_counter()
+                    lr = lr_at(self.step, cfg.optim, cfg.max_iters)
+                    loss, norm, step_tokens, batches = self.train_step(iterator, lr)
+                    self._count(step_tokens, batches, started)
+                    self.last_train = loss
+                    speed.tokens += step_tokens
+                    bar.update(1)
+                    is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
+                    val = None
+                    if is_eval or self.step % cfg.log_interval == 0:
+                        rate = speed.rate()
+                        mfu = rate * self.flops_per_token / (self.peak * self.dist.world_size)
+                        val = self._eval_and_log(self.step, loss, lr, rate, mfu, bar, is_eval, norm)
+                        speed.reset()
+                    if val is not None and val < self.best_val:
+                        self.best_val, self.best_step = val, self.step
+                        names = ["best"]
+                    else:
+                        names = []
+                    if self.step % checkpoint_interval == 0 or self.step == cfg.max_iters:
+                        names.insert(0, "latest")
+                    if self.step in snapshots:
+                        names.append(f"step-{self.step:07d}")
+                    if names:
+                        self.save_checkpoint(names)
+                        speed.restart_clock()  # checkpoint time is not training speed
+                    if self.on_step is not None:
+                        info = {"loss": loss, "lr": lr, "val_loss": val, "tokens": self.tokens}
+                        self.on_step(self.step, {**info, "batches": batches, "trainer": self})
         except KeyboardInterrupt:
             interrupted = True
             bar.close()
@@ -614,6 +677,26 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+def _run_errors() -> tuple[type[BaseException], ...]:
+    from astropt.data import BadSampleError, DataError
+    from astropt.io import CorruptFileError
+    from astropt.train.checkpoint import CheckpointWriteError, UnsafeCheckpointError
+
+    return (
+        FolderBusyError,
+        CorruptFileError,
+        UnsafeCheckpointError,
+        CheckpointWriteError,
+        FileNotFoundError,
+        DataError,
+        BadSampleError,
+    )
+
+
+#: Failures a user can fix (a busy folder, a bad file, a full disk): one line, no traceback.
+_RUN_ERRORS = _run_errors()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python train.py [CONFIG.toml] [key=value ...]``; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -653,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         summary = train(cfg)
-    except (ConfigError, TrainingDiverged) as error:
+    except (ConfigError, TrainingDiverged, *_RUN_ERRORS) as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import sys
 #: name -> (module whose ``COMMAND`` it runs, one-line summary). Registering a
 #: subcommand is one line here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("astropt.training", "pretrain a model (torchrun-aware)"),
+    "train": ("astropt.train", "pretrain a model (torchrun-aware)"),
     "embed": ("astropt.embed", "export embeddings of a split (resumable)"),
     "probe": ("astropt.probe", "linear probes, baselines and label-efficiency curves"),
     "maps": ("astropt.maps", "UMAP maps coloured by catalogue properties"),

@@ -208,9 +208,18 @@ def resolve(cfg: RunConfig) -> RunConfig:
     values = dataclasses.asdict(cfg.model)
     for name in DATA_CONVENTIONS:
         values[name] = getattr(cfg.data, name)
+    data_values = dataclasses.asdict(cfg.data)
+    # The model decides how many channels an image has; a file that disagrees is skipped.
+    if data_values["channels"] is None:
+        data_values["channels"] = cfg.model.n_chan
+    elif data_values["channels"] != cfg.model.n_chan:
+        raise ConfigError(
+            f"data.channels={data_values['channels']} disagrees with model.n_chan="
+            f"{cfg.model.n_chan}: images must have the channels the model reads"
+        )
     try:
         cfg.model = GPTConfig(**values)
-        cfg.data = type(cfg.data)(**dataclasses.asdict(cfg.data))
+        cfg.data = type(cfg.data)(**data_values)
         cfg.optim = OptimConfig(**dataclasses.asdict(cfg.optim))
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error)) from error

@@ -22,8 +22,11 @@ shuffling, no augmentation), so the same data and weights give the same table.
 
 Baselines for the probe suite use the same format and the same rows:
 ``kind="random-init"`` (the same architecture with fresh weights under a fixed
-seed) and ``kind="pixel-pca"`` (PCA of the raw normalised pixel tokens to the
-embedding dimension). :func:`baseline_paths` names them next to an export.
+seed), ``kind="pixels"`` (the scaled pixel values as patches, before per-patch
+normalisation: the probe reduces them by PCA inside each training fold, so no
+test galaxy reaches the fit) and ``kind="morphometrics"`` (aperture fluxes,
+colours, CAS, Gini, M20, shape: :mod:`astropt.morphometrics`), each computed
+once per galaxy. :func:`baseline_paths` names them next to an export.
 
 Read any of them back with :func:`read_embeddings`.
 
@@ -67,7 +70,6 @@ from astropt.options import Command, run_command
 
 FORMAT = "astropt-embeddings/1"
 MANIFEST = "_manifest.json"
-PCA_FILE = "_pca.npz"
 POSITION = "_position"  # a sharded export's row position in the split
 RESERVED_COLUMNS = ("id", "embedding", "thumbnail", "prediction", POSITION)
 DEFAULT_ROWS_PER_PART = 16384
@@ -123,35 +125,40 @@ class ModelEncoder:
         return model_fingerprint(self.model)
 
 
-class PixelPCAEncoder:
-    """Flattened normalised pixel tokens -> their first ``k`` principal components.
+class PixelEncoder:
+    """Images ``(B, C, H, W)`` -> their scaled pixel values as patches, flattened ``(B, N * D)``.
 
-    ``mean``: ``(F,)``, ``components``: ``(k, F)`` with ``F = N * P*P*C``.
+    The patches are the model's tokens before per-patch normalisation (same
+    patch size; the order of the values does not matter to a PCA).
     """
 
-    def __init__(
-        self, mean: np.ndarray, components: np.ndarray, device: str | torch.device = "cpu"
-    ):
-        self.device = torch.device(device)
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device)
-        self.components = torch.as_tensor(components, dtype=torch.float32, device=self.device)
-        self.dim = int(components.shape[0])
+    reads_images = True
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        flat = tokens.to(self.device, torch.float32).reshape(tokens.shape[0], -1)
-        if flat.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"pixel tokens have {flat.shape[1]} values per galaxy but the PCA was fitted "
-                f"on {self.mean.shape[0]}"
-            )
-        with torch.inference_mode():
-            return ((flat - self.mean) @ self.components.T).cpu()
+    def __init__(self, patch_size: int):
+        self.patch_size = patch_size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from astropt.tokens import patchify
+
+        patches = patchify(images.float().cpu(), patch_size=self.patch_size, order="raster")
+        return patches.reshape(images.shape[0], -1)
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha1()
-        digest.update(self.mean.cpu().numpy().tobytes())
-        digest.update(self.components.cpu().numpy().tobytes())
-        return digest.hexdigest()
+        return f"pixels-{self.patch_size}"
+
+
+class MorphometricEncoder:
+    """Images ``(B, C, H, W)`` -> morphometric features (:func:`astropt.morphometrics.morphometrics`)."""
+
+    reads_images = True
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from astropt.morphometrics import morphometrics
+
+        return torch.from_numpy(morphometrics(images.float().cpu().numpy()))
+
+    def fingerprint(self) -> str:
+        return "morphometrics-1"
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
@@ -195,16 +202,21 @@ def random_init_like(model_or_config, seed: int = 0):
 
 
 # --------------------------------------------------------------------------- paths
-def baseline_paths(out: str | Path) -> dict[str, Path]:
-    """Where the baselines of the export ``out`` live: ``{"pca": ..., "random": ...}``.
+BASELINES = ("pixels", "random-init", "morphometrics")
 
-    ``emb.parquet`` -> ``emb.pca.parquet`` and ``emb.random.parquet`` beside it.
+
+def baseline_paths(out: str | Path) -> dict[str, Path]:
+    """Where the baselines of the export ``out`` live, by name (:data:`BASELINES`).
+
+    ``emb.parquet`` -> ``emb.pixels.parquet``, ``emb.random.parquet`` and
+    ``emb.morphometrics.parquet`` beside it.
     """
     out = Path(out)
     stem = out.name[: -len(".parquet")] if out.name.endswith(".parquet") else out.name
     return {
-        "pca": out.with_name(f"{stem}.pca.parquet"),
-        "random": out.with_name(f"{stem}.random.parquet"),
+        "pixels": out.with_name(f"{stem}.pixels.parquet"),
+        "random-init": out.with_name(f"{stem}.random.parquet"),
+        "morphometrics": out.with_name(f"{stem}.morphometrics.parquet"),
     }
 
 
@@ -489,7 +501,8 @@ def _export_rows(
                 skip_batches -= 1
                 continue
             ids = list(batch.ids)
-            emb = encoder(batch.tokens).numpy()
+            inputs = batch.images if getattr(encoder, "reads_images", False) else batch.tokens
+            emb = encoder(inputs).numpy()
             if emb.shape[1] != manifest.setdefault("dim", emb.shape[1]):
                 raise RuntimeError(
                     f"embedding width changed from {manifest['dim']} to {emb.shape[1]}"
@@ -519,7 +532,7 @@ def _prepare_folder(out: Path, settings: dict, overwrite: bool, world_size: int 
         raise FileExistsError(f"{out} is a file; pass overwrite=True (--overwrite) to replace it")
     manifest = read_manifest(out) if out.is_dir() else None
     if manifest is None:
-        if out.is_dir() and any(child.name != PCA_FILE for child in out.iterdir()):
+        if out.is_dir() and any(out.iterdir()):
             raise FileExistsError(
                 f"{out} exists and is not an embedding export; choose another --out or --overwrite"
             )
@@ -547,7 +560,7 @@ def _remove_export(out: Path) -> None:
     if out.is_file():
         out.unlink()
         return
-    if read_manifest(out) is None and any(child.name != PCA_FILE for child in out.iterdir()):
+    if read_manifest(out) is None and any(out.iterdir()):
         raise FileExistsError(f"refusing to overwrite {out}: it is not an embedding export")
     import shutil
 
@@ -863,81 +876,41 @@ def export_embeddings(
     )
 
 
-def fit_pixel_pca(
-    batches: Iterable, n_components: int, fit_samples: int = 4096, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of flattened normalised pixel tokens from the first ``fit_samples`` galaxies.
-
-    Returns ``(mean (F,), components (k, F))`` float32 with
-    ``k = min(n_components, galaxies, F)``. Memory: ``fit_samples * F * 4`` bytes.
-    """
-    from sklearn.decomposition import PCA
-
-    rows: list[np.ndarray] = []
-    seen = 0
-    for batch in batches:
-        flat = batch.tokens.detach().float().cpu().reshape(batch.tokens.shape[0], -1).numpy()
-        rows.append(flat[: fit_samples - seen])
-        seen += len(rows[-1])
-        if seen >= fit_samples:
-            break
-    if not rows:
-        raise RuntimeError("no galaxies to fit the pixel PCA on")
-    data = np.concatenate(rows)
-    k = min(n_components, data.shape[0], data.shape[1])
-    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(data)
-    return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
-
-
-def export_pixel_pca(
+def export_image_features(
+    kind: str,
     data_cfg,
     out: str | Path,
-    n_components: int,
     split: str = "test",
     *,
-    fit_samples: int = 4096,
-    seed: int = 0,
     batch_size: int = 256,
-    device: str | torch.device = "auto",
     rows_per_part: int = DEFAULT_ROWS_PER_PART,
     max_samples: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """The pixel-PCA baseline: PCA of the raw normalised pixel tokens, same rows as an export.
+    """A model-free baseline export of ``split``: ``kind`` ``"pixels"`` or ``"morphometrics"``.
 
-    Fitted without labels on the first ``fit_samples`` galaxies of ``split``
-    (unsupervised, like the model's own pretraining), stored in the folder
-    (``_pca.npz``) so a resumed export projects with the same components.
+    ``"pixels"``: every galaxy's scaled pixel values as ``data_cfg.patch_size``
+    patches before per-patch normalisation (``N * D`` float32 values; the
+    manifest's ``meta.token_dim`` is ``D``), for the ``pixels`` and
+    ``pixels-normalised`` baselines that the probe suite reduces by PCA inside
+    each training fold. ``"morphometrics"``: :mod:`astropt.morphometrics`
+    (``meta.features`` names the columns). Same rows as the model's export.
     """
-    out = Path(out)
-    open_loader = _open_data(data_cfg, split, batch_size, max_samples)
-    rank, world_size = process_group()
+    from astropt.morphometrics import feature_names
 
-    def fit() -> tuple[np.ndarray, np.ndarray]:
-        if overwrite and out.exists():
-            _remove_export(out)
-        stored = out / PCA_FILE
-        if stored.is_file():
-            with np.load(stored) as saved:
-                return saved["mean"], saved["components"]
-        # Fitted on the split's first galaxies whatever the number of processes.
-        mean, components = fit_pixel_pca(open_loader(), n_components, fit_samples, seed)
-        out.mkdir(parents=True, exist_ok=True)
-
-        def save(tmp):
-            with open(tmp, "wb") as handle:
-                np.savez(handle, mean=mean, components=components)
-
-        atomic_write(stored, save)
-        return mean, components
-
-    # Under torchrun rank 0 fits (or loads) and every rank projects with its components.
-    mean, components = fit() if world_size == 1 else _agree(rank, fit)
-    encoder = PixelPCAEncoder(mean, components, resolve_device(device))
+    if kind == "pixels":
+        encoder = PixelEncoder(data_cfg.patch_size)
+        channels = 3
+        extra = {"token_dim": data_cfg.patch_size**2 * channels}
+    elif kind == "morphometrics":
+        encoder = MorphometricEncoder()
+        extra = {"features": feature_names()}
+    else:
+        raise ValueError(f"kind must be 'pixels' or 'morphometrics', got {kind!r}")
     settings = {
-        "kind": "pixel-pca",
-        "model": f"pca-{n_components}-{fit_samples}-{seed}",
+        "kind": kind,
+        "model": encoder.fingerprint(),
         "data": _data_settings(data_cfg, runtime=False),
         "split": split,
         "max_samples": max_samples,
@@ -945,20 +918,18 @@ def export_pixel_pca(
     meta = {
         "data_config": _data_settings(data_cfg),
         "split": split,
-        "n_components": int(components.shape[0]),
-        "fit_samples": fit_samples,
-        "seed": seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
     }
     return export_loader(
         encoder,
-        open_loader,
+        _open_data(data_cfg, split, batch_size, max_samples),
         out,
         settings=settings,
         meta=meta,
         rows_per_part=rows_per_part,
         batch_size=batch_size,
-        overwrite=False,
+        overwrite=overwrite,
         progress=progress,
     )
 
@@ -969,34 +940,35 @@ def export_baselines(
     out: str | Path,
     split: str = "test",
     *,
-    which: tuple[str, ...] = ("pca", "random"),
+    which: tuple[str, ...] = BASELINES,
     seed: int = 0,
-    fit_samples: int = 4096,
     **options,
 ) -> dict[str, Path]:
     """Write the probe baselines of the export ``out`` beside it (see :func:`baseline_paths`).
 
-    ``"random"``: ``model``'s architecture with fresh weights from ``seed``, the
-    same layer/pool options; ``"pca"``: pixel PCA to ``model.config.n_embd``
-    components. ``options`` are passed to the exports (layer, pool, batch_size, ...).
+    ``"random-init"``: ``model``'s architecture with fresh weights from ``seed``,
+    the same layer/pool options; ``"pixels"`` and ``"morphometrics"``: see
+    :func:`export_image_features`. ``options`` are passed to the exports
+    (layer, pool, batch_size, ...).
     """
+    unknown = set(which) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
     paths = baseline_paths(out)
     written: dict[str, Path] = {}
     common = {
         k: options[k]
-        for k in ("batch_size", "device", "rows_per_part", "max_samples", "overwrite", "progress")
+        for k in ("batch_size", "rows_per_part", "max_samples", "overwrite", "progress")
         if k in options
     }
-    if "random" in which:
-        written["random"] = export_embeddings(
-            random_init_like(model, seed), data_cfg, paths["random"], split,
+    if "random-init" in which:
+        written["random-init"] = export_embeddings(
+            random_init_like(model, seed), data_cfg, paths["random-init"], split,
             kind="random-init", **options,
         )  # fmt: skip
-    if "pca" in which:
-        written["pca"] = export_pixel_pca(
-            data_cfg, paths["pca"], model.config.n_embd, split,
-            fit_samples=fit_samples, seed=seed, **common,
-        )  # fmt: skip
+    for kind in ("pixels", "morphometrics"):
+        if kind in which:
+            written[kind] = export_image_features(kind, data_cfg, paths[kind], split, **common)
     return written
 
 
@@ -1078,7 +1050,7 @@ class EmbedOptions:
     rows_per_part: int = DEFAULT_ROWS_PER_PART  # rows per parquet part (the resume unit)
     thumbnails: int = 0  # store SxS RGB thumbnails (UMAP stamp panels); 0: none
     random_init: bool = False  # embed with fresh weights of the checkpoint's architecture
-    baselines: bool = False  # also write the pixel-PCA and random-init baselines beside out
+    baselines: bool = False  # also write the pixels, random-init and morphometrics baselines
     seed: int = 0  # seed of random_init and the baselines
     overwrite: bool = False  # replace an export made with other settings
     progress: bool = True  # progress bar

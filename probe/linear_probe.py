@@ -5,14 +5,15 @@
 
 Thin entry point of ``astropt probe`` (the same options, also as ``key=value``;
 ``--help`` lists them). Probes every numeric catalogue column (or ``targets``)
-with the model's embeddings and with two baselines on the same train/test
-split: PCA of the raw normalised pixels (``emb.pca.parquet``) and a randomly
-initialised model of the same architecture (``emb.random.parquet``). Baselines
-found beside the export are used; missing ones are computed from the export's
-manifest (its model architecture, data source and split) unless
-``--no-baselines``. Writes ``report.md``, ``probe_results.csv``,
-``label_efficiency.csv``, ``split.csv`` and PNG plots into ``--out``. The work
-is done by :func:`astropt.probe.run_probe_suite`.
+with the model's embeddings and with four baselines on the same repeated
+stratified folds: ``pixels`` and ``pixels-normalised`` (PCA of the scaled
+pixels before / after per-patch normalisation, fitted inside each training
+fold, from ``emb.pixels.parquet``), ``random-init`` (``emb.random.parquet``)
+and ``morphometrics`` (``emb.morphometrics.parquet``). Baselines found beside
+the export are used; missing ones are computed from the export's manifest
+unless ``--no-baselines``. ``--protocol astropt`` probes the way AstroPT does.
+Writes ``report.md``, ``headline.json``, CSVs and PNG plots into ``--out``.
+The work is done by :func:`astropt.probe.run_probe_suite`.
 """
 
 import sys

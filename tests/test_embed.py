@@ -202,31 +202,41 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone(model):
 
 
 @pytest.mark.slow
-def test_baselines_share_the_rows_and_pca_keeps_the_top_variance(model, exported, tmp_path):
+def test_baselines_share_the_rows_pixels_are_unnormalised_patches(model, exported, tmp_path):
+    from astropt.morphometrics import feature_names, morphometrics
+    from astropt.probe import PixelSource
+    from astropt.tokens import patchify
+
     out = tmp_path / "emb.parquet"
     paths = export_baselines(
         model, survey_config(model), out, "test", seed=0, layer="final",
         batch_size=BATCH, rows_per_part=16, device="cpu", progress=False,
     )  # fmt: skip
     assert paths == baseline_paths(out)
+    assert set(paths) == {"pixels", "random-init", "morphometrics"}
     model_ids = read_embeddings(exported)[0]
-    rand_ids, rand_emb, _ = read_embeddings(paths["random"])
-    pca_ids, pca_emb, pca_cat = read_embeddings(paths["pca"])
-    np.testing.assert_array_equal(rand_ids, model_ids)
-    np.testing.assert_array_equal(pca_ids, model_ids)
-    assert rand_emb.shape == pca_emb.shape == (N_GALAXIES, 32)
-    assert "redshift" in pca_cat.columns
-    assert read_manifest(paths["pca"])["settings"]["kind"] == "pixel-pca"
+    rand_ids, rand_emb, _ = read_embeddings(paths["random-init"])
+    pix_ids, pixels, pix_cat = read_embeddings(paths["pixels"])
+    morph_ids, morph, _ = read_embeddings(paths["morphometrics"])
+    for other in (rand_ids, pix_ids, morph_ids):
+        np.testing.assert_array_equal(other, model_ids)
+    assert rand_emb.shape == (N_GALAXIES, 32)
+    assert "redshift" in pix_cat.columns
+    manifest = read_manifest(paths["pixels"])
+    assert manifest["settings"]["kind"] == "pixels" and manifest["meta"]["token_dim"] == 192
+    assert read_manifest(paths["morphometrics"])["meta"]["features"] == feature_names()
 
-    # Independent check: the PCA scores' variances are the top eigenvalues of
-    # the pixel covariance (all 48 galaxies were used for the fit).
-    pixels = torch.cat(
-        [b.tokens.reshape(len(b), -1) for b in make_loader(
-            survey_config(model), "test", batch_size=BATCH, shuffle=False)]
-    ).double().numpy()  # fmt: skip
-    centred = pixels - pixels.mean(axis=0)
-    gram_eigen = np.sort(np.linalg.eigvalsh(centred @ centred.T))[::-1] / (len(pixels) - 1)
-    np.testing.assert_allclose(pca_emb.var(axis=0, ddof=1)[:5], gram_eigen[:5], rtol=1e-3)
+    # The pixel export is the loader's scaled images as patches, before normalisation,
+    # and normalising it per patch gives exactly the tokens the model reads.
+    batches = list(make_loader(survey_config(model), "test", batch_size=BATCH, shuffle=False))
+    images = torch.cat([b.images for b in batches])
+    expected = patchify(images, patch_size=8, order="raster").reshape(N_GALAXIES, -1).numpy()
+    np.testing.assert_array_equal(pixels, expected)
+    _, normalised, _ = PixelSource(paths["pixels"], normalise=True).load()
+    tokens = torch.cat([b.tokens for b in batches]).reshape(N_GALAXIES, -1).numpy()
+    # Tokens are in spiral order, the export in raster order: compare each galaxy's values.
+    np.testing.assert_allclose(np.sort(normalised), np.sort(tokens), atol=1e-4)
+    np.testing.assert_allclose(morph, morphometrics(images.numpy()), rtol=1e-5, atol=1e-6)
 
 
 def test_read_embeddings_accepts_a_plain_parquet_file(tmp_path):

@@ -1,4 +1,5 @@
-"""Probe suite: planted signals are found, noise is not, one split for every embedding set."""
+"""Probe suite: planted signals are found, noise is not, baselines see only training folds,
+intervals are honest, angles are scored as angles."""
 
 from __future__ import annotations
 
@@ -12,13 +13,23 @@ import pytest
 
 from astropt.probe import (
     RIDGE_ALPHAS,
+    PixelSource,
+    Target,
+    angular_error,
     auto_targets,
-    make_split,
+    classification_metrics,
+    fold_plan,
+    headline_table,
     nmad,
     parse_target,
+    reduce_features,
+    regression_metrics,
+    resolve_protocol,
+    ridge_classifier_cv,
     ridge_cv,
     run_probe_suite,
     run_probes,
+    weighted_headline,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +57,12 @@ def planted(n: int = 400, d: int = 24, seed: int = 0):
     return ids, x.astype(np.float32), catalogue
 
 
+FAST = {"n_boot": 200, "label_sizes": None}
+
+
 def test_planted_linear_signal_noise_and_separable_class():
     ids, x, catalogue = planted()
-    run = run_probes({"model": (ids, x, catalogue)}, label_sizes=None)
+    run = run_probes({"model": (ids, x, catalogue)}, **FAST)
     summary = run.summary.set_index("target")
     assert set(summary.index) == {"linear", "noise", "separable"}  # dr8_id is an id, not a target
     assert summary.loc["linear", "model"] > 0.99
@@ -58,31 +72,38 @@ def test_planted_linear_signal_noise_and_separable_class():
     assert results["separable", "balanced_accuracy"] > 0.98
     assert abs(results["noise", "spearman"]) < 0.25
     assert results["linear", "nmad"] < 0.1 * catalogue.linear.std()
+    # Every galaxy is predicted once per repeat: 5 folds x 3 repeats by default.
+    assert len(run.folds) == 3 * len(ids)
+    assert (run.folds.groupby("repeat").id.nunique() == len(ids)).all()
+    rng = np.random.default_rng(0)
+    sample = rng.normal(scale=2.0, size=20_000)
+    assert nmad(sample) == pytest.approx(2.0, rel=0.03)
+    sample[:500] = 1e6  # 2.5% wild outliers barely move it
+    assert nmad(sample) == pytest.approx(2.0, rel=0.1)
 
 
 @pytest.mark.slow
-def test_baselines_are_probed_on_the_same_split():
+def test_baselines_are_probed_on_the_same_folds():
     ids, x, catalogue = planted()
     rng = np.random.default_rng(5)
     order = rng.permutation(len(ids))  # a baseline stored in another row order
     random_features = rng.normal(size=x.shape).astype(np.float32)
     sets = {
         "model": (ids, x, catalogue),
-        "pca": (ids[order], x[order] + 0.1 * random_features[order], catalogue.iloc[order]),
+        "near": (ids[order], x[order] + 0.1 * random_features[order], catalogue.iloc[order]),
         "random": (ids[::-1], random_features[::-1], catalogue.iloc[::-1]),
     }
-    run = run_probes(sets, label_sizes=(30, 100, None))
-    test_ids = set(run.split.id[run.split.split == "test"])
-    assert len(test_ids) == 80
-    # Each set alone gets the same held-out galaxies: the split depends on the ids only.
+    run = run_probes(sets, label_sizes=(30, 100, None), n_boot=200)
+    # Each set alone gets the same folds: they depend on the set of ids only.
     for name, source in sets.items():
-        alone = run_probes({name: source}, targets=["linear"], label_sizes=None)
-        assert set(alone.split.id[alone.split.split == "test"]) == test_ids
-    counts = run.results.groupby(["target", "embedding"])[["n_train", "n_test"]].first()
-    assert counts.groupby("target").nunique().max().max() == 1
+        alone = run_probes({name: source}, targets=["linear", "separable"], **FAST)
+        pd.testing.assert_frame_equal(alone.folds, run.folds)
     summary = run.summary.set_index("target")
     assert summary.loc["linear", "model"] > 0.99
     assert summary.loc["linear", "random"] < 0.2
+    compare = run.comparisons.set_index(["level", "name", "baseline"])
+    assert compare.loc[("target", "linear", "random"), "outcome"] == "win"
+    assert set(compare.loc["family"].index.get_level_values("baseline")) == {"near", "random"}
     # Label-efficiency subsets: same sizes for every set, more labels help a real signal.
     curve = run.label_efficiency.query("target == 'linear'")
     assert sorted(curve.n_labels.unique()) == [30, 100, 320]
@@ -90,35 +111,201 @@ def test_baselines_are_probed_on_the_same_split():
     assert model_curve[320] > model_curve[30]
 
 
-def test_improvement_is_over_the_best_baseline():
+def test_folds_depend_on_the_set_of_ids_and_are_stratified():
+    ids = np.arange(100, 300)
+    labels = (ids % 4 == 0).astype(int)  # a 25% class
+    protocol = resolve_protocol("repeated")
+    plan = fold_plan(ids, protocol, labels, seed=3)
+    shuffle = np.random.default_rng(0).permutation(len(ids))
+    plan_shuffled = fold_plan(ids[shuffle], protocol, labels[shuffle], seed=3)
+    assert len(plan) == 15
+    for (r, _, test), (r2, _, test2) in zip(plan, plan_shuffled):
+        assert r == r2 and set(ids[test]) == set(ids[shuffle][test2])
+    for repeat in range(3):
+        tests = [test for r, _, test in plan if r == repeat]
+        assert sorted(np.concatenate(tests)) == list(range(len(ids)))  # each row tested once
+        for test in tests:
+            assert labels[test].sum() == 10  # 40 rows per fold, 25% of them the class
+    assert set(ids[fold_plan(ids, protocol, labels, seed=4)[0][2]]) != set(ids[plan[0][2]])
+
+
+def test_pixel_pca_is_fitted_on_the_training_fold_only(monkeypatch):
+    from sklearn.decomposition import PCA
+
+    # Unit: a direction only test rows vary along never reaches the components.
+    rng = np.random.default_rng(0)
+    x = np.zeros((120, 30))
+    x[:100, :10] = rng.normal(size=(100, 10))
+    x[100:, 20] = 100.0 * rng.normal(size=20)
+    reduced = reduce_features(x, np.arange(100), 5)
+    assert np.ptp(reduced[100:], axis=0).max() < 1e-4  # test rows differ only along dim 20
+    assert np.ptp(reduce_features(x, np.arange(120), 5)[100:], axis=0).max() > 100  # a leak shows
+
+    # End to end: every PCA the probes fit sees exactly one fold's training galaxies.
+    ids, features, catalogue = planted(n=200)
+    pixels = np.concatenate([ids[:, None], rng.normal(size=(200, 47))], axis=1)  # col 0 = id
+    fitted: list[set] = []
+    original_fit = PCA.fit
+
+    def spy(self, data, *args, **kwargs):
+        fitted.append(set(np.asarray(data)[:, 0].round().astype(int)))
+        return original_fit(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(PCA, "fit", spy)
+    sets = {"model": (ids, features, catalogue), "pixels": PixelSource((ids, pixels, None))}
+    run = run_probes(sets, targets=["linear", "separable"], **FAST)
+    assert run.info["pca_components"] == {"pixels": features.shape[1]}
+    strata = catalogue.separable.to_numpy().astype(int)
+    plan = fold_plan(ids, resolve_protocol("repeated"), strata, seed=0)
+    assert len(fitted) == len(plan)
+    for seen, (_, train, test) in zip(fitted, plan):
+        assert seen == set(ids[train]) and not seen & set(ids[test])
+
+
+def test_interval_of_noise_against_itself_or_other_noise_covers_zero():
+    ids, x, catalogue = planted(n=300)
+    rng = np.random.default_rng(11)
+    noise = rng.normal(size=(300, 16)).astype(np.float32)
+    other = rng.normal(size=(300, 16)).astype(np.float32)
+    sets = {"noise": (ids, noise, catalogue), "same": (ids, noise), "other": (ids, other)}
+    run = run_probes(sets, targets=["noise", "linear", "separable"], **FAST)
+    compare = run.comparisons.set_index(["level", "name", "baseline"])
+    for target in ("noise", "linear", "separable"):
+        same = compare.loc[("target", target, "same")]
+        assert same.improvement == 0 and same.ci_low <= 0 <= same.ci_high
+        assert same.outcome == "tie"
+        versus = compare.loc[("target", target, "other")]
+        assert versus.ci_low < 0 < versus.ci_high and versus.outcome == "tie"
+    scores = run.scores.query("level == 'target' and embedding == 'noise'").set_index("name")
+    assert scores.loc["linear", "ci_low"] < 0.05  # no signal: the interval reaches down to ~0
+
+
+def test_improvement_is_paired_per_baseline_with_its_outcome():
     ids, x, catalogue = planted()
     noise = np.random.default_rng(9).normal(size=x.shape).astype(np.float32)
     truth, blind = (ids, x, catalogue), (ids, noise, catalogue)
-    # A copy of the model's features among two useless baselines, in the middle:
-    # the best baseline is the copy, so the model gains exactly nothing.
+    # A copy of the model's features among useless baselines: against the copy the
+    # model gains exactly nothing (a tie); against noise it gains its whole score.
     run = run_probes(
-        {"model": truth, "noise_a": blind, "copy": truth, "noise_b": blind},
+        {"model": truth, "noise_a": blind, "copy": truth},
         targets=["linear", "separable"],
-        label_sizes=None,
+        **FAST,
     )
-    np.testing.assert_array_equal(run.summary.improvement, [0.0, 0.0])
-    # Useless baselines only: the gain is the model's whole score (R^2 ~ 1, balanced accuracy
-    # ~ 1 against ~ 0 and ~ 0.5); a model worse than its baseline shows a loss.
-    gains = run_probes({"model": truth, "noise": blind}, targets=["linear", "separable"],
-                       label_sizes=None).summary.set_index("target").improvement  # fmt: skip
-    assert gains["linear"] > 0.9 and 0.35 < gains["separable"] <= 0.5
-    loss = run_probes({"model": blind, "truth": truth}, targets=["linear"], label_sizes=None)
-    assert loss.summary.improvement.item() < -0.9
+    compare = run.comparisons.query("level == 'target'").set_index(["name", "baseline"])
+    for target in ("linear", "separable"):
+        assert compare.loc[(target, "copy"), "improvement"] == 0.0
+        assert compare.loc[(target, "copy"), "outcome"] == "tie"
+        assert compare.loc[(target, "noise_a"), "outcome"] == "win"
+    assert compare.loc[("linear", "noise_a"), "improvement"] > 0.9
+    assert 0.35 < compare.loc[("separable", "noise_a"), "improvement"] <= 0.55
+    # A model worse than its baseline shows a loss.
+    loss = run_probes({"model": blind, "truth": truth}, targets=["linear"], **FAST)
+    worse = loss.comparisons.query("level == 'target'").iloc[0]
+    assert worse.improvement < -0.9 and worse.outcome == "loss"
 
 
-def test_split_depends_on_the_set_of_ids_not_their_order():
-    ids = np.arange(100, 300)
-    mask = make_split(ids, 0.25, seed=3)
-    shuffled = np.random.default_rng(0).permutation(ids)
-    mask_shuffled = make_split(shuffled, 0.25, seed=3)
-    assert mask.sum() == 50
-    assert set(ids[mask]) == set(shuffled[mask_shuffled])
-    assert set(ids[make_split(ids, 0.25, seed=4)]) != set(ids[mask])
+def test_bootstrap_weights_score_like_resampled_galaxies():
+    rng = np.random.default_rng(4)
+    n = 90
+    y = rng.normal(size=n)
+    pred = y + rng.normal(scale=0.7, size=n)
+    labels = rng.integers(0, 3, n)
+    guess = np.where(rng.random(n) < 0.6, labels, rng.integers(0, 3, n))
+    angles, angle_pred = rng.uniform(0, 180, n), rng.uniform(0, 180, n)
+    draws = rng.multinomial(n, np.full(n, 1 / n), size=5)
+    weights = np.concatenate([np.ones((1, n)), draws])
+    regression = weighted_headline(Target("y", "y", "regression"), y, pred, weights)
+    classes = weighted_headline(Target("c", "c", "classification"), labels, guess, weights)
+    circular = weighted_headline(Target("a", "a", "circular", period=180.0), angles, angle_pred,
+                                 weights)  # fmt: skip
+    for row, counts in enumerate(weights.astype(int)):
+        take = np.repeat(np.arange(n), counts)  # the resample, galaxy by galaxy
+        assert regression[row] == pytest.approx(regression_metrics(y[take], pred[take])["r2"])
+        expected = classification_metrics(labels[take], guess[take])["balanced_accuracy"]
+        assert classes[row] == pytest.approx(expected)
+        assert circular[row] == pytest.approx(angular_error(angle_pred[take], angles[take]).mean())
+
+
+def test_circular_target_is_scored_by_angle():
+    assert angular_error(np.array([179.0, 10.0, 90.0]), np.array([1.0, 170.0, 0.0])) == (
+        pytest.approx([2.0, 20.0, 90.0])
+    )
+    rng = np.random.default_rng(2)
+    n = 300
+    angle = rng.uniform(0, 180, n)
+    phase = np.radians(2 * angle)
+    features = np.stack([np.cos(phase), np.sin(phase)], axis=1) + rng.normal(
+        scale=0.05, size=(n, 2)
+    )
+    features = np.concatenate([features, rng.normal(size=(n, 6))], axis=1)  # fmt: skip
+    ids = np.arange(n)
+    catalogue = pd.DataFrame({"pos_angle": angle})
+    assert auto_targets(catalogue)[0].task == "circular"
+    sets = {"model": (ids, features, catalogue), "blind": (ids, rng.normal(size=(n, 8)))}
+    run = run_probes(sets, **FAST)
+    scores = run.summary.set_index("target")
+    assert scores.loc["pos_angle", "metric"] == "angular_error"
+    assert scores.loc["pos_angle", "model"] < 3.0  # degrees, wrap-around included
+    assert 40 < scores.loc["pos_angle", "blind"] < 50  # random angles: 45 deg on average
+    compare = run.comparisons.set_index(["level", "name", "baseline"])
+    assert compare.loc[("target", "pos_angle", "blind"), "improvement"] > 35  # positive = better
+    assert compare.loc[("target", "pos_angle", "blind"), "outcome"] == "win"
+
+
+def test_ridge_classifier_agrees_with_scikit_learn():
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 8)) * rng.uniform(0.5, 5, 8)
+    for classes in (2, 4):
+        y = np.digitize(x[:, 0] + x[:, 1] + rng.normal(size=200), [-2, 0, 2][: classes - 1] if
+                        classes > 2 else [1.5])  # fmt: skip
+        alpha, predict = ridge_classifier_cv(x, y, alphas=np.array([3.0]))
+        scaler = StandardScaler().fit(x)
+        reference = RidgeClassifier(alpha=3.0, class_weight="balanced").fit(scaler.transform(x), y)
+        x_new = rng.normal(size=(50, 8)) * 3
+        assert alpha == 3.0
+        np.testing.assert_array_equal(predict(x_new), reference.predict(scaler.transform(x_new)))
+
+
+def test_astropt_protocol_is_five_folds_of_ridge_alpha_100():
+    ids, x, catalogue = planted(n=200)
+    run = run_probes({"model": (ids, x, catalogue)}, protocol="astropt", **FAST)
+    assert run.info["protocol"]["alpha"] == 100.0 and run.info["stratified_on"] is None
+    assert len(run.folds) == len(ids) and run.folds.fold.nunique() == 5
+    assert set(run.results.hyper) == {100.0}
+    assert run.summary.set_index("target").loc["linear", "model"] > 0.8  # alpha 100 shrinks
+
+
+def test_families_group_targets_and_average_their_headline():
+    n = 200
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(n, 6))
+    catalogue = pd.DataFrame(
+        {
+            "mag_g": x[:, 0] + 0.1 * rng.normal(size=n),
+            "mag_r": x[:, 0] + 0.3 * rng.normal(size=n),
+            "bulge_frac": rng.random(n),
+            "custom": x[:, 1],
+        }
+    )
+    targets = auto_targets(catalogue)
+    assert {t.name: t.family for t in targets} == {
+        "mag_g": "apparent magnitude",
+        "mag_r": "apparent magnitude",
+        "bulge_frac": "bulge & concentration",
+        "bulge_frac>0.5": "bulge & concentration",
+        "custom": "custom",
+    }
+    run = run_probes({"model": (np.arange(n), x, catalogue)}, **FAST)
+    families = run.families.set_index("family")
+    members = run.summary.set_index("target").model
+    assert families.loc["apparent magnitude", "model"] == pytest.approx(
+        members[["mag_g", "mag_r"]].mean()
+    )
+    # A family mixing tasks headlines its first member's task (R^2 of bulge_frac).
+    assert families.loc["bulge & concentration", "model"] == pytest.approx(members["bulge_frac"])
 
 
 def test_auto_targets_tasks_and_ids():
@@ -134,6 +321,7 @@ def test_auto_targets_tasks_and_ids():
             "arm_count": rng.integers(0, 4, n),
             "n_pixels": rng.integers(0, 10_000, n),
             "smooth_frac": rng.random(n),
+            "pos_angle": rng.uniform(0, 180, n),
             "constant": np.ones(n),
             "name": [f"g{i}" for i in range(n)],
         }
@@ -147,10 +335,12 @@ def test_auto_targets_tasks_and_ids():
         "n_pixels": "regression",
         "smooth_frac": "regression",
         "smooth_frac>0.5": "classification",
+        "pos_angle": "circular",
     }
     threshold = parse_target("smooth_frac>0.5", catalogue).values(catalogue)
     np.testing.assert_array_equal(threshold, (catalogue.smooth_frac > 0.5).astype(int))
     assert parse_target("arm_count:regression", catalogue).task == "regression"
+    assert parse_target("redshift:circular=360", catalogue).period == 360.0
     with pytest.raises(KeyError, match="redshift"):
         parse_target("redshfit", catalogue)
 
@@ -189,18 +379,22 @@ def test_report_files(tmp_path):
     ids, x, catalogue = planted(n=300)
     rng = np.random.default_rng(2)
     sets = {"model": (ids, x, catalogue), "random": (ids, rng.normal(size=x.shape), None)}
-    summary = run_probe_suite(sets, tmp_path, label_sizes=(30, None), label_targets="all")
-    for name in ("report.md", "probe_results.csv", "label_efficiency.csv", "split.csv",
+    run = run_probe_suite(sets, tmp_path, label_sizes=(30, None), label_targets="all", n_boot=200)
+    for name in ("report.md", "headline.json", "scores.csv", "comparisons.csv",
+                 "probe_results.csv", "label_efficiency.csv", "folds.csv",
                  "probe_summary.png", "label_efficiency.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0, name
     report = (tmp_path / "report.md").read_text()
-    assert "| target | task | metric | n_train | n_test | model | random | improvement |" in report
-    for target in summary.target:
+    headline = run.headline()
+    assert headline_table(headline) in report
+    assert "| family | metric | model | random |" in report
+    for target in run.summary.target:
         assert f"| {target} |" in report
+    assert headline["tally"]["random"]["win"] == 2  # linear and separable; noise ties
     results = pd.read_csv(tmp_path / "probe_results.csv")
     assert len(results) == 2 * (4 + 4 + 3)  # two sets x (two regressions + one classification)
-    split = pd.read_csv(tmp_path / "split.csv")
-    assert sorted(split.id) == sorted(ids) and (split.split == "test").sum() == 60
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert sorted(folds.id[folds.repeat == 0]) == sorted(ids)
 
 
 def _write_plain(path: Path, ids, features, catalogue=None) -> None:
@@ -218,14 +412,25 @@ def test_command_line_finds_baselines_beside_the_export(tmp_path, capsys):
     rng = np.random.default_rng(3)
     _write_plain(tmp_path / "emb.parquet", ids, x, catalogue.drop(columns="dr8_id"))
     _write_plain(tmp_path / "emb.random.parquet", ids, rng.normal(size=x.shape))
+    _write_plain(tmp_path / "emb.morphometrics.parquet", ids, rng.normal(size=(len(ids), 5)))
     cli = runpy.run_path(str(REPO / "probe" / "linear_probe.py"), run_name="probe_cli")
     out = tmp_path / "report"
-    assert cli["main"]([str(tmp_path / "emb.parquet"), "--out", str(out), "--label-sizes", ""]) == 0
+    argv = [
+        str(tmp_path / "emb.parquet"),
+        "--out",
+        str(out),
+        "--label-sizes",
+        "30",
+        "--n-boot",
+        "100",
+    ]
+    assert cli["main"](argv) == 0
     printed = capsys.readouterr()
-    assert "| linear | regression | r2 |" in printed.out
-    assert "no pca baseline" in printed.err
+    assert "| family | metric | model | random-init | morphometrics |" in printed.out
+    assert "| linear | R^2 |" in printed.out
+    assert "no pixels baseline" in printed.err
     results = pd.read_csv(out / "probe_results.csv")
-    assert set(results.embedding) == {"model", "random"}
+    assert set(results.embedding) == {"model", "random-init", "morphometrics"}
 
 
 @pytest.mark.slow

@@ -24,12 +24,16 @@ def test_fast_quickstart_writes_a_complete_report_and_resumes(tmp_path, capsys):
         with Image.open(out / link) as image:
             assert image.format == "PNG" and min(image.size) > 100
 
-    # The probe numbers are real tables with the three embedding sets on the same split.
+    # The probe numbers are real tables with the model and four baselines on the same folds.
     results = pd.read_csv(out / "probes" / "probe_results.csv")
-    assert {"model", "pca", "random"} <= set(results["embedding"])
-    assert {"log_mstar", "redshift", "galaxy10"} <= set(results["target"])
-    split = pd.read_csv(out / "probes" / "split.csv")
-    assert set(split["split"]) == {"train", "test"}
+    baselines = {"pixels", "pixels-normalised", "random-init", "morphometrics"}
+    assert {"model", *baselines} == set(results["embedding"])
+    assert {"log_mstar", "redshift", "galaxy10", "pos_angle"} <= set(results["target"])
+    folds = pd.read_csv(out / "probes" / "folds.csv")
+    assert sorted(folds.groupby("repeat").id.nunique().unique()) == [60]
+    headline = json.loads((out / "probes" / "headline.json").read_text())
+    assert set(headline["baselines"]) == baselines
+    assert {f["name"] for f in headline["families"]} >= {"redshift", "colour", "orientation"}
 
     # The model was trained (loss fell) and the embeddings cover the test split.
     metrics = [
@@ -48,8 +52,11 @@ def test_fast_quickstart_writes_a_complete_report_and_resumes(tmp_path, capsys):
     completions = np.load(out / "completions.npz")
     assert completions["completion"].shape == completions["tokens"].shape
 
-    # The scientific bar is stated with its numbers.
-    assert re.search(r"beats both baselines .* on \d+ of \d+ probe targets", report)
+    # The scientific bar is stated with its numbers, and every family not won is named.
+    assert re.search(r"wins .* against every baseline on \d+ of \d+ target families", report)
+    bar = json.loads((out / ".steps" / "probe.json").read_text())
+    for family in bar["not_won"]:
+        assert f"- {family}: " in report
 
     # Running again redoes nothing: every step reports it is skipped.
     capsys.readouterr()

@@ -68,3 +68,19 @@ def test_readme_python_examples_run(block, tmp_path):
         [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_readme_probe_table_matches_the_result_file_it_cites():
+    from astropt.probe import README_BLOCK, read_headline, readme_block
+
+    blocks = list(README_BLOCK.finditer(README))
+    assert blocks, "the README has no generated probe table"
+    for block in blocks:
+        data = read_headline(REPO / block["path"])
+        assert block["body"] == readme_block(data), (
+            f"the README's probe table differs from {block['path']}: "
+            "run `python -m astropt.quickstart --publish`"
+        )
+        # The file is a real quickstart run: it names its command and machine.
+        assert data["run"]["command"].startswith("python -m astropt.quickstart")
+        assert {"threads", "cpu_capability", "torch"} <= set(data["run"]["machine"])

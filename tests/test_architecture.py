@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "astropt.device",
         "astropt.display",
         "astropt.options",
+        "astropt.morphometrics",
     ),  # leaves: no astropt imports
     ("astropt.tokens",),
     ("astropt.model",),

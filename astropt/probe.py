@@ -1381,9 +1381,15 @@ def readme_block(data: dict) -> str:
         for f in data["families"]
         if all(f["vs"].get(b, {}).get("outcome") == "win" for b in data["baselines"])
     ]
+    settings = run.get("settings", {})
+    trained = (
+        f"{settings['max_iters']} pretraining steps on a {settings['n_galaxies']}-galaxy survey, "
+        if settings
+        else ""
+    )
     lines = [
         f"From `{run.get('command', 'the probe suite')}` "
-        f"({json.dumps(run.get('machine', {}))}): {info['n_galaxies']} test galaxies, "
+        f"({json.dumps(run.get('machine', {}))}): {trained}{info['n_galaxies']} test galaxies, "
         f"{protocol['folds']} folds x {protocol['repeats']} repeats, 95% bootstrap intervals "
         "over galaxies. Cells: score; model minus baseline [interval] and the outcome "
         "(for angle errors, baseline minus model: positive is always better).",

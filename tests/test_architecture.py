@@ -194,3 +194,51 @@ def test_checker_resolves_relative_and_submodule_imports():
     assert "astropt.data.config" in graph["astropt.data.loader"]  # from .config import ...
     assert "astropt.data.config" in graph["astropt.data.sources"]
     assert "astropt.hub" in graph["astropt"]  # from astropt import hub
+
+
+# ------------------------------------------------------------ docs/architecture.md
+
+ARCHITECTURE_PAGE = PACKAGE_ROOT.parent / "docs" / "architecture.md"
+
+_PAGE_HEAD = """# Architecture: which module owns what, and the import order
+
+Generated from the code by `python tests/test_architecture.py` (the layer table is
+`LAYERS` in that file, the descriptions are the first lines of the module docstrings);
+`tests/test_architecture.py` fails when this page is out of date, when a module imports
+from a later layer, or when imports form a cycle.
+
+Rules the layout keeps:
+
+- One concept, one place: spiral order, patching and normalisation (`astropt.tokens`),
+  checkpoint I/O (`astropt.io`, `astropt.hub`, `astropt.train.checkpoint`), config
+  parsing (`astropt.options`, `astropt.config`), device and precision (`astropt.device`).
+- Imports run one way, bottom to top of the table: a module may import its own row and
+  the rows above it. The model knows nothing of files, the Hub or distributed training.
+- Entry points are thin: `train.py`, `finetune.py`, `sample.py`, `probe/*.py`,
+  `data/make_synthetic_survey.py` and the `astropt` console script (`astropt.cli`) all
+  run the same typed commands.
+"""
+
+
+def architecture_page() -> str:
+    """The text of docs/architecture.md, built from LAYERS and the module docstrings."""
+    modules = _modules()
+    lines = [_PAGE_HEAD, "| layer | module | owns |", "|---|---|---|"]
+    for index, names in enumerate(LAYERS):
+        members = sorted(m for m in modules if _layer(m) == index)
+        for module in members:
+            doc = ast.get_docstring(ast.parse(modules[module].read_text())) or ""
+            first = doc.strip().split("\n")[0].replace("|", "\\|")
+            lines.append(f"| {index} | `{module}` | {first} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_architecture_page_is_current():
+    assert ARCHITECTURE_PAGE.read_text() == architecture_page(), (
+        "docs/architecture.md is out of date: run python tests/test_architecture.py"
+    )
+
+
+if __name__ == "__main__":
+    ARCHITECTURE_PAGE.write_text(architecture_page())
+    print(f"wrote {ARCHITECTURE_PAGE}")

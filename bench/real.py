@@ -61,7 +61,7 @@ def load_images(cfg: DataConfig, label: str) -> tuple[torch.Tensor, np.ndarray, 
 
 def pretrain(out: Path, data_overrides: list[str], iters: int, batch_size: int) -> Path:
     from astropt.config import load_config
-    from astropt.training import train
+    from astropt.train import train
 
     if (out / "checkpoints" / "latest").exists() and (out / "done.json").exists():
         return out

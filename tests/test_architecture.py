@@ -224,7 +224,7 @@ def architecture_page() -> str:
     """The text of docs/architecture.md, built from LAYERS and the module docstrings."""
     modules = _modules()
     lines = [_PAGE_HEAD, "| layer | module | owns |", "|---|---|---|"]
-    for index, names in enumerate(LAYERS):
+    for index in range(len(LAYERS)):
         members = sorted(m for m in modules if _layer(m) == index)
         for module in members:
             doc = ast.get_docstring(ast.parse(modules[module].read_text())) or ""

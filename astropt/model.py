@@ -245,7 +245,7 @@ class SelfAttention(nn.Module):
                     q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
                 )
             y = y.transpose(1, 2).to(qkv.dtype, memory_format=torch.contiguous_format)
-            return _dropout(self.resid_dropout, self.proj(y.view(batch, seq, width)))
+            return _dropout(self.resid_dropout, self.proj(y.reshape(batch, seq, width)))
         q, k, v = qkv.unbind(2)  # (B, T, H, D) views
         if (
             _flash_attn_func is not None

@@ -292,3 +292,15 @@ def test_bf16_autocast_loss_is_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, loss = model.compute_loss(tokens())
     assert loss.dtype == torch.float32
+
+
+def test_dropout_trains_on_cpu_and_is_off_in_eval():
+    """Attention dropout changes SDPA's output layout on CPU; the block must still run."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.5))
+    x = torch.randn(2, 8, 768)
+    model.train()
+    first, second = model(x)[0], model(x)[0]
+    assert not torch.equal(first, second)  # dropout is active in training
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])

@@ -23,6 +23,6 @@ Run folder (``cfg.out_dir``)::
 """
 
 from astropt.train.checkpoint import ArchitectureMismatch
-from astropt.train.trainer import Trainer, TrainingDiverged, main, train
+from astropt.train.trainer import COMMAND, Trainer, TrainingDiverged, main, train
 
-__all__ = ["ArchitectureMismatch", "Trainer", "TrainingDiverged", "main", "train"]
+__all__ = ["COMMAND", "ArchitectureMismatch", "Trainer", "TrainingDiverged", "main", "train"]

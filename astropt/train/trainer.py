@@ -16,7 +16,6 @@ rank 0 alone logs and writes files (:mod:`astropt.train.checkpoint`,
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -30,9 +29,10 @@ from typing import Any
 
 import torch
 
-from astropt.config import ConfigError, RunConfig, describe_keys, load_config
+from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from_entries
 from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
+from astropt.options import Command, run_command
 from astropt.train.checkpoint import (
     CHECKPOINTS,
     STATE_VERSION,
@@ -697,51 +697,42 @@ def _run_errors() -> tuple[type[BaseException], ...]:
 _RUN_ERRORS = _run_errors()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python train.py [CONFIG.toml] [key=value ...]``; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="train.py",
-        description=(
-            "Pretrain an AstroPT-style observation model. Reads a TOML run config, "
-            "applies key=value overrides (nested keys such as model.n_layer=6, "
-            "data.path=DIR, optim.lr=3e-4) and trains; under torchrun every process "
-            "takes part (DDP on gloo/nccl)."
-        ),
-        epilog="examples:\n"
-        "  python train.py configs/quickstart.toml out_dir=runs/x max_iters=200\n"
-        "  python train.py configs/quickstart.toml out_dir=runs/x resume=true\n"
-        "  torchrun --standalone --nproc_per_node=8 train.py configs/astropt-095M.toml\n"
-        "  torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\\n"
-        "      --rdzv_endpoint=HOST:29500 train.py configs/astropt-095M.toml  # node 1: --node_rank=1\n\n"
-        "keys:\n" + describe_keys(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("config", nargs="?", help="run config TOML (or a run's config.json)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, applied in order")
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the resolved config as JSON and exit"
-    )
-    args = parser.parse_args(argv)
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config and not Path(config).exists():
-        config, overrides = None, [config, *overrides]
+def run_training(cfg: RunConfig) -> int:
+    """Train ``cfg`` (every torchrun process runs this); rank 0 prints the summary as JSON."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_TqdmHandler()])
     try:
-        cfg = load_config(config, overrides)
-    except ConfigError as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-        return 0
-    try:
         summary = train(cfg)
-    except (ConfigError, TrainingDiverged, *_RUN_ERRORS) as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 2 if isinstance(error, ConfigError) else 1
+    except (TrainingDiverged, *_RUN_ERRORS) as error:
+        print(f"train: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("train.py: interrupted", file=sys.stderr)
+        print("train: interrupted", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+COMMAND = Command(
+    RunConfig,
+    run_training,
+    "Pretrain an AstroPT-style observation model. Reads a TOML run config (or a run's "
+    "config.json), applies key=value overrides (nested keys such as model.n_layer=6, "
+    "data.path=DIR, optim.lr=3e-4) and trains; under torchrun every process takes part "
+    "(DDP or FSDP on gloo/nccl).",
+    load=config_from_entries,
+    skip_keys=tuple(f"model.{name}" for name in DATA_CONVENTIONS),
+    examples=(
+        "python train.py configs/quickstart.toml out_dir=runs/x max_iters=200",
+        "python train.py configs/quickstart.toml out_dir=runs/x resume=true",
+        "torchrun --standalone --nproc_per_node=8 train.py configs/astropt-095M.toml",
+        "torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d "
+        "--rdzv_endpoint=HOST:29500 train.py configs/astropt-095M.toml  # node 1: --node_rank=1",
+        "astropt train configs/quickstart.toml --print-config",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python train.py [CONFIG.toml] [key=value ...]`` (the same as ``astropt train``)."""
+    return run_command(COMMAND, argv, "train.py")

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "survey": ("astropt.simulate.writer", "write the built-in synthetic survey"),
     "scaling": ("astropt.scaling.cli", "scaling-law studies: run, probe, fit"),
     "quickstart": ("astropt.quickstart", "the whole science loop on the synthetic survey"),
+    "finetune": ("astropt.finetune.trainer", "finetune on labels: probe, lora or full (torchrun)"),
     "predict": ("astropt.predict", "per-galaxy predictions of a finetuned model (resumable)"),
 }
 

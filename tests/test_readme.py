@@ -42,7 +42,7 @@ def test_readme_has_the_two_commands_and_ci_runs_make_test():
 
 @pytest.mark.slow
 def test_readme_shell_commands_run_as_written(tmp_path):
-    for entry in ("configs", "data", "probe", "train.py", "sample.py"):
+    for entry in ("configs", "data", "probe", "train.py", "sample.py", "finetune.py"):
         (tmp_path / entry).symlink_to(REPO / entry)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     commands = _commands()

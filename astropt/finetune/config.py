@@ -37,7 +37,7 @@ class FinetuneConfig:
     # section, random weights) or "scratch:PATH" (PATH's architecture, random weights).
     init_from: str = "scratch"
     mode: Mode = "full"  # probe: trunk frozen; lora: low-rank adapters; full: every weight
-    head: HeadKind = "classification"
+    head: HeadKind = "classification"  # classification, regression or votes (Galaxy Zoo counts)
     # Catalogue column(s) holding the labels; several comma-separated for regression/votes.
     label_column: str = ""
     # Where labels come from; auto: galaxy10 for .h5 files, folders for a folder source
@@ -60,9 +60,9 @@ class FinetuneConfig:
     # votes: answers per question, in label_column order (e.g. [2, 3] for a yes/no and a
     # three-answer question).
     vote_groups: tuple[int, ...] = ()
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    lora_rank: int = 8  # rank r of each adapter (B A, A: r x in, B: out x r)
+    lora_alpha: float = 16.0  # adapter scale alpha / r
+    lora_dropout: float = 0.0  # dropout on the adapters' input
     # Trunk Linear layers given adapters (names inside each block).
     lora_targets: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
     # full: learning rate of block i is lr * layer_decay ** (n_layer - i); tokeniser and
@@ -77,9 +77,10 @@ class FinetuneConfig:
     resume: bool = False  # continue from out_dir/checkpoints/latest
     overwrite: bool = False  # allow a fresh run to replace the checkpoints already in out_dir
     seed: int = 0  # training seed: head init, data order, label subset
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
+    # Autocast dtype; auto: bfloat16 where the hardware has it natively.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    progress: bool = True
+    progress: bool = True  # tqdm progress bar (rank 0)
     confusion_png: bool = True  # classification: write the test confusion matrix
     model: GPTConfig = field(default_factory=GPTConfig)  # architecture for init_from=scratch
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=True))

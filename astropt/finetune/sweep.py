@@ -274,7 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these combinations (repeatable) instead of the full grid",
     )
     parser.add_argument("--report-only", action="store_true", help="redraw from finished runs")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the config every run starts from"
+    )
     args = parser.parse_args(argv)
+    if args.print_config:
+        cfg = load_finetune_config(args.config, list(args.overrides))
+        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.report_only:
         write_results(Path(args.out), collect(Path(args.out)))

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from astropt.errors import UserError
+
 log = logging.getLogger("astropt.io")
 
 
@@ -130,7 +132,7 @@ def recover_atomic_dirs(root: str | os.PathLike) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(UserError, ValueError):
     """A file that exists but cannot be read (truncated, empty, not that format); names the file."""
 
 
@@ -184,7 +186,7 @@ def load_state_checked(model: torch.nn.Module, state: dict, source: str) -> None
     model.load_state_dict(state, strict=True)
 
 
-class FolderBusyError(RuntimeError):
+class FolderBusyError(UserError, RuntimeError):
     """Another live process holds the folder's lock (see :func:`folder_lock`)."""
 
 

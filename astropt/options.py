@@ -38,13 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from astropt.errors import EXPECTED_ERRORS, UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, packaged
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message says why and how to fix it."""
 
 
@@ -683,7 +685,9 @@ def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: s
     """Parse ``argv`` for ``command`` and run it; returns the exit status.
 
     ``--help`` prints every key; a config problem prints one line
-    ``PROG: error: ...`` and returns 2. A :class:`CommandGroup` takes the
+    ``PROG: error: ...`` and returns 2; an expected failure (a missing or corrupt
+    file, a busy folder: :data:`astropt.errors.EXPECTED_ERRORS`) one line and 1.
+    ``--debug`` lets every error raise with its traceback. A :class:`CommandGroup` takes the
     command's name first.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -702,7 +706,8 @@ def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: s
         print(command_help(command, prog))
         return 0
     print_config = "--print-config" in argv
-    argv = [a for a in argv if a != "--print-config"]
+    debug = "--debug" in argv
+    argv = [a for a in argv if a not in ("--print-config", "--debug")]
     try:
         options = options_from_command_line(command, argv)
     except ConfigError as error:
@@ -714,5 +719,12 @@ def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: s
     try:
         return command.run(options)
     except ConfigError as error:
+        if debug:
+            raise
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except EXPECTED_ERRORS as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {error} (--debug shows the traceback)", file=sys.stderr)
+        return 1

@@ -116,3 +116,32 @@ def test_folder_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path)
         except FolderBusyError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_expected_errors_are_one_line_unless_debug(tmp_path, debug):
+    import subprocess
+    import sys
+
+    # A truncated model folder: an expected error (a bad file), not a bug.
+    model = tmp_path / "model"
+    GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)).save_pretrained(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    command = [
+        sys.executable,
+        "-m",
+        "astropt.cli",
+        "embed",
+        f"checkpoint={model}",
+        "data.source=synthetic",
+        f"out={tmp_path / 'emb.parquet'}",
+    ]
+    result = subprocess.run(
+        command + (["--debug"] if debug else []), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1
+    assert "model.safetensors" in result.stderr
+    assert ("Traceback" in result.stderr) == debug
+    if not debug:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

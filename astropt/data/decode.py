@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from astropt.errors import UserError
+
 #: Why a sample can be skipped, with a description for the run summary.
 REASONS: dict[str, str] = {
     "corrupt": "file or bytes could not be decoded (corrupt, truncated or unknown format)",
@@ -66,11 +68,11 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fi
 NPY_SUFFIXES = (".npy",)
 
 
-class BadSampleError(ValueError):
+class BadSampleError(UserError, ValueError):
     """Raised with ``strict=True``: the message names the file (or row) and the reason."""
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The source as a whole cannot produce batches (for example every sample fails)."""
 
 

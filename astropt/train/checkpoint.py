@@ -32,6 +32,7 @@ import torch.nn as nn
 from astropt import hub
 from astropt.config import ConfigError
 from astropt.data.config import convention_mismatches
+from astropt.errors import UserError
 from astropt.io import (
     CorruptFileError,
     atomic_write,
@@ -57,7 +58,7 @@ TUNABLE_MODEL_FIELDS = ("dropout", "embed_layer", "mask_ratio", "prefix_len")
 STATE_VERSION = 1
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(UserError, RuntimeError):
     """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
 
 
@@ -156,7 +157,7 @@ def _numpy_globals() -> list:
     ]
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
     """A trainer state that holds more than tensors, numbers, strings and numpy arrays."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from_entries
+from astropt.errors import UserError
 from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
 from astropt.options import Command, run_command
@@ -65,7 +66,7 @@ StepHook = Callable[[int, dict], None]
 LoaderFactory = Callable[..., Any]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """A non-finite loss or gradient: the run stopped before applying the update."""
 
 
@@ -677,34 +678,13 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def _run_errors() -> tuple[type[BaseException], ...]:
-    from astropt.data import BadSampleError, DataError
-    from astropt.io import CorruptFileError
-    from astropt.train.checkpoint import CheckpointWriteError, UnsafeCheckpointError
-
-    return (
-        FolderBusyError,
-        CorruptFileError,
-        UnsafeCheckpointError,
-        CheckpointWriteError,
-        FileNotFoundError,
-        DataError,
-        BadSampleError,
-    )
-
-
-#: Failures a user can fix (a busy folder, a bad file, a full disk): one line, no traceback.
-_RUN_ERRORS = _run_errors()
-
-
 def run_training(cfg: RunConfig) -> int:
     """Train ``cfg`` (every torchrun process runs this); rank 0 prints the summary as JSON."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_TqdmHandler()])
+    # Expected failures (TrainingDiverged, a busy folder, a bad file) are astropt.errors
+    # UserErrors: run_command prints them in one line, with a traceback under --debug.
     try:
         summary = train(cfg)
-    except (TrainingDiverged, *_RUN_ERRORS) as error:
-        print(f"train: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("train: interrupted", file=sys.stderr)
         return 130

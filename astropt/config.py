@@ -105,7 +105,7 @@ class RunConfig:
     init_from: str | None = None  # start from these weights (model/run folder, ckpt.pt, Hub id)
     seed: int = 0  # weights, data order and augmentation
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
-    # Autocast dtype; auto: bfloat16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs).
+    # Autocast dtype; auto: bfloat16 where it beats float32 (CUDA, CPUs with AMX).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False  # torch.compile the model
     batch_size: int = 8  # galaxies per micro-batch per process

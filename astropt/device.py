@@ -28,17 +28,18 @@ def resolve_device(name: str | torch.device, local_rank: int | None = None) -> t
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (faster than float32).
+    """Whether ``device`` multiplies bfloat16 matrices faster than float32.
 
-    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AVX512-BF16 or AMX tiles
-    (elsewhere bfloat16 is emulated and slower than float32).
+    CUDA: ``torch.cuda.is_bf16_supported()``. CPU: AMX tiles only. AVX512-BF16
+    without AMX is not enough: on such a Xeon ``bench/limits.py`` measures
+    bfloat16 matmuls at about half the float32 rate (the training step and
+    embedding follow), and without either bfloat16 is emulated, slower still.
     """
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         try:
-            return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-        except Exception:  # private helpers: treat any surprise as "no"
+            return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+        except Exception:  # a private helper: treat any surprise as "no"
             return False
     return False

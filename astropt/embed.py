@@ -165,7 +165,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     """``"auto"``: bfloat16 autocast where the device has native bfloat16 matmuls, else float32.
 
     Embeddings feed linear probes, where bfloat16's ~3 significant digits
-    change nothing, and it runs about 2x faster (CPU with AVX512-BF16) or more (GPU).
+    change nothing, and it runs about 2x faster (CPU with AMX) or more (GPU).
     """
     if dtype == "auto":
         return "bfloat16" if native_bf16(device) else "float32"

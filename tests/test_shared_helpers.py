@@ -9,10 +9,12 @@ from conftest import galaxy_stamps
 
 from astropt.data import DataConfig
 from astropt.data.config import DATA_CONVENTIONS, convention_mismatches, synthetic_split_sizes
-from astropt.device import resolve_device
+from astropt.device import native_bf16, resolve_device
 from astropt.display import percentile_stretch, survey_colour_order
+from astropt.embed import resolve_dtype
 from astropt.model import GPT, GPTConfig, mae_mask
 from astropt.tokens import images_to_tokens, tokens_to_images
+from astropt.train.parallel import autocast_dtype
 
 
 def test_resolve_device_auto_and_ranks():
@@ -25,6 +27,30 @@ def test_resolve_device_auto_and_ranks():
     else:
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(False, False, False), (True, False, False), (True, True, True), (False, True, True)],
+)
+def test_cpu_bf16_counts_as_native_only_with_amx(monkeypatch, avx512_bf16, amx, expected):
+    # AVX512-BF16 alone runs bf16 matmuls at about half the fp32 rate (measured by
+    # bench/limits.py on such a Xeon), so dtype=auto must stay in float32 there.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert native_bf16(torch.device("cpu")) is expected
+    assert (autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16) is expected
+    assert (resolve_dtype("auto", torch.device("cpu")) == "bfloat16") is expected
+    # An explicit choice is obeyed whatever the hardware.
+    assert autocast_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_cpu_bf16_detection_survives_a_failing_probe(monkeypatch):
+    def broken():
+        raise RuntimeError("cpuinfo unavailable")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert native_bf16(torch.device("cpu")) is False
 
 
 def test_percentile_stretch_maps_the_reference_percentiles_to_0_and_1():

@@ -82,8 +82,8 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of config ``dtype`` on ``device`` (None: plain float32).
 
     ``auto``: bfloat16 where the hardware computes it natively (CUDA devices
-    with bf16; CPUs with AVX512-BF16 or AMX, where a bf16 step is about twice
-    as fast as fp32), else float32. Weights, optimiser state, LayerNorm and the
+    with bf16; CPUs with AMX tiles, see :func:`astropt.device.native_bf16`),
+    else float32. Weights, optimiser state, LayerNorm and the
     loss stay float32 either way (autocast).
     """
     if name == "float32":

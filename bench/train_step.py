@@ -1,24 +1,44 @@
-"""Optimiser-step speed: our GPT against AstroPT 2.0.9's GPT at the same shapes, same run.
+"""Optimiser-step speed: our GPT against AstroPT 2.0.9's GPT at its 005M and 021M shapes, same run.
 
 One optimiser step = forward and backward of the next-patch loss on a batch of
-8 galaxies of 256 tokens (16x16x3 = 768 values each; 255 predicted), gradient
-clipping at norm 1 and an AdamW update (each side with its own optimiser
-set-up: ours fused AdamW with decay on matrices, AstroPT's ``configure_optimizers``).
-Shapes: AstroPT's smallest (4 layers, 8 heads, width 128) and a wider one (its
-~5M model: 6 layers, 8 heads, width 256); float32 and bfloat16 autocast.
+galaxies of 256 tokens (16x16x3 = 768 values each; 255 predicted), gradient
+clipping at norm 1 and an AdamW update, each side with its own optimiser
+set-up (ours: ``astropt.train.optim.make_optimizer``, fused AdamW; AstroPT's:
+``configure_optimizers``) and each side's step as its trainer runs it (ours:
+``LossModule`` under autocast, compiled when ``compile`` is on; AstroPT's
+``scripts/train.py``: eager, ``compile = False`` by default).
 
-The machine's dense matmul peak (float32 and bfloat16) is measured in the same
-run; utilisation = model FLOPs per step (``GPT.flops_per_token`` x tokens, the
-same arithmetic for both models) / step time / peak.
+Shapes (AstroPT's scaling configs, ``configs/astropt-*.toml``): 005M (6 layers,
+8 heads, width 256) and 021M (6 layers, 8 heads, width 512; our
+``astropt-020M`` config). Precision: float32, and bfloat16 autocast.
+Variants, timed alternately in the same run (persistent worker processes,
+short bursts in turn, so load from other processes hits all alike):
+
+* ``ours``: eager; ``ours+compile``: ``torch.compile`` of the same step module;
+* ``astropt``: the reference model, eager, as its training script runs it.
+
+A row reports the best and median step time, the model FLOP/s (the same
+``GPT.flops_per_token`` arithmetic for both models: 6 x parameters +
+attention, 255 predicted tokens) as a fraction of the matmul peak of the same
+dtype measured in the same run, and the first step (which includes
+``torch.compile``'s compilation).
+
+``--device cuda``: bfloat16 autocast, the flash SDPA backend only (math and
+memory-efficient backends off; flash-attn's own kernel when it is installed),
+batch 64, shapes 005M, 021M and 095M; "of peak" is then the model FLOPs
+utilisation (MFU) against the measured dense bf16 matmul peak of the GPU.
+
+``--profile SHAPE/DTYPE``: torch.profiler of our eager step instead; prints
+where the time goes (matmuls, attention, LayerNorm, GELU, loss, optimiser,
+casts and copies, the rest).
 
 The reference package is installed with pip into ``bench/_astropt_ref`` (git
-ignored) and run in a subprocess whose ``sys.path`` starts with that folder
-and cannot see this project (DESIGN.md section 9). Each implementation runs in
-its own subprocess, alternating over several rounds so that load from other
-processes hits both alike (persistent workers, alternating short bursts of
-steps); a row reports the best and the median step time.
+ignored) and runs in a subprocess whose ``sys.path`` starts with that folder
+and cannot see this project (DESIGN.md section 9).
 
-    python bench/train_step.py [--rounds 6] [--steps 2] [--device cpu] [--threads N] [--no-reference]
+    python bench/train_step.py [--threads 1] [--rounds 5] [--steps 1]
+    python bench/train_step.py --device cuda
+    python bench/train_step.py --threads 1 --profile astropt-005M/bfloat16
 
 On a CPU shared with other busy processes, ``--threads 1`` gives steadier
 figures (OpenMP threads that spin-wait for each other suffer most from it).
@@ -41,12 +61,17 @@ REF_DIR = HERE / "_astropt_ref"
 REF_VERSION = "2.0.9"
 
 SHAPES = {  # name: (layers, heads, width)
-    "astropt-001M": (4, 8, 128),
     "astropt-005M": (6, 8, 256),
+    "astropt-021M": (6, 8, 512),
+    "astropt-095M": (12, 12, 768),
 }
-BATCH, TOKENS, PATCH_VALUES = 8, 256, 16 * 16 * 3
-DTYPES = ("float32", "bfloat16")
+DEFAULT_SHAPES = {"cpu": ("astropt-005M", "astropt-021M"), "cuda": tuple(SHAPES)}
+DEFAULT_DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16",)}
+DEFAULT_BATCH = {"cpu": 8, "cuda": 64}  # 8: AstroPT's micro-batch
+TOKENS, PATCH_VALUES = 256, 16 * 16 * 3
+VARIANTS = ("ours", "ours+compile", "astropt")
 REPLY = "@reply "  # marks the worker's answers on its stdout
+SCHEMA = 2  # result records of this version of the benchmark (report.py reads these only)
 
 
 # ---------------------------------------------------------------- reference
@@ -79,53 +104,66 @@ def _import_reference(folder: str):
 
 
 # ---------------------------------------------------------------- workers
-def _builders(impl: str, device, ref_folder: str | None):
-    """``build(shape, dtype) -> step()`` for one implementation."""
+def _autocast(device, dtype: str):
     import torch
 
-    x = torch.randn(BATCH, TOKENS, PATCH_VALUES, generator=torch.Generator().manual_seed(0))
+    if dtype == "float32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def _ours_builder(device, batch: int):
+    """``build(layers, heads, width, dtype, compile) -> (step, flops, params)`` for our model."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from astropt.config import OptimConfig
+    from astropt.model import GPT, GPTConfig
+    from astropt.train.optim import make_optimizer
+    from astropt.train.parallel import LossModule
+
+    x = torch.randn(batch, TOKENS, PATCH_VALUES, generator=torch.Generator().manual_seed(0))
     x = x.to(device)
 
-    def autocast(dtype: str):
-        if dtype == "float32":
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=getattr(torch, dtype))
+    def build(layers, heads, width, dtype, compile):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(n_layer=layers, n_head=heads, n_embd=width, block_size=1024))
+        model = model.to(device)
+        optimizer = make_optimizer(model, OptimConfig(), device)
+        module = LossModule(model)  # what the trainer calls (and compiles)
+        if compile:
+            module = torch.compile(module)
+        flops = model.flops_per_token(TOKENS - 1) * batch * (TOKENS - 1)
 
-    if impl == "ours":
-        sys.path.insert(0, str(ROOT))
-        from astropt.config import OptimConfig
-        from astropt.model import GPT, GPTConfig
-        from astropt.train.optim import make_optimizer
+        def step():
+            with _autocast(device, dtype):
+                loss = module(x)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        def build(layers, heads, width, dtype):
-            torch.manual_seed(0)
-            model = GPT(GPTConfig(n_layer=layers, n_head=heads, n_embd=width, block_size=1024))
-            model = model.to(device)
-            optimizer = make_optimizer(model, OptimConfig(), device)
-            flops = model.flops_per_token(TOKENS - 1) * BATCH * (TOKENS - 1)
+        return step, flops, model.num_params()
 
-            def step():
-                with autocast(dtype):
-                    _, loss = model.compute_loss(x)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    return build
 
-            return step, flops, model.num_params()
 
-        return build
+def _reference_builder(device, batch: int, ref_folder: str):
+    """The same for AstroPT's model, as its ``scripts/train.py`` sets it up."""
+    import torch
 
     ref = _import_reference(ref_folder)
+    x = torch.randn(batch, TOKENS, PATCH_VALUES, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)
     modality = ref.ModalityConfig(
         name="images", input_size=PATCH_VALUES, pos_input_size=1, patch_size=16, embed_pos=True
     )
     registry = ref.ModalityRegistry([modality])
-    positions = torch.arange(TOKENS - 1, device=device).expand(BATCH, -1)
+    positions = torch.arange(TOKENS - 1, device=device).expand(batch, -1)
     inputs = {"images": x[:, :-1], "images_positions": positions}
     targets = {"images": x[:, 1:]}
 
-    def build(layers, heads, width, dtype):
+    def build(layers, heads, width, dtype, compile):
         torch.manual_seed(0)
         config = ref.GPTConfig(
             n_layer=layers, n_head=heads, n_embd=width, block_size=1024, n_chan=3,
@@ -133,10 +171,11 @@ def _builders(impl: str, device, ref_folder: str | None):
         )  # fmt: skip
         model = ref.GPT(config, registry, master_process=False).to(device)
         optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
+        forward = torch.compile(model) if compile else model
 
         def step():
-            with autocast(dtype):
-                _, loss = model(inputs, targets=targets)
+            with _autocast(device, dtype):
+                _, loss = forward(inputs, targets=targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -147,35 +186,65 @@ def _builders(impl: str, device, ref_folder: str | None):
     return build
 
 
-def worker(impl: str, device_name: str, ref_folder: str | None, threads: int | None) -> None:
-    """Serve commands on stdin, one JSON object a line, answering on stdout.
-
-    ``{"op": "build", "shape": NAME, "dtype": D}`` builds the model and runs two
-    warm-up steps (allocator, kernels, optimiser state); ``{"op": "time",
-    "steps": N}`` times N optimiser steps of the last built model.
-    """
+def _setup_device(device_name: str, threads: int | None):
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
-    build = _builders(impl, device, ref_folder)
+    if device.type == "cuda":
+        # Attention on the flash kernel only (an unsupported case fails loudly).
+        torch.backends.cuda.enable_math_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_flash_sdp(True)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return device
+
+
+def worker(impl: str, args) -> None:
+    """Serve commands on stdin, one JSON object a line, answering on stdout.
+
+    ``{"op": "build", "variant": V, "shape": NAME, "dtype": D}`` builds one
+    variant (a worker holds several) and runs three warm-up steps, the first
+    timed (it includes compilation); ``{"op": "time", "variant": V, "steps": N}``
+    times N optimiser steps of it; ``{"op": "drop"}`` frees every built model.
+    """
+    import torch
+
+    device = _setup_device(args.device, args.threads)
+    batch = args.batch or DEFAULT_BATCH[device.type]
+    if impl == "ours":
+        build = _ours_builder(device, batch)
+    else:
+        build = _reference_builder(device, batch, args.ref)
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step = None
+    steps = {}
     for line in sys.stdin:
         command = json.loads(line)
-        if command["op"] == "build":
-            step = None  # free the previous model first
-            step, flops, params = build(*SHAPES[command["shape"]], command["dtype"])
+        if command["op"] == "drop":
+            steps.clear()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            reply = {}
+        elif command["op"] == "build":
+            compile = command["variant"].endswith("+compile")
+            sync()
+            start = time.perf_counter()
+            step, flops, params = build(*SHAPES[command["shape"]], command["dtype"], compile)
+            step()
+            sync()
+            first = time.perf_counter() - start
             for _ in range(2):
                 step()
             sync()
-            reply = {"flops": flops, "params": params}
+            steps[command["variant"]] = step
+            reply = {"flops": flops, "params": params, "first": first}
         else:
+            step = steps[command["variant"]]
             times = []
             for _ in range(command["steps"]):
                 sync()
@@ -188,13 +257,15 @@ def worker(impl: str, device_name: str, ref_folder: str | None, threads: int | N
 
 
 class Worker:
-    """One implementation in its own process, driven step batch by step batch."""
+    """One implementation in its own process, driven burst by burst."""
 
     def __init__(self, impl: str, args, ref: Path | None):
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", impl]
         command += ["--device", args.device]
         if args.threads:
             command += ["--threads", str(args.threads)]
+        if args.batch:
+            command += ["--batch", str(args.batch)]
         if ref is not None:
             command += ["--ref", str(ref)]
         self.impl = impl
@@ -214,112 +285,198 @@ class Worker:
 
     def close(self) -> None:
         self.process.stdin.close()
-        self.process.wait(timeout=60)
+        self.process.wait(timeout=120)
+
+
+# ---------------------------------------------------------------- profile
+CATEGORIES = (  # (category, substrings of aten op names), first match wins
+    ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
+                "mkldnn", "onednn")),
+    ("layer norm", ("layer_norm",)),
+    ("gelu", ("gelu",)),
+    ("loss", ("huber",)),
+    ("optimiser + clipping", ("adam", "_foreach", "clip_grad", "linalg_vector_norm",
+                              "aten::norm", "aten::stack")),
+    ("casts + copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+)  # fmt: skip
+
+
+def _category(name: str) -> str:
+    for category, keys in CATEGORIES:
+        if any(key in name for key in keys):
+            return category
+    return "other (elementwise, autograd bookkeeping)"
+
+
+def profile(args) -> int:
+    """Profile our eager (or compiled) step at one shape/dtype and print where the time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    shape, dtype = args.profile.split("/")
+    device = _setup_device(args.device, args.threads)
+    batch = args.batch or DEFAULT_BATCH[device.type]
+    step, flops, _ = _ours_builder(device, batch)(*SHAPES[shape], dtype, args.profile_compiled)
+    for _ in range(3):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+    wall = (time.perf_counter() - start) / args.steps
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events)
+    by_category: dict[str, float] = {}
+    for event in events:
+        name = _category(event.key)
+        by_category[name] = by_category.get(name, 0.0) + getattr(event, attr)
+    print(
+        f"profile of our {'compiled' if args.profile_compiled else 'eager'} step, {shape} {dtype}, batch "
+        f"{batch} x {TOKENS} tokens, {torch.get_num_threads()} thread(s), {args.steps} steps: "
+        f"{1e3 * wall:.0f} ms a step under the profiler; model {flops / wall / 1e9:.1f} GFLOP/s"
+    )
+    print(f"{'where the time goes':44s} {'ms/step':>8s} {'share':>6s}")
+    for name, micros in sorted(by_category.items(), key=lambda item: -item[1]):
+        print(f"{name:44s} {micros / 1e3 / args.steps:8.1f} {100 * micros / total:5.1f}%")
+    print(f"\n{'top operators (self time)':44s} {'ms/step':>8s} {'share':>6s} {'calls':>6s}")
+    for event in sorted(events, key=lambda e: -getattr(e, attr))[:15]:
+        micros = getattr(event, attr)
+        print(
+            f"{event.key[:44]:44s} {micros / 1e3 / args.steps:8.1f} {100 * micros / total:5.1f}% "
+            f"{event.count // args.steps:6d}"
+        )
+    return 0
 
 
 # ---------------------------------------------------------------- main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6, help="alternating bursts per model")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per burst")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating bursts per variant")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per burst")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--batch", type=int, help="galaxies per step (default 8 on CPU, 64 on GPU)")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: by device)")
+    parser.add_argument("--dtypes", help="comma-separated: float32,bfloat16 (default: by device)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
     parser.add_argument("--no-reference", action="store_true", help="time our model only")
+    parser.add_argument("--profile", metavar="SHAPE/DTYPE", help="profile our step instead")
+    parser.add_argument("--profile-compiled", action="store_true", help="profile the compiled step")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ref", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.device, args.ref, args.threads)
+        worker(args.worker, args)
         return 0
+    if args.profile:
+        return profile(args)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _setup_device(args.device, args.threads)
     sys.path.insert(0, str(ROOT))
-    from astropt.train.metrics import measure_matmul_peak
-
-    device = torch.device(args.device)
-    ref = None if args.no_reference else ensure_reference()
-    impls = ["ours"] + (["astropt"] if ref is not None else [])
-    workers = [Worker(impl, args, ref) for impl in impls]
-    times: dict[tuple[str, str], list[float]] = {}
-    flops: dict[str, float] = {}
-    peaks = {dtype: 0.0 for dtype in DTYPES}
-    size = 4096 if device.type == "cuda" else 2048
-    try:
-        for shape in SHAPES:
-            for dtype in DTYPES:
-                key = f"{shape}/{dtype}"
-                for w in workers:
-                    built = w.ask(op="build", shape=shape, dtype=dtype)
-                    if built["flops"]:
-                        flops[key] = built["flops"]
-                # Alternate short bursts so that load from other processes hits both alike.
-                for round_index in range(args.rounds):
-                    order = workers if round_index % 2 == 0 else workers[::-1]
-                    for w in order:
-                        reply = w.ask(op="time", steps=args.steps)
-                        times.setdefault((w.impl, key), []).extend(reply["times"])
-                # The machine's attainable peak: the best of every measurement.
-                peak = measure_matmul_peak(device, getattr(torch, dtype), size=size, seconds=1.0)
-                peaks[dtype] = max(peaks[dtype], peak)
-    finally:
-        for w in workers:
-            w.close()
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-        f"load average {load:.1f}; batch {BATCH} x {TOKENS} tokens of {PATCH_VALUES} values; "
-        f"{args.rounds} alternating bursts of {args.steps} steps per model"
-    )
-    print(f"measured matmul peak ({size}x{size}): " + ", ".join(
-        f"{dtype} {peaks[dtype] / 1e9:.1f} GFLOP/s" for dtype in DTYPES))  # fmt: skip
-    header = f"{'shape':14s} {'dtype':9s} {'model':8s} {'best ms':>9s} {'median ms':>10s} "
-    header += f"{'GFLOP/s':>9s} {'of peak':>8s} {'speed-up':>9s}"
-    print(header)
-    print("-" * len(header))
-    ratios = {}
-    for key in flops:
-        shape, dtype = key.split("/")
-        best = {impl: min(times[(impl, key)]) for impl in impls}
-        for impl in impls:
-            t = times[(impl, key)]
-            achieved = flops[key] / best[impl]
-            ratio = ""
-            if impl == "ours" and "astropt" in best:
-                ratios[key] = best["astropt"] / best["ours"]
-                ratio = f"{ratios[key]:8.2f}x"
-            print(
-                f"{shape:14s} {dtype:9s} {impl:8s} {1e3 * best[impl]:9.1f} "
-                f"{1e3 * statistics.median(t):10.1f} {achieved / 1e9:9.1f} "
-                f"{100 * achieved / peaks[dtype]:7.1f}% {ratio:>9s}"
-            )
-    for key, ratio in ratios.items():
-        shape, dtype = key.split("/")
-        print(f"speed-up ratio vs astropt: {ratio:.2f} ({shape}, {dtype} both, best step time)")
     from limits import Limits, save_result
 
-    limits = Limits.measure(device)
-    print(limits.describe(), "(the table's 'of peak' uses the best of the bursts above)")
+    shapes = args.shapes.split(",") if args.shapes else DEFAULT_SHAPES[device.type]
+    dtypes = args.dtypes.split(",") if args.dtypes else DEFAULT_DTYPES[device.type]
+    batch = args.batch or DEFAULT_BATCH[device.type]
+    ref = None if args.no_reference else ensure_reference()
+    variants = [v for v in VARIANTS if not (v == "astropt" and ref is None)]
+    variants = [v for v in variants if not (v.endswith("+compile") and args.no_compile)]
+    workers = {"ours": Worker("ours", args, ref)}
+    if "astropt" in variants:
+        workers["astropt"] = Worker("astropt", args, ref)
+
+    def owner(variant: str) -> Worker:
+        return workers[variant.split("+")[0]]
+
+    times: dict[tuple[str, str], list[float]] = {}
+    first: dict[tuple[str, str], float] = {}
+    flops: dict[str, float] = {}
+    try:
+        for shape in shapes:
+            for dtype in dtypes:
+                key = f"{shape}/{dtype}"
+                for variant in variants:
+                    built = owner(variant).ask(
+                        op="build", variant=variant, shape=shape, dtype=dtype
+                    )
+                    first[(variant, key)] = built["first"]
+                    if built["flops"]:
+                        flops[key] = built["flops"]
+                # Alternate short bursts so that load from other processes hits all alike.
+                for round_index in range(args.rounds):
+                    shift = round_index % len(variants)
+                    for variant in variants[shift:] + variants[:shift]:
+                        reply = owner(variant).ask(op="time", variant=variant, steps=args.steps)
+                        times.setdefault((variant, key), []).extend(reply["times"])
+                for w in workers.values():
+                    w.ask(op="drop")
+    finally:
+        for w in workers.values():
+            w.close()
+    # The machine's attainable peak, measured after the steps (a GPU then runs warm).
+    limits = Limits.measure(device, seconds=1.0 if device.type == "cuda" else 0.5)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"device {device} ({name}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"load average {load:.1f}; batch {batch} x {TOKENS} tokens of {PATCH_VALUES} values; "
+        f"{args.rounds} alternating bursts of {args.steps} step(s) per variant"
+    )
+    print(limits.describe())
+    unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
+    header = (
+        f"{'shape':13s} {'dtype':9s} {'variant':13s} {'first s':>8s} {'best ms':>9s} "
+        f"{'median ms':>10s} {unit:>8s} {'of peak':>8s} {'vs astropt':>11s}"
+    )
+    print(header)
+    print("-" * len(header))
+    best = {k: min(v) for k, v in times.items()}
+    ratios, compile_gain, of_peak = {}, {}, {}
+    for key in flops:
+        shape, dtype = key.split("/")
+        for variant in variants:
+            achieved = flops[key] / best[(variant, key)]
+            share = achieved / limits.peak(dtype)
+            if variant.startswith("ours"):
+                of_peak[f"{key}/{variant}"] = share
+            ratio = ""
+            if "astropt" in variants and variant != "astropt":
+                ratio = f"{best[('astropt', key)] / best[(variant, key)]:10.2f}x"
+            print(
+                f"{shape:13s} {dtype:9s} {variant:13s} {first[(variant, key)]:8.1f} "
+                f"{1e3 * best[(variant, key)]:9.1f} "
+                f"{1e3 * statistics.median(times[(variant, key)]):10.1f} "
+                f"{achieved / scale:8.2f} {100 * share:7.1f}% {ratio:>11s}"
+            )
+        if "ours+compile" in variants:
+            eager, compiled = best[("ours", key)], best[("ours+compile", key)]
+            compile_gain[key] = eager / compiled
+            saved = eager - compiled
+            cost = first[("ours+compile", key)] - first[("ours", key)]
+            payback = f"pays back its {cost:.0f} s of compilation after " + (
+                f"{cost / saved:.0f} steps" if saved > 0 else "never (no gain)"
+            )
+            print(f"torch.compile on {key}: {eager / compiled:.2f}x the eager step; {payback}")
+        if "astropt" in variants:
+            ours = min(best[(v, key)] for v in variants if v.startswith("ours"))
+            ratios[key] = best[("astropt", key)] / best[("ours", key)]
+            print(
+                f"speed-up ratio vs astropt ({key}, both eager, best step): {ratios[key]:.2f}; "
+                f"our best variant: {best[('astropt', key)] / ours:.2f}"
+            )
     save_result(
         "train_step",
-        {"ratios": ratios, "threads": torch.get_num_threads(), "limits": vars(limits),
-         "of_peak": {key: flops[key] / min(times[("ours", key)]) / peaks[key.split("/")[1]]
-                     for key in flops}},
+        {"schema": SCHEMA, "device": str(device), "device_name": name, "batch": batch,
+         "ratios": ratios, "compile_gain": compile_gain, "of_peak": of_peak,
+         "threads": torch.get_num_threads(), "limits": vars(limits)},
     )  # fmt: skip
-    if ratios:
-        # What each side's trainer runs on a CPU by default: ours at its best
-        # dtype here, AstroPT's train.py in float32 (it autocasts on GPUs only).
-        shape = next(iter(SHAPES))
-        ours = min(min(times[("ours", f"{shape}/{d}")]) for d in DTYPES)
-        theirs = min(times[("astropt", f"{shape}/float32")])
-        if device.type == "cuda":
-            theirs = min(times[("astropt", f"{shape}/bfloat16")])
-        print(
-            f"speed-up ratio vs astropt: {theirs / ours:.2f} ({shape}, each at its trainer's setting)"
-        )
     return 0
 
 

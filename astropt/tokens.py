@@ -108,6 +108,21 @@ def patchify(
             f"spiral order needs a square patch grid, got {height // patch_size}x"
             f"{width // patch_size} patches ({height}x{width} pixels); use order='raster'"
         )
+    transposed_channels_last = images.transpose(-1, -2).permute(0, 2, 3, 1).is_contiguous()
+    if transposed_channels_last and not images.permute(0, 2, 3, 1).is_contiguous():
+        # A transposed view of a channels-last batch (AstroPT's layout of decoded
+        # JPEGs): one gather of precomputed offsets from the buffer packs the
+        # patches in order, 3x faster than a strided copy and a reorder.
+        batch, chan = images.shape[:2]
+        index = _gather_index(width, height, chan, patch_size, order, images.device)
+        buffer = images.transpose(-1, -2).permute(0, 2, 3, 1).reshape(batch, -1)
+        patches = torch.gather(buffer, 1, index.expand(batch, -1))
+        return patches.view(batch, index.numel() // (patch_size * patch_size * chan), -1)
+    return _patchify_copy(images, patch_size, order)
+
+
+def _patchify_copy(images: torch.Tensor, patch_size: int, order: Order) -> torch.Tensor:
+    height = images.shape[2]
     # Within a patch the channel varies fastest, so packing patches from a
     # channels-last copy moves contiguous runs of P*C values: several times
     # faster than gathering from (C, H, W) planes (free when the batch is
@@ -119,6 +134,21 @@ def patchify(
     if order == "raster":
         return patches
     return patches.index_select(1, _device_order(height // patch_size, images.device))
+
+
+@lru_cache(maxsize=16)
+def _gather_index(
+    height: int, width: int, chan: int, patch_size: int, order: Order, device: torch.device
+) -> torch.Tensor:
+    """``(N*P*P*C,)`` offsets into a channels-last ``(H, W, C)`` buffer, token value by value.
+
+    For the *transpose* of that buffer's image: the patches of an image whose
+    pixels hold their own offsets, so gathering with it is patchify of the
+    transposed view. ``height``/``width`` are the buffer's.
+    """
+    offsets = torch.arange(height * width * chan).view(1, height, width, chan)
+    offsets = offsets.permute(0, 3, 2, 1)  # (1, C, W, H): the transposed image
+    return _patchify_copy(offsets, patch_size, order).reshape(-1).to(device)
 
 
 def unpatchify(
@@ -169,15 +199,23 @@ def unpatchify(
 
 
 def normalise_patches(
-    patches: torch.Tensor, eps: float = NORM_EPS
+    patches: torch.Tensor, eps: float = NORM_EPS, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalise each patch to zero mean and unit (unbiased) std.
 
     ``patches``: ``(..., D)``. Returns ``(normalised, mean, std)`` where
     ``normalised`` has the input's shape and ``mean``/``std`` have shape
     ``(..., 1)``; inputs other than float32/float64 are computed in float32.
+    ``out``: a float tensor of the input's shape to compute in (and return),
+    e.g. one in shared memory that a DataLoader worker then sends uncopied;
+    the values are the same bit for bit.
     """
-    values = patches if patches.dtype in (torch.float32, torch.float64) else patches.float()
+    if out is not None:
+        values = out.copy_(patches)
+    elif patches.dtype in (torch.float32, torch.float64):
+        values = patches
+    else:
+        values = patches.float()
     mean = values.mean(dim=-1, keepdim=True)
     # Two passes (mean, then the norm of the centred values) give torch.std's
     # unbiased value to rounding, several times faster than torch.std_mean on CPU.
@@ -200,16 +238,17 @@ def images_to_tokens(
     patch_size: int = DEFAULT_PATCH_SIZE,
     order: Order = "spiral",
     transpose_hw: bool = False,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images ``(B, C, H, W)`` to normalised patch tokens ``(B, N, P*P*C)``.
 
     ``transpose_hw=True`` swaps the two image axes first, reproducing AstroPT's
     ``swapaxes(0, 2)`` layout (its released weights need it). Returns
-    ``(tokens, mean, std)`` as :func:`normalise_patches` does.
+    ``(tokens, mean, std)`` as :func:`normalise_patches` does (``out``: see there).
     """
     if transpose_hw:
         images = images.transpose(-1, -2)
-    return normalise_patches(patchify(images, patch_size=patch_size, order=order))
+    return normalise_patches(patchify(images, patch_size=patch_size, order=order), out=out)
 
 
 def tokens_to_images(

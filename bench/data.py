@@ -34,7 +34,12 @@ consume at 100% of the measured matmul peak (an upper bound on any real step)
 against the loader's rate per worker times the config's ``data.num_workers``
 (linear in workers: each worker decodes its own batches).
 
-    python bench/data.py [--n 512] [--batch 64] [--workers 0 1 2] [--rounds 3]
+Batch 8 by default: the micro-batch of AstroPT's ``scripts/train.py`` and of
+our ``astropt-*.toml`` configs, so the loader is measured as training runs it
+(at batch 64 a batch's 50 MB of fresh float32 tokens costs more in page faults
+than in arithmetic, on both sides).
+
+    python bench/data.py [--n 512] [--batch 8] [--workers 0 1 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -282,7 +287,12 @@ def measured_margin(cfg, tmp: str, n: int = 256, steps: int = 3) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="stamps in the survey")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="galaxies a batch (8: AstroPT's train.py and our configs)",
+    )
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per worker count")

@@ -162,3 +162,33 @@ def test_transpose_hw_reproduces_astropt_swapaxes_layout():
     theirs, _, _ = images_to_tokens(astropt_layout)
     assert torch.equal(ours, theirs)
     assert not torch.equal(ours, images_to_tokens(natural)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("order", ["spiral", "raster"])
+@pytest.mark.parametrize(("batch", "side", "patch", "chan"), [(3, 64, 16, 3), (2, 12, 4, 1)])
+def test_transposed_channels_last_batches_patch_like_contiguous_ones(
+    dtype, order, batch, side, patch, chan
+):
+    # A decoded JPEG batch is channels-last; transpose_hw views it transposed, which
+    # patchify packs with one gather of precomputed offsets. It must equal the einops
+    # definition applied to a plain contiguous copy of the same view.
+    generator = torch.Generator().manual_seed(2)
+    buffer = torch.randint(0, 256, (batch, side, side, chan), generator=generator).to(dtype)
+    view = buffer.permute(0, 3, 1, 2).transpose(-1, -2)
+    plain = view.contiguous()
+    grid = side // patch
+    expected = plain.reshape(batch, chan, grid, patch, grid, patch)
+    expected = expected.permute(0, 2, 4, 3, 5, 1).reshape(batch, grid * grid, -1)
+    if order == "spiral":
+        expected = expected[:, spiral_order(grid)]
+    assert torch.equal(patchify(view, patch, order), expected)
+    assert torch.equal(patchify(plain, patch, order), expected)
+    # The loader's form: straight from the channels-last batch into a given buffer,
+    # the same values bit for bit as the default path.
+    out = torch.empty(expected.shape)
+    natural = buffer.permute(0, 3, 1, 2)
+    given = images_to_tokens(natural, patch, order, transpose_hw=True, out=out)
+    default = normalise_patches(expected)
+    assert given[0].data_ptr() == out.data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(given, default, strict=True))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -166,6 +167,19 @@ class _TokenSpec:
     transpose_hw: bool
 
 
+def _buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty CPU tensor; in a DataLoader worker, one in shared memory.
+
+    A worker's batch reaches the main process through shared memory: a tensor
+    made there from the start is sent as it is, where an ordinary one is first
+    copied (as torch's ``default_collate`` does for its batches).
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+
+
 def _tokenize(
     images: torch.Tensor, spec: _TokenSpec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,7 +189,15 @@ def _tokenize(
     values give the same tokens as their /255 scaling while skipping a full
     float pass (and a 4x larger gather); only mean and std are rescaled.
     """
-    tokens, mean, std = images_to_tokens(images, spec.patch_size, spec.order, spec.transpose_hw)
+    batch, chan, height, width = images.shape
+    per_token = spec.patch_size * spec.patch_size * chan
+    shape = (batch, height * width * chan // per_token, per_token)
+    # In a worker, tokens are made straight into shared memory (see _buffer).
+    in_worker = get_worker_info() is not None and images.device.type == "cpu"
+    out = _buffer(shape, torch.float32) if in_worker else None
+    tokens, mean, std = images_to_tokens(
+        images, spec.patch_size, spec.order, spec.transpose_hw, out=out
+    )
     if images.dtype == torch.uint8:
         mean, std = mean.div_(255.0), std.div_(255.0)
     return tokens, mean, std
@@ -245,10 +267,13 @@ def _assemble(
     # copy below is contiguous, and the patch gather reads C-contiguous rows.
     # Pure 8-bit batches stay uint8 (a quarter of the bytes) until the device.
     eight_bit = bool(arrays) and all(a.dtype == np.uint8 for a in arrays)
-    stack = np.empty((len(arrays), height, width, chan), np.uint8 if eight_bit else np.float32)
+    images = _buffer(
+        (len(arrays), height, width, chan), torch.uint8 if eight_bit else torch.float32
+    )
+    stack = images.numpy()
     for i, array in enumerate(arrays):
         stack[i] = (array if eight_bit else scale(array, prep)).transpose(1, 2, 0)
-    images = torch.from_numpy(stack).permute(0, 3, 1, 2)
+    images = images.permute(0, 3, 1, 2)
     index = np.asarray(kept, dtype=np.intp)
     raw = _RawBatch(
         pos=pos,

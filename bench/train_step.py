@@ -313,8 +313,47 @@ def _category(name: str) -> str:
     return "other (elementwise, autograd bookkeeping)"
 
 
+def _matmul_floor(events, dtype, device, now) -> tuple[float, float, int]:
+    """``(seconds, flops, calls)`` of the step's matmuls replayed alone at their shapes.
+
+    ``events``: the profiler's averages grouped by input shape; every
+    ``aten::mm``/``aten::bmm`` shape is run as often as one step runs it, best
+    of three, on ``now``'s clock: the time the step could not go below without
+    faster matmuls.
+    """
+    import torch
+
+    seconds = flops = 0.0
+    calls = 0
+    for event in events:
+        if event.key not in ("aten::mm", "aten::bmm") or not event.input_shapes:
+            continue
+        a_shape, b_shape = event.input_shapes[:2]
+        a = torch.randn(a_shape, device=device).to(dtype)
+        b = torch.randn(b_shape, device=device).to(dtype)
+        op = torch.mm if event.key == "aten::mm" else torch.bmm
+        best = float("inf")
+        for _ in range(3):
+            start = now()
+            for _ in range(event.count):
+                op(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, now() - start)
+        seconds += best
+        flops += 2.0 * event.count * a.numel() * b_shape[-1]
+        calls += event.count
+    return seconds, flops, calls
+
+
 def profile(args) -> int:
-    """Profile our eager (or compiled) step at one shape/dtype and print where the time goes."""
+    """Profile our eager (or compiled) step at one shape/dtype and print where the time goes.
+
+    The step is timed on ``args.clock`` (best of ``--steps``, at least 3); the
+    profiler's self times, taken over one more step, split it by operator
+    category; the step's matmuls are then replayed alone at their shapes
+    (``_matmul_floor``).
+    """
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -322,38 +361,62 @@ def profile(args) -> int:
     shape, dtype = args.profile.split("/")
     device = _setup_device(args.device, args.threads)
     batch = args.batch or DEFAULT_BATCH[device.type]
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
     step, flops, _ = _ours_builder(device, batch)(*SHAPES[shape], dtype, args.profile_compiled)
     for _ in range(3):
         step()
+    best = float("inf")
+    for _ in range(max(args.steps, 3)):
+        start = now()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, now() - start)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    start = time.perf_counter()
-    with torch_profile(activities=activities) as prof:
-        for _ in range(args.steps):
-            step()
-    wall = (time.perf_counter() - start) / args.steps
+    with torch_profile(activities=activities, record_shapes=True) as prof:
+        step()
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
     total = sum(getattr(e, attr) for e in events)
     by_category: dict[str, float] = {}
     for event in events:
         name = _category(event.key)
-        by_category[name] = by_category.get(name, 0.0) + getattr(event, attr)
+        by_category[name] = by_category.get(name, 0.0) + getattr(event, attr) / total
+    peak = _peak(device, dtype, args.clock)
     print(
-        f"profile of our {'compiled' if args.profile_compiled else 'eager'} step, {shape} {dtype}, batch "
-        f"{batch} x {TOKENS} tokens, {torch.get_num_threads()} thread(s), {args.steps} steps: "
-        f"{1e3 * wall:.0f} ms a step under the profiler; model {flops / wall / 1e9:.1f} GFLOP/s"
+        f"profile of our {'compiled' if args.profile_compiled else 'eager'} step, {shape} "
+        f"{dtype}, batch {batch} x {TOKENS} tokens, {torch.get_num_threads()} thread(s): "
+        f"{1e3 * best:.0f} ms a step (best of {max(args.steps, 3)}, {args.clock} clock), "
+        f"model {flops / best / 1e9:.1f} GFLOP/s = {100 * flops / best / peak:.0f}% of the "
+        f"{dtype} matmul peak ({peak / 1e9:.1f} GFLOP/s, measured now)"
     )
-    print(f"{'where the time goes':44s} {'ms/step':>8s} {'share':>6s}")
-    for name, micros in sorted(by_category.items(), key=lambda item: -item[1]):
-        print(f"{name:44s} {micros / 1e3 / args.steps:8.1f} {100 * micros / total:5.1f}%")
+    print(f"{'where the time goes (profiler self time)':44s} {'ms/step':>8s} {'share':>6s}")
+    for name, share in sorted(by_category.items(), key=lambda item: -item[1]):
+        print(f"{name:44s} {1e3 * share * best:8.1f} {100 * share:5.1f}%")
     print(f"\n{'top operators (self time)':44s} {'ms/step':>8s} {'share':>6s} {'calls':>6s}")
-    for event in sorted(events, key=lambda e: -getattr(e, attr))[:15]:
-        micros = getattr(event, attr)
+    for event in sorted(events, key=lambda e: -getattr(e, attr))[:12]:
+        share = getattr(event, attr) / total
         print(
-            f"{event.key[:44]:44s} {micros / 1e3 / args.steps:8.1f} {100 * micros / total:5.1f}% "
-            f"{event.count // args.steps:6d}"
+            f"{event.key[:44]:44s} {1e3 * share * best:8.1f} {100 * share:5.1f}% {event.count:6d}"
+        )
+    mm_autocast = getattr(torch, dtype)
+    seconds, mm_flops, calls = _matmul_floor(
+        prof.key_averages(group_by_input_shape=True), mm_autocast, device, now
+    )
+    if calls:
+        print(
+            f"\nmatmul floor: the step's {calls} matmuls ({mm_flops / 1e9:.1f} GFLOP) replayed "
+            f"alone at their shapes take {1e3 * seconds:.0f} ms = {100 * seconds / best:.0f}% of "
+            f"the step, at {mm_flops / seconds / 1e9:.1f} GFLOP/s = "
+            f"{100 * mm_flops / seconds / peak:.0f}% of the square-matmul peak"
         )
     return 0
+
+
+def _peak(device, dtype: str, clock: str) -> float:
+    from limits import Limits
+
+    return Limits.measure(device, clock=clock).peak(dtype)
 
 
 # ---------------------------------------------------------------- main

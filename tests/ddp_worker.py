@@ -1,10 +1,12 @@
-"""One process of the torchrun test: ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT SURVEY CACHE MODE``.
+"""One process of the torchrun test: ``torchrun --nproc_per_node=2 tests/ddp_worker.py OUT SURVEY CACHE MODE [ACCUM]``.
 
-Trains a tiny model for 3 steps (batch 2 per process, ``grad_accum=2`` over the
-two processes: one micro-batch each) on the real data pipeline, the model
-replicated (``MODE=ddp``) or sharded (``MODE=fsdp``), and writes, per
-rank, the ids and tokens it read at each step to ``OUT/rank{R}.pt``; the test
-compares step 1 with one process on the two ranks' batches concatenated.
+Trains a tiny model for 3 steps (batch 2 per process, ``grad_accum=ACCUM``
+micro-batches over the two processes, default 2: one micro-batch each) on the
+real data pipeline, the model replicated (``MODE=ddp``) or sharded
+(``MODE=fsdp``), and writes, per rank, the ids and tokens it read at each
+step and the number of gradient reduce-scatters (FSDP's gradient collective)
+each step ran to ``OUT/rank{R}.pt``; the test compares step 1 with one process
+on the two ranks' batches concatenated.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from astropt.train import train
 
 def main() -> None:
     out, survey, cache, mode = sys.argv[1:5]
+    accum = sys.argv[5] if len(sys.argv) > 5 else "2"
     torch.set_num_threads(1)
+    # FSDP reduce-scatters gradients through this function, looked up at each call.
+    reduce_scatter = torch.distributed.reduce_scatter_single
+    calls = [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return reduce_scatter(*args, **kwargs)
+
+    torch.distributed.reduce_scatter_single = counted
     cfg = load_config(
         None,
         [
@@ -34,7 +46,7 @@ def main() -> None:
             "model.n_embd=32",
             "model.block_size=4",
             "batch_size=2",
-            "grad_accum=2",
+            f"grad_accum={accum}",
             "max_iters=3",
             "eval_interval=3",
             "eval_iters=2",
@@ -49,9 +61,10 @@ def main() -> None:
             "progress=false",
         ],
     )
-    seen: dict[str, list] = {"ids": [], "tokens": []}
+    seen: dict[str, list] = {"ids": [], "tokens": [], "reduce_scatters": []}
 
     def record(step: int, info: dict) -> None:
+        seen["reduce_scatters"].append(calls[0] - sum(seen["reduce_scatters"]))
         seen["ids"].append([i for b in info["batches"] for i in b.ids])
         seen["tokens"].append(torch.cat([b.tokens for b in info["batches"]]).cpu())
 

@@ -361,28 +361,37 @@ def test_cli_config_errors_exit_2_naming_the_key(capsys):
 
 
 # ------------------------------------------------------------- torchrun
+def _torchrun_worker(out, survey, hf_cache, mode: str, accum: int = 2) -> list[dict]:
+    """Run tests/ddp_worker.py on 2 gloo processes; each rank's record."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(ROOT / "tests" / "ddp_worker.py"), str(out), survey.path, hf_cache, mode, str(accum),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_fsdp_reduces_gradients_once_per_step_not_per_micro_batch(tmp_path, survey, hf_cache):
+    # Gradient accumulation must skip FSDP's reduce-scatter on all but the last
+    # micro-batch (set_requires_gradient_sync is read during the backward pass).
+    one = _torchrun_worker(tmp_path / "one", survey, hf_cache, "fsdp", accum=2)
+    two = _torchrun_worker(tmp_path / "two", survey, hf_cache, "fsdp", accum=4)
+    assert len(one[0]["ids"][0]) == 2 and len(two[0]["ids"][0]) == 4  # micro-batches of 2
+    assert one[0]["reduce_scatters"][0] > 0
+    for rank in (0, 1):
+        assert two[rank]["reduce_scatters"] == one[rank]["reduce_scatters"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_torchrun_two_processes_match_one_process_on_the_joint_batch(
     tmp_path, survey, hf_cache, mode
 ):
     out = tmp_path / mode
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(ROOT / "tests" / "ddp_worker.py"),
-        str(out),
-        survey.path,
-        hf_cache,
-        mode,
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    seen = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    seen = _torchrun_worker(out, survey, hf_cache, mode)
     # Disjoint samples: no galaxy read by both ranks over the whole run.
     ids = [{i for step in s["ids"] for i in step} for s in seen]
     assert ids[0] and ids[1] and not ids[0] & ids[1]

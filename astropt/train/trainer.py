@@ -371,12 +371,15 @@ class Trainer:
             tokens += x.shape[0] * (x.shape[1] - (1 if self.cfg.model.objective == "ar" else 0))
             last = micro == self.accum - 1
             sync = no_sync(self.step_module, self.raw_model, self.dist, self.fsdp, last)
-            with sync, self.autocast():
-                loss = self.step_module(x)
-            scaled = loss / self.accum
-            if self.scaler is not None:
-                scaled = self.scaler.scale(scaled)
-            scaled.backward()
+            # The backward pass inside `sync` too: FSDP decides at backward time
+            # whether to reduce-scatter gradients (DDP at forward time).
+            with sync:
+                with self.autocast():
+                    loss = self.step_module(x)
+                scaled = loss / self.accum
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()
             loss_sum += loss.detach().float()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)

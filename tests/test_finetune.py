@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -213,3 +214,87 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, planted, pretrained)
     b = load_file(str(tmp_path / "two" / "model" / hub.WEIGHTS_NAME))
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
+
+
+# The Galaxy Zoo-style votes planted in the stripes: question 1 (2 answers) is answered by every
+# volunteer, question 2 (3 answers) by nobody for a third of the galaxies (Zoobot's unasked
+# question, which must add nothing to the likelihood nor to the scores).
+PLANTED_VOTES = {
+    "horizontal": (0.8, 0.2, 0.6, 0.3, 0.1),
+    "vertical": (0.25, 0.75, 0.1, 0.2, 0.7),
+}
+VOTE_COLUMNS = ("smooth_yes", "smooth_no", "arms_1", "arms_2", "arms_3")
+
+
+@pytest.fixture(scope="module")
+def voted(tmp_path_factory) -> Path:
+    """The planted stripes as one flat folder with a CSV catalogue of vote counts."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("voted")
+    rng = np.random.default_rng(5)
+    rows = ["filename,id," + ",".join(VOTE_COLUMNS)]
+    for k, name in enumerate(PLANTED_VOTES):
+        fractions = PLANTED_VOTES[name]
+        for i, image in enumerate(stripes(60, name == "horizontal", seed=10 + k)):
+            Image.fromarray(image).save(root / f"{name}-{i:03d}.png")
+            first = rng.multinomial(rng.integers(20, 41), fractions[:2])
+            asked = i % 3 != 0
+            second = rng.multinomial(rng.integers(20, 41), fractions[2:]) if asked else [0, 0, 0]
+            counts = ",".join(str(int(c)) for c in (*first, *second))
+            rows.append(f"{name}-{i:03d}.png,{name}-{i:03d},{counts}")
+    (root / "votes.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_votes_head_learns_the_planted_vote_fractions(tmp_path, voted):
+    from astropt.embed import data_config_for
+    from astropt.predict import export_predictions, load_finetuned, read_predictions
+
+    out = tmp_path / "ft"
+    summary = run(
+        out, voted, "mode=full", "head=votes", f"data.catalogue={voted / 'votes.csv'}",
+        f"label_column={','.join(VOTE_COLUMNS)}", "vote_groups=[2,3]", "max_iters=120", "eval_interval=40",
+    )  # fmt: skip
+    assert summary["head"] == "votes" and summary["targets"] == list(VOTE_COLUMNS)
+    model = load_finetuned(out)
+    preds = export_predictions(
+        model,
+        data_config_for(model, source="folder", path=str(voted)),
+        tmp_path / "preds.parquet",
+        "train",
+        batch_size=32,
+        device="cpu",
+        dtype="float32",
+        progress=False,
+    )
+    frame = read_predictions(preds).set_index("id")
+    test_ids = [str(i) for i in json.loads((out / "splits.json").read_text())["test"]]
+    predicted = frame.loc[test_ids, list(VOTE_COLUMNS)].to_numpy()
+    # Expected fractions: each question sums to one, whatever the head outputs.
+    np.testing.assert_allclose(predicted[:, :2].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(predicted[:, 2:].sum(1), 1.0, atol=1e-5)
+    # The predicted fractions are near those planted for each galaxy's class: the counts
+    # carry binomial noise of about 0.08 per galaxy, the planted class means none.
+    kinds = np.asarray([i.split("-")[0] for i in test_ids])
+    for kind, fractions in PLANTED_VOTES.items():
+        mean = predicted[kinds == kind].mean(0)
+        np.testing.assert_allclose(mean, fractions, atol=0.08, err_msg=kind)
+    planted = np.asarray([PLANTED_VOTES[k] for k in kinds])
+    assert np.median(np.abs(predicted - planted)) < 0.06
+    # The run's test R^2 is that of each answer's vote fraction over the galaxies asked the
+    # question, averaged over answers (recomputed here with scikit-learn), and comes close to
+    # that of the planted fractions themselves (the ceiling the counts' noise allows).
+    from sklearn.metrics import r2_score
+
+    counts = pd.read_csv(voted / "votes.csv").set_index("id").loc[test_ids, list(VOTE_COLUMNS)]
+    counts = counts.to_numpy(dtype=np.float64)
+    model_r2, ceiling = [], []
+    for j in range(len(VOTE_COLUMNS)):
+        question = slice(0, 2) if j < 2 else slice(2, 5)
+        asked = counts[:, question].sum(1) > 0
+        fraction = counts[asked, j] / counts[asked, question].sum(1)
+        model_r2.append(r2_score(fraction, predicted[asked, j]))
+        ceiling.append(r2_score(fraction, planted[asked, j]))
+    assert summary["test"]["r2"] == pytest.approx(np.mean(model_r2), abs=1e-4)
+    assert summary["test"]["r2"] > np.mean(ceiling) - 0.1, (summary["test"], np.mean(ceiling))

@@ -17,28 +17,55 @@ from astropt.probe import classification_metrics, regression_metrics
 HEADLINE = {"classification": "accuracy", "regression": "r2", "votes": "r2"}
 
 
-def score(kind: str, labels: np.ndarray, predictions: np.ndarray, targets: list[str]) -> dict:
+def score(
+    kind: str,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    targets: list[str],
+    vote_groups: list[int] | None = None,
+) -> dict:
     """Test scores: ``labels`` as trained on (class indices, values in target units, or vote
-    counts), ``predictions`` from :meth:`FinetunedGPT.predict`."""
+    counts), ``predictions`` from :meth:`FinetunedGPT.predict`. Votes are scored as each
+    answer's fraction over the galaxies whose question (``vote_groups``) had votes."""
     if kind == "classification":
         predicted = predictions.argmax(1)
         out = classification_metrics(labels, predicted)
         out["n"] = len(labels)
         return out
     if kind == "votes":
-        # Vote fractions: R^2 etc. of each answer's fraction, then the mean over answers.
-        counts = labels.astype(np.float64)
-        return _per_column(
-            counts / np.maximum(counts.sum(1, keepdims=True), 1), predictions, targets
-        )
-    return _per_column(labels, predictions, targets)
+        return _per_column(*vote_fractions(labels, vote_groups), predictions, targets)
+    return _per_column(labels, None, predictions, targets)
 
 
-def _per_column(labels: np.ndarray, predictions: np.ndarray, targets: list[str]) -> dict:
+def vote_fractions(counts: np.ndarray, groups: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(fractions, answered)``, both ``(n, A)``: each answer's share of its question's votes,
+    and whether that question had any vote (an unasked question has no fraction to score)."""
+    counts = np.asarray(counts, dtype=np.float64).reshape(len(counts), -1)
+    fractions = np.zeros_like(counts)
+    answered = np.zeros(counts.shape, dtype=bool)
+    start = 0
+    for size in groups or [counts.shape[1]]:
+        block = counts[:, start : start + size]
+        total = block.sum(1, keepdims=True)
+        fractions[:, start : start + size] = block / np.maximum(total, 1)
+        answered[:, start : start + size] = total > 0
+        start += size
+    return fractions, answered
+
+
+def _per_column(
+    labels: np.ndarray,
+    valid: np.ndarray | None,
+    predictions: np.ndarray,
+    targets: list[str],
+) -> dict:
     labels = labels.reshape(len(labels), -1)
     predictions = predictions.reshape(len(predictions), -1)
+    if valid is None:
+        valid = np.ones(labels.shape, dtype=bool)
     columns = {
-        name: regression_metrics(labels[:, j], predictions[:, j]) for j, name in enumerate(targets)
+        name: regression_metrics(labels[valid[:, j], j], predictions[valid[:, j], j])
+        for j, name in enumerate(targets)
     }
     out: dict = {"n": len(labels)}
     for metric in ("r2", "nmad", "mae", "spearman"):

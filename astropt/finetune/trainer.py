@@ -332,7 +332,7 @@ class Finetuner:
     def evaluate(self, split: str = "validation") -> tuple[float, dict]:
         _, labels, predictions, loss = self.predict_split(split)
         head = self.finetuned.head_config
-        return loss, score(head.kind, labels, predictions, head.targets)
+        return loss, score(head.kind, labels, predictions, head.targets, head.vote_groups)
 
     # ------------------------------------------------------------ loop
     def _train_step(self, iterator) -> tuple[float, float, int]:
@@ -483,7 +483,7 @@ class Finetuner:
             self.model.load_state_dict(load_file(str(best)))
         positions, labels, predictions, test_loss = self.predict_split("test")
         head = self.finetuned.head_config
-        scores = score(head.kind, labels, predictions, head.targets)
+        scores = score(head.kind, labels, predictions, head.targets, head.vote_groups)
         scores["loss"] = test_loss
         final = lora.merge_adapters(self.model) if cfg.mode == "lora" else self.finetuned
         summary = {

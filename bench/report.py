@@ -123,6 +123,19 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
         "`python bench/train_step.py --threads 1`",
         result or "not run yet",
     ))  # fmt: skip
+    finetune = load(folder, "finetune")
+    parts = []
+    for device in ("cpu", "cuda"):
+        runs = [r for r in finetune if r.get("device") == device and "095M" in r["ratios"]]
+        if runs:
+            ratio = span([r["ratios"]["095M"]["lora/full"] for r in runs], digits=2)
+            parts.append(f"{device} ({runs[-1]['dtype']}): {ratio}")
+    table.append((
+        "finetuning step, lora vs full examples/s at AstroPT's 095M shape (batch 8 x 256 "
+        "tokens; per-mode peak memory in the run's output)",
+        "`python bench/finetune.py`",
+        "; ".join(parts) or "not run yet",
+    ))  # fmt: skip
     return table
 
 

@@ -36,24 +36,13 @@ import numpy as np
 from astropt.data import DataConfig
 from astropt.data.decode import SkipSample
 from astropt.data.sources import Rows
+from astropt.simulate.spec import GALAXY10_CLASSES  # index = the file's ``ans``
 
 log = logging.getLogger("astropt.finetune")
 
 LABEL_KEY = "__label__"
 HDF5_SUFFIXES = (".h5", ".hdf5")
-#: The Galaxy10 DECaLS classes, index = ``ans`` (Leung & Bovy's astroNN documentation).
-GALAXY10_CLASSES = (
-    "Disturbed",
-    "Merging",
-    "Round Smooth",
-    "In-between Round Smooth",
-    "Cigar Shaped Smooth",
-    "Barred Spiral",
-    "Unbarred Tight Spiral",
-    "Unbarred Loose Spiral",
-    "Edge-on without Bulge",
-    "Edge-on with Bulge",
-)
+
 
 
 # ------------------------------------------------------------------ sources

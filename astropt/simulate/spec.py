@@ -41,6 +41,8 @@ SIM_VERSION = "1.0"
 
 BANDS = ("g", "r", "z")
 
+#: The Galaxy10 DECaLS classes, index = the class number of the published file's ``ans``
+#: (Leung & Bovy, astroNN documentation); the finetuning reader names classes from it.
 GALAXY10_CLASSES = (
     "Disturbed",
     "Merging",

@@ -326,3 +326,38 @@ def test_predict_command_writes_probabilities_of_the_saved_model(tmp_path, tiny_
     np.testing.assert_allclose(frame[["p_a", "p_b", "p_c"]].to_numpy(), expected, atol=1e-6)
     assert (frame["predicted_class"] == np.asarray(["a", "b", "c"])[expected.argmax(1)]).all()
     assert main(argv) == 0  # a finished export is left as it is
+
+
+def test_published_sweep_rewrites_its_readme_block_from_the_result_file(tmp_path):
+    from astropt.finetune.config import FinetuneConfig
+    from astropt.finetune.sweep import publish, record_command, update_readme
+
+    sweep = tmp_path / "sweep"
+    accuracy = {("pretrained", 0): 0.50, ("pretrained", 1): 0.54, ("scratch", 0): 0.40,
+                ("scratch", 1): 0.41}  # fmt: skip
+    for (init, seed), value in accuracy.items():
+        folder = sweep / f"full-{init}-f0.1-s{seed}"
+        folder.mkdir(parents=True)
+        spec = "runs/qs" if init == "pretrained" else "scratch:runs/qs"
+        cfg = FinetuneConfig(init_from=spec, label_column="galaxy10", label_fraction=0.1, seed=seed)
+        (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+        summary = {"mode": "full", "init_from": spec, "label_fraction": 0.1, "n_labels": 21,
+                   "seed": seed, "head": "classification", "test": {"accuracy": value}}  # fmt: skip
+        (folder / "summary.json").write_text(json.dumps(summary))
+    record_command(sweep, ["configs/x.toml", "--out", str(sweep)])
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- finetune-table: res/g10.json -->\nstale\n<!-- /finetune-table -->\nend\n"
+    )
+    (tmp_path / "res").mkdir()
+    publish(sweep, tmp_path / "res" / "g10.json", "Galaxy10-style class", root=tmp_path)
+    assert update_readme(readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("<!-- /finetune-table -->\nend\n")
+    assert "stale" not in text
+    assert f"python -m astropt.finetune.sweep configs/x.toml --out {sweep}" in text
+    # The pretrained mean (0.52) and the paired difference (+0.115 = mean of 0.10 and 0.13).
+    assert "| full | pretrained | 21 | 0.1 | 2 | 0.520 |" in text
+    assert "| pretrained - scratch | 0.1 | 2 | +0.115 |" in text
+    assert (tmp_path / "docs" / "finetune" / "label_efficiency_g10.png").stat().st_size > 1000
+    assert not update_readme(readme)  # a second pass changes nothing

@@ -20,6 +20,14 @@ all with the same ``split_seed`` (the same test galaxies), then writes:
 
 ``scratch`` as an init means the architecture of the first pretrained init
 with fresh weights (``init_from=scratch:PATH``), the fair baseline.
+
+Every invocation appends its command line, machine and load to ``commands.json``.
+``--publish docs/results/NAME.json --title TEXT`` copies a finished sweep into
+a committed result file (the per-run rows, the commands, the settings of the
+runs, the trunk's pretraining), draws its figure beside the README's other
+figures, and rewrites every ``<!-- finetune-table: PATH -->`` block of the
+README from the file it cites (:func:`update_readme`), so no number there is
+typed by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +36,11 @@ import argparse
 import itertools
 import json
 import logging
+import os
+import re
+import shlex
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +50,12 @@ from astropt.finetune.metrics import HEADLINE, mean_interval
 from astropt.io import atomic_write, atomic_write_text
 
 log = logging.getLogger("astropt.finetune")
+
+#: Where published figures go (relative to the repository root, beside the README).
+FIGURES = Path("docs/finetune")
+README_BLOCK = re.compile(
+    r"<!-- finetune-table: (?P<path>\S+) -->\n(?P<body>.*?)<!-- /finetune-table -->", flags=re.S
+)
 
 
 def init_name(spec: str) -> str:
@@ -223,9 +241,13 @@ def plot_label_efficiency(frame, metric: str, path: Path) -> Path:
 
 
 def report(frame, diffs, metric: str) -> str:
+    return f"# Label efficiency: test {metric}\n\n" + tables(frame, diffs, metric)
+
+
+def tables(frame, diffs, metric: str) -> str:
+    """Markdown: the score of every mode, init and fraction, then the paired differences."""
     table = summary_table(frame, metric)
-    lines = [f"# Label efficiency: test {metric}", ""]
-    lines.append(f"| mode | init | labels | fraction | seeds | {metric} | 95% interval |")
+    lines = [f"| mode | init | labels | fraction | seeds | {metric} | 95% interval |"]
     lines.append("|---|---|---|---|---|---|---|")
     for row in table.sort_values(["mode", "init", "label_fraction"]).itertuples():
         value = getattr(row, metric)
@@ -234,16 +256,160 @@ def report(frame, diffs, metric: str) -> str:
             f"{value:.3f} | [{row.low:.3f}, {row.high:.3f}] |"
         )
     if len(diffs):
-        lines += ["", "## Differences (paired by seed)", ""]
+        lines += ["", "Differences, paired by seed (the same label subset):", ""]
         lines.append("| comparison | fraction | seeds | difference | 95% interval | win |")
         lines.append("|---|---|---|---|---|---|")
         for row in diffs.itertuples():
             lines.append(
                 f"| {row.comparison} | {row.label_fraction:g} | {row.seeds} | "
                 f"{row.difference:+.3f} | [{row.low:+.3f}, {row.high:+.3f}] | "
-                f"{'yes' if row.win else 'no'} |"
+                f"{'**yes**' if row.win else 'no'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- publishing
+def machine() -> dict:
+    """What decides the numbers besides the code: threads, CPU kernels, torch."""
+    import torch
+
+    return {
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def record_command(out: Path, argv: list[str]) -> None:
+    """Append this invocation to ``out/commands.json`` (published with the results)."""
+    path = out / "commands.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+    done.append(
+        {
+            "command": shlex.join(["python", "-m", "astropt.finetune.sweep", *argv]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "load": round(os.getloadavg()[0], 2),
+            "machine": machine(),
+        }
+    )
+    atomic_write_text(path, json.dumps(done, indent=2))
+
+
+def _trunk(init: str) -> dict:
+    """How the pretrained trunk was trained: its run's last evaluated step and loss."""
+    folder = Path(init)
+    metrics = folder / "metrics.jsonl"
+    info: dict = {"init_from": init}
+    if metrics.is_file():
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        evals = [r for r in rows if "val_loss" in r]
+        if evals:
+            info.update(steps=evals[-1]["step"], val_loss=round(evals[-1]["val_loss"], 4))
+    return info
+
+
+#: Settings of the runs quoted with the results (the rest is in each run's config.json).
+SETTINGS = ("max_iters", "batch_size", "max_labelled", "layer", "pool", "layer_decay",
+            "head_dropout", "split_seed", "val_fraction", "test_fraction")  # fmt: skip
+
+
+def publish(out: str | Path, path: str | Path, title: str, root: str | Path = ".") -> Path:
+    """Copy the finished sweep ``out`` into the result file ``path`` and draw its figure
+    (``docs/finetune/label_efficiency_<stem>.png`` under ``root``)."""
+    out, path, root = Path(out), Path(path), Path(root)
+    rows = collect(out)
+    if not rows:
+        raise ValueError(f"{out} has no finished run to publish")
+    configs = [json.loads(p.read_text()) for p in sorted(out.glob("*/config.json"))]
+    first = configs[0]
+    pretrained = sorted({c["init_from"] for c in configs if init_name(c["init_from"]) != "scratch"})
+    commands = out / "commands.json"
+    figure = FIGURES / f"label_efficiency_{path.stem}.png"
+    data = {
+        "title": title,
+        "figure": str(figure),
+        "commands": json.loads(commands.read_text()) if commands.is_file() else [],
+        "data": {
+            "path": first["data"]["path"],
+            "label_column": first["label_column"],
+            "head": first["head"],
+        },  # fmt: skip
+        "settings": {k: first[k] for k in SETTINGS},
+        "optim": {k: first["optim"][k] for k in ("lr", "warmup_iters", "weight_decay")},
+        "trunks": [_trunk(p) for p in pretrained],
+        "rows": rows,
+    }
+    atomic_write_text(path, json.dumps(data, indent=2, default=float) + "\n")
+    draw_published(data, root)
+    return path
+
+
+def _frame(data: dict):
+    import pandas as pd
+
+    return pd.DataFrame(data["rows"]).sort_values(["mode", "init", "label_fraction", "seed"])
+
+
+def draw_published(data: dict, root: str | Path = ".") -> Path:
+    frame = _frame(data)
+    return plot_label_efficiency(frame, HEADLINE[data["data"]["head"]], Path(root) / data["figure"])
+
+
+def readme_block(data: dict) -> str:
+    """The README section body for a published sweep: provenance, figure, tables."""
+    frame = _frame(data)
+    metric = HEADLINE[data["data"]["head"]]
+    settings, optim = data["settings"], data["optim"]
+    trunks = "; ".join(
+        f"`{t['init_from']}`" + (f" ({t['steps']} steps, val loss {t['val_loss']})" if "steps" in t
+                                 else "")
+        for t in data["trunks"]
+    )  # fmt: skip
+    commands = "\n".join(c["command"] for c in data["commands"])
+    loads = sorted({c["load"] for c in data["commands"]})
+    machines = sorted({json.dumps(c["machine"], sort_keys=True) for c in data["commands"]})
+    pool = settings["max_labelled"] or "every"
+    lines = [
+        f"**{data['title']}** (`{data['data']['label_column']}`, test {metric}): pretrained "
+        f"trunk {trunks}; the first {pool} labelled galaxies of `{data['data']['path']}`, "
+        f"split {1 - settings['val_fraction'] - settings['test_fraction']:.0%} / "
+        f"{settings['val_fraction']:.0%} / {settings['test_fraction']:.0%} "
+        f"(train / validation / test, split_seed {settings['split_seed']}); every run "
+        f"{settings['max_iters']} steps of batch {settings['batch_size']}, lr {optim['lr']:g}, "
+        f"layer_decay {settings['layer_decay']:g}, head on layer {settings['layer']} "
+        f"({settings['pool']} pool), the validation-best checkpoint tested. Machine "
+        f"{', '.join(machines)}; load average {', '.join(f'{v:g}' for v in loads)} at start.",
+        "",
+        "```text",
+        commands,
+        "```",
+        "",
+        f"![label efficiency, {data['title']}]({data['figure']})",
+        "",
+        tables(frame, differences(frame, metric), metric),
+    ]
+    return "\n".join(lines)
+
+
+def read_published(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def update_readme(readme: str | Path) -> bool:
+    """Regenerate every finetune-table block of ``readme`` from the file it cites; True if
+    the README changed."""
+    readme = Path(readme)
+    text = readme.read_text()
+
+    def fill(match: re.Match) -> str:
+        data = read_published(readme.parent / match["path"])
+        return f"<!-- finetune-table: {match['path']} -->\n{readme_block(data)}<!-- /finetune-table -->"
+
+    new = README_BLOCK.sub(fill, text)
+    if new != text:
+        atomic_write_text(readme, new)
+    return new != text
 
 
 def _floats(text: str) -> list[float]:
@@ -275,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-only", action="store_true", help="redraw from finished runs")
     parser.add_argument(
+        "--publish",
+        metavar="JSON",
+        help="copy the finished sweep into this result file (e.g. docs/results/NAME.json), "
+        "draw its figure under docs/finetune/ and rewrite the README blocks citing it",
+    )
+    parser.add_argument("--title", default="", help="name of the task in the published figure")
+    parser.add_argument("--readme", default="README.md", help="README rewritten by --publish")
+    parser.add_argument(
         "--print-config", action="store_true", help="print the config every run starts from"
     )
     args = parser.parse_args(argv)
@@ -283,9 +457,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.publish:
+        write_results(Path(args.out), collect(Path(args.out)))
+        root = Path(args.readme).resolve().parent
+        publish(args.out, args.publish, args.title or Path(args.publish).stem, root)
+        changed = update_readme(args.readme)
+        print(f"wrote {args.publish}; {args.readme} {'updated' if changed else 'unchanged'}")
+        return 0
     if args.report_only:
         write_results(Path(args.out), collect(Path(args.out)))
         return 0
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    record_command(Path(args.out), list(sys.argv[1:] if argv is None else argv))
     inits = [v.strip() for v in args.inits.split(",") if v.strip()]
     combos = None
     if args.combo:

@@ -223,6 +223,23 @@ def test_galaxy10_hdf5_loads_with_the_right_classes_and_pixels(tmp_path):
         fdata.Galaxy10Source(bad)
 
 
+def test_survey_galaxies_written_as_a_galaxy10_file_read_back_with_their_classes(tmp_path):
+    import h5py
+
+    from astropt.simulate import make_stamps
+
+    path = fdata.write_galaxy10_like(tmp_path / "g10.h5", n=7, image_size=64, seed=3, chunk=3)
+    rgb, _, labels = make_stamps(7, 64, 3)
+    with h5py.File(path, "r") as handle:  # the distributed file's layout and dtypes
+        assert handle["images"].dtype == np.uint8 and handle["images"].shape == (7, 64, 64, 3)
+        assert handle["ans"].dtype == np.uint8
+        np.testing.assert_array_equal(handle["images"][:], rgb)
+    source = fdata.Galaxy10Source(path)
+    np.testing.assert_array_equal(source.labels, labels["galaxy10"])
+    np.testing.assert_array_equal(source.decode(4, "x"), rgb[4].transpose(2, 0, 1))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_class_subfolders_become_sorted_classes(tmp_path):
     from PIL import Image
 

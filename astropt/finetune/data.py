@@ -44,7 +44,6 @@ LABEL_KEY = "__label__"
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
-
 # ------------------------------------------------------------------ sources
 class Galaxy10Source:
     """The Galaxy10 DECaLS HDF5 file as a map source: ``images`` ``(N, H, W, 3)`` uint8
@@ -482,6 +481,37 @@ def label_subset(
     rng = np.random.default_rng([seed, 11])
     picked = [rng.permutation(g)[: take[v]] for v, g in groups.items()]
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def write_galaxy10_like(
+    path: str | os.PathLike, n: int, image_size: int = 256, seed: int = 0, chunk: int = 256
+) -> Path:
+    """A file in the Galaxy10 DECaLS format (``images`` uint8 ``(n, S, S, 3)``, ``ans`` uint8)
+    holding galaxies ``0 .. n-1`` of the built-in survey ``seed`` and their ``galaxy10``
+    classes: runs the Galaxy10 recipe where the real file is absent (rendered in chunks of
+    ``chunk`` galaxies, so memory stays flat)."""
+    import h5py
+
+    from astropt.simulate import make_stamps
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as handle:
+        images = handle.create_dataset(
+            "images",
+            (n, image_size, image_size, 3),
+            dtype=np.uint8,
+            chunks=(1, image_size, image_size, 3),
+        )
+        ans = handle.create_dataset("ans", (n,), dtype=np.uint8)
+        for start in range(0, n, chunk):
+            count = min(chunk, n - start)
+            rgb, _, labels = make_stamps(count, image_size, seed, start)
+            images[start : start + count] = rgb
+            ans[start : start + count] = labels["galaxy10"].astype(np.uint8)
+    os.replace(tmp, path)
+    return path
 
 
 def galaxy10_counts(labels: np.ndarray) -> dict[str, int]:

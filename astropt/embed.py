@@ -95,7 +95,7 @@ class ModelEncoder:
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.layer = model.resolve_layer(layer)  # validates; None = final LayerNorm
+        self.layers = model.resolve_layers(layer)  # validates; None = final LayerNorm
         if pool not in get_args(Pool):
             raise ValueError(f"pool must be 'mean', 'prefix' or 'last', got {pool!r}")
         if pool == "prefix" and (not prefix or prefix < 1):
@@ -103,11 +103,12 @@ class ModelEncoder:
         self.pool = pool
         self.prefix = prefix if pool == "prefix" else None
         self.dtype = resolve_dtype(dtype, self.device)
-        self.dim = model.config.n_embd
+        self.dim = model.config.n_embd * len(self.layers)
 
     @property
     def layer_name(self) -> str:
-        return "final" if self.layer is None else str(self.layer)
+        """``"final"``, a block index, or several joined by ``+`` (concatenated in that order)."""
+        return self.model.layer_name(self.layers)
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device, non_blocking=True)
@@ -117,8 +118,7 @@ class ModelEncoder:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            layer = "final" if self.layer is None else self.layer
-            out = self.model.embed(tokens, layer=layer, pool=self.pool, prefix=self.prefix)
+            out = self.model.embed(tokens, layer=self.layers, pool=self.pool, prefix=self.prefix)
         return out.float().cpu()
 
     def fingerprint(self) -> str:
@@ -829,7 +829,8 @@ def export_embeddings(
 ) -> Path:
     """Embed every galaxy of ``split`` of ``data_cfg`` with ``model``; write the export ``out``.
 
-    ``layer``: ``"final"``, ``"middle"`` or a block index (default the model's
+    ``layer``: ``"final"``, ``"middle"``, a block index or several joined by ``+``
+    (``"middle+final"``: their vectors concatenated; default the model's
     ``config.embed_layer``); ``pool``: ``"mean"``, ``"prefix"`` (first ``prefix``
     tokens) or ``"last"``; ``dtype``: ``"auto"`` (bfloat16 autocast where the
     device has native bfloat16 matmuls, see :func:`resolve_dtype`), ``"float32"``
@@ -1040,7 +1041,9 @@ class EmbedOptions:
     checkpoint: str  # run folder, model folder, AstroPT ckpt.pt or Hub id
     out: str  # output export folder, e.g. emb.parquet
     split: str = "test"  # data split to embed
-    layer: str | None = None  # final | middle | block index (default: the model's embed_layer)
+    # final | middle | block index, or several joined by + (middle+final: concatenated);
+    # default: the model's embed_layer
+    layer: str | None = None
     pool: Pool = "mean"  # how token outputs become one vector
     prefix: int | None = None  # tokens averaged by pool=prefix
     batch_size: int = 256  # galaxies per forward pass

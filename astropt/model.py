@@ -22,6 +22,7 @@ imports it (see ``astropt/__init__.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, get_args
 
@@ -66,7 +67,8 @@ class GPTConfig:
     n_chan: int = 3  # image channels (bands)
     order: Order = "spiral"
     transpose_hw: bool = False  # True for AstroPT's released weights (images seen as (C, W, H))
-    embed_layer: str = "final"  # default layer of `GPT.embed`: "final", "middle" or a block index
+    # default layer(s) of `GPT.embed`: "final", "middle", a block index or several joined by "+"
+    embed_layer: str = "final"
 
     @property
     def patch_dim(self) -> int:
@@ -371,6 +373,7 @@ class GPT(nn.Module):
         prefix_len: int,
         cache: KVCache | None,
         stop_after: int | None = None,
+        taps: dict[int, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         batch, seq, dim = patches.shape
         cfg = self.config
@@ -402,6 +405,8 @@ class GPT(nn.Module):
         attn_type = "full" if cfg.objective == "mae" else cfg.attn_type
         for index, block in enumerate(self.blocks):
             x = block(x, attn_type, prefix_len, cache, index)
+            if taps is not None and index in taps:
+                taps[index] = x
             if stop_after is not None and index == stop_after:
                 return x
         return self.norm_f(x)
@@ -479,43 +484,93 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------ embeddings
     def resolve_layer(self, layer: int | str | None) -> int | None:
-        """Block index whose residual output is wanted, or None for the final LayerNorm."""
+        """Block index whose residual output is wanted, or None for the final LayerNorm.
+
+        One layer only; :meth:`resolve_layers` also reads several (``"middle+final"``).
+        """
+        layers = self.resolve_layers(layer)
+        if len(layers) != 1:
+            raise ValueError(f"one layer is needed here, got {layer!r} ({len(layers)} layers)")
+        return layers[0]
+
+    def resolve_layers(
+        self, layer: int | str | Sequence[int | str] | None
+    ) -> tuple[int | None, ...]:
+        """Block indices (None: the final LayerNorm) of a layer spec, in the order given.
+
+        ``layer``: ``"final"`` or ``-1``, ``"middle"`` (block ``n_layer // 2``), a
+        0-based block index, several of these joined by ``+`` (``"middle+final"``)
+        or as a list; None: ``config.embed_layer``.
+        """
         layer = self.config.embed_layer if layer is None else layer
-        if layer in ("final", -1):
+        if isinstance(layer, str):
+            parts: list = [p.strip() for p in layer.replace(",", "+").split("+")]
+        elif isinstance(layer, (list, tuple)):
+            parts = list(layer)
+        else:
+            parts = [layer]
+        if not parts:
+            raise ValueError("layer names no layer")
+        resolved = tuple(self._one_layer(part, layer) for part in parts)
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"layer {layer!r} names a layer twice")
+        return resolved
+
+    def _one_layer(self, layer: int | str, spec) -> int | None:
+        if layer is None or layer in ("final", -1, "-1"):  # None: resolved "final"
             return None
         if layer == "middle":
             return self.config.n_layer // 2
-        if isinstance(layer, str) and layer.lstrip("-").isdigit():
+        if isinstance(layer, str) and layer.isdigit():
             layer = int(layer)
-        if not isinstance(layer, int) or not 0 <= layer < self.config.n_layer:
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, int)
+            or not 0 <= layer < self.config.n_layer
+        ):
             raise ValueError(
-                f"layer must be 'final' (or -1), 'middle' or a block index 0..{self.config.n_layer - 1},"
-                f" got {layer!r}"
+                f"layer must be 'final' (or -1), 'middle', a block index 0..{self.config.n_layer - 1}"
+                f" or several joined by '+', got {spec!r}"
             )
         return layer
 
+    @staticmethod
+    def layer_name(layers: Sequence[int | None]) -> str:
+        """The spec string of resolved layers: ``(2, None)`` -> ``"2+final"``."""
+        return "+".join("final" if b is None else str(b) for b in layers)
+
     def hidden_states(
-        self, patches: torch.Tensor, layer: int | str | None = None, prefix_len: int | None = None
+        self,
+        patches: torch.Tensor,
+        layer: int | str | Sequence[int | str] | None = None,
+        prefix_len: int | None = None,
     ) -> torch.Tensor:
-        """Per-token features ``(B, T, n_embd)`` from ``layer`` (see :meth:`embed`)."""
-        block = self.resolve_layer(layer)
+        """Per-token features ``(B, T, k * n_embd)`` from the ``k`` layers named by ``layer``
+        (see :meth:`embed`), concatenated in the order given."""
+        layers = self.resolve_layers(layer)
         # Deterministic: without a prefix length, prefix attention sees the whole sequence.
         prefix = self._resolve_prefix(prefix_len or self.config.prefix_len or patches.shape[1], 0)
-        return self._trunk(patches, None, None, prefix, None, stop_after=block)
+        blocks = [b for b in layers if b is not None]
+        deepest = None if None in layers else max(blocks)
+        taps: dict[int, torch.Tensor | None] = dict.fromkeys(blocks)
+        last = self._trunk(patches, None, None, prefix, None, stop_after=deepest, taps=taps)
+        outputs = [last if b is None else taps[b] for b in layers]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     def embed(
         self,
         patches: torch.Tensor,
-        layer: int | str | None = None,
+        layer: int | str | Sequence[int | str] | None = None,
         pool: Pool = "mean",
         prefix: int | None = None,
     ) -> torch.Tensor:
-        """One vector per image: ``(B, T, patch_dim)`` tokens to ``(B, n_embd)``.
+        """One vector per image: ``(B, T, patch_dim)`` tokens to ``(B, k * n_embd)``.
 
         ``layer``: ``"final"`` or ``-1`` (final LayerNorm output), ``"middle"``
         (residual stream after block ``n_layer // 2``, AstroPT's
-        ``generate_embeddings``), or a 0-based block index; default
-        ``config.embed_layer``. ``pool``: mean over all tokens, mean over the
+        ``generate_embeddings``), a 0-based block index, or ``k`` of these
+        joined by ``+`` or as a list (``"middle+final"``: the layers' vectors
+        concatenated in that order); default ``config.embed_layer``. ``pool``: mean over all tokens, mean over the
         first ``prefix`` tokens (the galaxy itself in spiral order), or the last token.
         """
         hidden = self.hidden_states(patches, layer)

@@ -137,6 +137,18 @@ def test_middle_layer_is_the_residual_stream_after_block_n_over_2(model, direct)
     assert not np.allclose(got, direct["final"][:BATCH])
 
 
+def test_several_layers_export_concatenated(model, direct, tmp_path):
+    out = export_embeddings(
+        model, survey_config(model), tmp_path / "two.parquet", "test",
+        layer="middle+final", batch_size=BATCH, device="cpu", dtype="float32", progress=False,
+    )  # fmt: skip
+    _, emb, _ = read_embeddings(out)
+    assert emb.shape == (N_GALAXIES, 64)
+    np.testing.assert_allclose(emb[:, :32], direct["middle"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb[:, 32:], direct["final"], rtol=1e-5, atol=1e-6)
+    assert read_manifest(out)["settings"]["layer"] == "1+final"
+
+
 def test_bfloat16_autocast_is_close_to_float32(model):
     tokens = torch.randn(4, 16, model.config.patch_dim)
     full = ModelEncoder(model, device="cpu", dtype="float32")(tokens)

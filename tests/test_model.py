@@ -257,6 +257,32 @@ def test_embed_layers_and_pools():
         model.embed(x, pool="prefix")
 
 
+def test_several_layers_concatenate_in_the_order_given():
+    model = tiny(n_layer=4)
+    x = tokens(seq=9)
+    with torch.no_grad():
+        h = model.tokeniser(x) + model.pos_emb(torch.arange(9))
+        by_hand = []
+        for block in model.blocks:
+            h = block(h, "causal")
+            by_hand.append(h.mean(dim=1))
+        final = model.norm_f(h).mean(dim=1)
+        both = model.embed(x, layer="middle+final")
+        assert both.shape == (2, 64)
+        assert torch.allclose(both[:, :32], by_hand[2], atol=1e-5)
+        assert torch.allclose(both[:, 32:], final, atol=1e-5)
+        assert torch.allclose(model.embed(x, layer=[3, 0]), torch.cat([by_hand[3], by_hand[0]], 1))
+        # Blocks only (no final LayerNorm): the trunk stops after the deepest one asked for.
+        assert torch.allclose(model.embed(x, layer="0+1"), torch.cat(by_hand[:2], 1), atol=1e-5)
+    assert model.resolve_layers("middle+final") == (2, None)
+    assert model.layer_name(model.resolve_layers("1,final")) == "1+final"
+    for bad in ("middle+2", "final+-1", "1+9", ""):
+        with pytest.raises(ValueError):
+            model.resolve_layers(bad)
+    with pytest.raises(ValueError, match="one layer"):
+        model.resolve_layer("middle+final")  # a finetune head reads one layer
+
+
 # ----------------------------------------------------------- sizes
 def test_num_params_and_flops_follow_the_formulas():
     cfg = GPTConfig(n_layer=3, n_head=4, n_embd=64, block_size=100)

@@ -110,15 +110,33 @@ class ModelEncoder:
         """``"final"``, a block index, or several joined by ``+`` (concatenated in that order)."""
         return self.model.layer_name(self.layers)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def reads_stats(self) -> bool:
+        """Whether it needs the batch's normalisation statistics (flux-aware models)."""
+        return bool(self.model.config.flux_tokens)
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mean``/``std``: the tokens' ``(B, N, 1)`` statistics, needed when :attr:`reads_stats`."""
         tokens = tokens.to(self.device, non_blocking=True)
+        stats = None
+        if self.reads_stats:
+            if mean is None or std is None:
+                raise ValueError("a flux-aware model needs the tokens' mean and std")
+            stats = self.model.token_stats(tokens, mean.to(self.device), std.to(self.device))
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.dtype == "bfloat16"
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = self.model.embed(tokens, layer=self.layers, pool=self.pool, prefix=self.prefix)
+            out = self.model.embed(
+                tokens, layer=self.layers, pool=self.pool, prefix=self.prefix, stats=stats
+            )
         return out.float().cpu()
 
     def fingerprint(self) -> str:
@@ -501,8 +519,12 @@ def _export_rows(
                 skip_batches -= 1
                 continue
             ids = list(batch.ids)
-            inputs = batch.images if getattr(encoder, "reads_images", False) else batch.tokens
-            emb = encoder(inputs).numpy()
+            if getattr(encoder, "reads_images", False):
+                emb = encoder(batch.images).numpy()
+            elif getattr(encoder, "reads_stats", False):
+                emb = encoder(batch.tokens, batch.mean, batch.std).numpy()
+            else:
+                emb = encoder(batch.tokens).numpy()
             if emb.shape[1] != manifest.setdefault("dim", emb.shape[1]):
                 raise RuntimeError(
                     f"embedding width changed from {manifest['dim']} to {emb.shape[1]}"

@@ -63,6 +63,11 @@ def check_can_complete(model: GPT) -> None:
             "completion needs causal or prefix attention; an 'ar' model with attn_type='full' "
             "lets every token see the future, so its next-patch predictions are meaningless"
         )
+    if cfg.flux_tokens:
+        raise ValueError(
+            "completion needs each new patch's brightness, which a flux-aware model "
+            "(flux_tokens=True) reads but does not predict"
+        )
 
 
 def _check_lengths(model: GPT, n_prefix: int, n_new: int) -> None:

@@ -470,6 +470,11 @@ def astropt_checkpoint_dict(
             "only causal next-patch models have an AstroPT counterpart; this one is "
             f"objective={cfg.objective!r}, attn_type={cfg.attn_type!r}"
         )
+    if cfg.flux_tokens:
+        raise ValueError(
+            "a flux-aware model (flux_tokens=True) has no AstroPT counterpart: AstroPT "
+            "reads normalised patches only"
+        )
     modality = AstroPTModality(
         name=IMAGE_MODALITY,
         input_size=cfg.patch_dim,

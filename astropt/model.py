@@ -62,6 +62,10 @@ class GPTConfig:
     objective: Objective = "ar"  # ar: next-patch prediction; mae: masked autoencoder
     mask_ratio: float = 0.75  # fraction of patches masked by the "mae" objective
     prefix_len: int = 0  # bidirectional prefix of "prefix" attention; 0 draws one per batch
+    # Flux-aware tokens: each patch's per-band mean and log-std (what per-patch
+    # normalisation removes, astropt.tokens.band_statistics) projected and added to its
+    # embedding. False keeps the AstroPT architecture (no extra weights).
+    flux_tokens: bool = False
     # Data conventions (not architecture):
     patch_size: int = 16
     n_chan: int = 3  # image channels (bands)
@@ -74,6 +78,11 @@ class GPTConfig:
     def patch_dim(self) -> int:
         """Values per patch token: ``patch_size**2 * n_chan``."""
         return self.patch_size * self.patch_size * self.n_chan
+
+    @property
+    def stats_dim(self) -> int:
+        """Values of a flux-aware token's statistics: a mean and a log-std per band."""
+        return 2 * self.n_chan
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "patch_size", "n_chan"):
@@ -307,6 +316,8 @@ class GPT(nn.Module):
         self.tokeniser = PatchCodec(
             config.patch_dim, config.n_embd, hidden, config.tokeniser, config.bias
         )
+        if config.flux_tokens:
+            self.flux_proj = nn.Linear(config.stats_dim, config.n_embd, bias=config.bias)
         self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -374,6 +385,7 @@ class GPT(nn.Module):
         cache: KVCache | None,
         stop_after: int | None = None,
         taps: dict[int, torch.Tensor | None] | None = None,
+        stats: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, seq, dim = patches.shape
         cfg = self.config
@@ -399,7 +411,9 @@ class GPT(nn.Module):
         else:
             pos = self.pos_emb(positions)
         x = self.tokeniser(patches)
-        if mask is not None:
+        if cfg.flux_tokens:
+            x = x + self.flux_proj(self._check_stats(stats, patches).to(x.dtype))
+        if mask is not None:  # after the fluxes: a hidden patch hides its brightness too
             x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         x = _dropout(self.drop, x + pos)
         attn_type = "full" if cfg.objective == "mae" else cfg.attn_type
@@ -411,6 +425,33 @@ class GPT(nn.Module):
                 return x
         return self.norm_f(x)
 
+    def _check_stats(self, stats: torch.Tensor | None, patches: torch.Tensor) -> torch.Tensor:
+        if stats is None:
+            raise ValueError(
+                "this model reads flux-aware tokens (flux_tokens=True): pass stats="
+                "model.token_stats(tokens, mean, std) with the patches' normalisation statistics"
+            )
+        if stats.shape != (*patches.shape[:-1], self.config.stats_dim):
+            raise ValueError(
+                f"stats have shape {tuple(stats.shape)}, expected "
+                f"{(*patches.shape[:-1], self.config.stats_dim)} (a mean and a log-std per band)"
+            )
+        return stats
+
+    def token_stats(
+        self, tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The ``stats`` input of a flux-aware model (None for any other model).
+
+        ``tokens (B, N, patch_dim)`` with their ``mean``/``std`` ``(B, N, 1)`` from
+        the data loader: :func:`astropt.tokens.band_statistics`, ``(B, N, 2 * n_chan)``.
+        """
+        if not self.config.flux_tokens:
+            return None
+        from astropt.tokens import band_statistics
+
+        return band_statistics(tokens, mean, std, self.config.n_chan)
+
     def forward(
         self,
         patches: torch.Tensor,
@@ -420,6 +461,7 @@ class GPT(nn.Module):
         prefix_len: int | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        stats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Predict patches; return ``(predictions, loss)``.
 
@@ -430,12 +472,15 @@ class GPT(nn.Module):
         (``mae`` only; the loss then counts masked patches only). ``cache``: a
         :class:`KVCache` for incremental decoding. ``last_only``: apply the
         head to the last position only, predictions ``(B, 1, patch_dim)``
-        (all decoding needs; no targets). ``loss`` is None without targets.
+        (all decoding needs; no targets). ``stats``: ``(B, T, 2 * n_chan)``
+        per-band statistics of the patches (:meth:`token_stats`), required by
+        flux-aware models (``flux_tokens``) and ignored by others. ``loss`` is
+        None without targets.
         """
         if mask is not None and self.config.objective != "mae":
             raise ValueError("a patch mask needs a model built with objective='mae'")
         prefix = self._resolve_prefix(prefix_len, patches.shape[1])
-        hidden = self._trunk(patches, positions, mask, prefix, cache)
+        hidden = self._trunk(patches, positions, mask, prefix, cache, stats=stats)
         if last_only:
             if targets is not None:
                 raise ValueError("last_only predicts one position: it takes no targets")
@@ -456,7 +501,10 @@ class GPT(nn.Module):
         return predictions, loss
 
     def compute_loss(
-        self, tokens: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        tokens: torch.Tensor,
+        generator: torch.Generator | None = None,
+        stats: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training loss of the configured objective on full sequences ``(B, N, patch_dim)``.
 
@@ -465,21 +513,23 @@ class GPT(nn.Module):
         the loss counts positions ``k-1..N-2`` only: inside the prefix the next
         patch is visible to bidirectional attention, so predicting it there
         would teach copying. ``mae``: a random ``mask_ratio`` of each sequence is
-        hidden (drawn from ``generator``). Returns ``(predictions, loss)``.
+        hidden (drawn from ``generator``). ``stats``: see :meth:`forward`.
+        Returns ``(predictions, loss)``.
         """
         if self.config.objective == "ar":
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
+            in_stats = None if stats is None else stats[:, :-1]
             if self.config.attn_type != "prefix":
-                return self(inputs, targets=targets)
+                return self(inputs, targets=targets, stats=in_stats)
             prefix = self._resolve_prefix(None, inputs.shape[1])
             prefix = min(max(prefix, 1), inputs.shape[1])
-            predictions, _ = self(inputs, prefix_len=prefix)
+            predictions, _ = self(inputs, prefix_len=prefix, stats=in_stats)
             loss = F.huber_loss(
                 predictions[:, prefix - 1 :].float(), targets[:, prefix - 1 :].float(), delta=1.0
             )
             return predictions, loss
         mask = mae_mask(tokens.shape[:2], self.config.mask_ratio, generator, tokens.device)
-        predictions, loss = self(tokens, targets=tokens, mask=mask)
+        predictions, loss = self(tokens, targets=tokens, mask=mask, stats=stats)
         return predictions, loss
 
     # ------------------------------------------------------------ embeddings
@@ -544,6 +594,7 @@ class GPT(nn.Module):
         patches: torch.Tensor,
         layer: int | str | Sequence[int | str] | None = None,
         prefix_len: int | None = None,
+        stats: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-token features ``(B, T, k * n_embd)`` from the ``k`` layers named by ``layer``
         (see :meth:`embed`), concatenated in the order given."""
@@ -553,7 +604,9 @@ class GPT(nn.Module):
         blocks = [b for b in layers if b is not None]
         deepest = None if None in layers else max(blocks)
         taps: dict[int, torch.Tensor | None] = dict.fromkeys(blocks)
-        last = self._trunk(patches, None, None, prefix, None, stop_after=deepest, taps=taps)
+        last = self._trunk(
+            patches, None, None, prefix, None, stop_after=deepest, taps=taps, stats=stats
+        )
         outputs = [last if b is None else taps[b] for b in layers]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
@@ -563,6 +616,7 @@ class GPT(nn.Module):
         layer: int | str | Sequence[int | str] | None = None,
         pool: Pool = "mean",
         prefix: int | None = None,
+        stats: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One vector per image: ``(B, T, patch_dim)`` tokens to ``(B, k * n_embd)``.
 
@@ -572,8 +626,9 @@ class GPT(nn.Module):
         joined by ``+`` or as a list (``"middle+final"``: the layers' vectors
         concatenated in that order); default ``config.embed_layer``. ``pool``: mean over all tokens, mean over the
         first ``prefix`` tokens (the galaxy itself in spiral order), or the last token.
+        ``stats``: the patches' statistics (flux-aware models, see :meth:`forward`).
         """
-        hidden = self.hidden_states(patches, layer)
+        hidden = self.hidden_states(patches, layer, stats=stats)
         if pool == "mean":
             return hidden.mean(dim=1)
         if pool == "prefix":

@@ -9,7 +9,9 @@ Conventions (DESIGN.md section 3; they decide weight compatibility with AstroPT)
   outwards; it is the reverse of a clockwise spiral that starts at the top-left
   corner and winds inwards, which is exactly AstroPT's order;
 * per-patch normalisation is ``(x - mean) / (std + 1e-8)`` over the ``P*P*C``
-  values of each patch, with torch's default (unbiased) std.
+  values of each patch, with torch's default (unbiased) std; what it removes
+  (each band's mean and log-std) is :func:`band_statistics`, the extra input of
+  flux-aware models.
 
 Everything here is batched and device-agnostic: one gather reorders a whole
 batch, no Python loop ever runs over patches or samples.
@@ -224,6 +226,36 @@ def normalise_patches(
         max(values.shape[-1] - 1, 1)
     )
     return centred.div_(std + eps), mean, std
+
+
+#: Floor added to a band's std before its log (scaled-pixel units; 8-bit images are /255):
+#: a flat patch (empty sky in a JPEG) gets a finite log-std near log(1e-3) = -6.9.
+BAND_STD_FLOOR = 1e-3
+
+
+def band_statistics(
+    tokens: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    n_chan: int,
+    eps: float = NORM_EPS,
+) -> torch.Tensor:
+    """What per-patch normalisation removes, per band: each patch's mean and log-std.
+
+    ``tokens``: ``(..., P*P*C)`` normalised patches with the channel fastest
+    (:func:`normalise_patches`); ``mean``/``std``: their ``(..., 1)`` statistics
+    (scaled-pixel units). Returns ``(..., 2*C)`` float32: the ``C`` band means,
+    then the ``C`` values ``log(band std + BAND_STD_FLOOR)``, both in the
+    patch's pixel units (the bands' unbiased std over the patch's ``P*P``
+    pixels). Computed from the normalised tokens exactly:
+    ``pixels = tokens * (std + eps) + mean``.
+    """
+    values = tokens.float().unflatten(-1, (-1, n_chan))  # (..., P*P, C)
+    band_std, band_mean = torch.std_mean(values, dim=-2)  # of the normalised values
+    scale = std.float() + eps
+    return torch.cat(
+        [mean.float() + scale * band_mean, torch.log(scale * band_std + BAND_STD_FLOOR)], dim=-1
+    )
 
 
 def denormalise_patches(

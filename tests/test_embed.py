@@ -32,6 +32,7 @@ from astropt.embed import (
     read_thumbnails,
 )
 from astropt.model import GPT, GPTConfig
+from astropt.tokens import band_statistics
 
 ROOT = Path(__file__).resolve().parents[1]
 N_GALAXIES = 48
@@ -147,6 +148,21 @@ def test_several_layers_export_concatenated(model, direct, tmp_path):
     np.testing.assert_allclose(emb[:, :32], direct["middle"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(emb[:, 32:], direct["final"], rtol=1e-5, atol=1e-6)
     assert read_manifest(out)["settings"]["layer"] == "1+final"
+
+
+def test_flux_aware_model_exports_with_the_batch_statistics(model, tmp_path):
+    torch.manual_seed(2)
+    flux = GPT(dataclasses.replace(model.config, flux_tokens=True)).eval()
+    out = export_embeddings(
+        flux, survey_config(flux), tmp_path / "flux.parquet", "test", batch_size=BATCH,
+        device="cpu", dtype="float32", progress=False,
+    )  # fmt: skip
+    _, emb, _ = read_embeddings(out)
+    batch = next(iter(make_loader(survey_config(flux), "test", batch_size=BATCH, shuffle=False)))
+    with torch.no_grad():
+        stats = band_statistics(batch.tokens, batch.mean, batch.std, 3)
+        direct = flux.embed(batch.tokens, stats=stats).numpy()
+    np.testing.assert_allclose(emb[:BATCH], direct, rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_autocast_is_close_to_float32(model):

@@ -283,6 +283,54 @@ def test_several_layers_concatenate_in_the_order_given():
         model.resolve_layer("middle+final")  # a finetune head reads one layer
 
 
+# ----------------------------------------------------------- flux-aware tokens
+def test_default_model_keeps_the_astropt_weights_and_flux_tokens_add_one_projection():
+    plain, flux = tiny(), tiny(flux_tokens=True)
+    assert not any("flux" in name for name in plain.state_dict())
+    extra = set(flux.state_dict()) - set(plain.state_dict())
+    assert extra == {"flux_proj.weight"}
+    assert flux.flux_proj.weight.shape == (32, 6)
+    # The shared weights load both ways (strict, minus the one projection).
+    flux.load_state_dict(plain.state_dict(), strict=False)
+    plain.load_state_dict({k: v for k, v in flux.state_dict().items() if k not in extra})
+
+
+def test_flux_tokens_see_the_brightness_that_normalisation_hides():
+    images = torch.from_numpy(galaxy_stamps(2, 32, seed=4)).permute(0, 3, 1, 2).float() / 255
+    dim_tokens, dim_mean, dim_std = images_to_tokens(images)
+    bright_tokens, bright_mean, bright_std = images_to_tokens(images * 3.0 + 0.2)
+    assert torch.allclose(dim_tokens, bright_tokens, atol=1e-4)  # the patches look the same
+    plain, flux = tiny(), tiny(flux_tokens=True)
+    with torch.no_grad():
+        assert torch.allclose(plain.embed(dim_tokens), plain.embed(bright_tokens), atol=1e-4)
+        dim = flux.embed(dim_tokens, stats=flux.token_stats(dim_tokens, dim_mean, dim_std))
+        bright = flux.embed(
+            bright_tokens, stats=flux.token_stats(bright_tokens, bright_mean, bright_std)
+        )
+    assert not torch.allclose(dim, bright, atol=1e-3)
+    assert plain.token_stats(dim_tokens, dim_mean, dim_std) is None
+    with pytest.raises(ValueError, match="flux-aware"):
+        flux.embed(dim_tokens)
+    with pytest.raises(ValueError, match="shape"):
+        flux.embed(dim_tokens, stats=torch.zeros(2, 4, 3))
+
+
+def test_flux_tokens_train_their_projection():
+    model = tiny(flux_tokens=True).train()
+    x = tokens(seq=6)
+    stats = torch.randn(2, 6, 6)
+    _, loss = model.compute_loss(x, stats=stats)
+    loss.backward()
+    assert model.flux_proj.weight.grad.abs().sum() > 0
+    # The last patch's statistics are not an input of next-patch prediction.
+    changed = stats.clone()
+    changed[:, -1] += 5.0
+    with torch.no_grad():
+        assert torch.equal(
+            model.compute_loss(x, stats=changed)[1], model.compute_loss(x, stats=stats)[1]
+        )
+
+
 # ----------------------------------------------------------- sizes
 def test_num_params_and_flops_follow_the_formulas():
     cfg = GPTConfig(n_layer=3, n_head=4, n_embd=64, block_size=100)

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from astropt.tokens import (
+    BAND_STD_FLOOR,
+    band_statistics,
     denormalise_patches,
     images_to_tokens,
     normalise_patches,
@@ -192,3 +194,30 @@ def test_transposed_channels_last_batches_patch_like_contiguous_ones(
     default = normalise_patches(expected)
     assert given[0].data_ptr() == out.data_ptr()
     assert all(torch.equal(a, b) for a, b in zip(given, default, strict=True))
+
+
+def test_band_statistics_are_what_normalisation_removes_per_band():
+    # Planted: band b of every patch has its own brightness and contrast.
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 32, 32, generator=generator)
+    images = (
+        images * torch.tensor([0.01, 0.1, 0.3])[:, None, None]
+        + torch.tensor([0.2, 0.5, 0.05])[:, None, None]
+    )
+    patches = patchify(images)
+    tokens, mean, std = normalise_patches(patches.clone())
+    stats = band_statistics(tokens, mean, std, n_chan=3)
+    assert stats.shape == (2, 4, 6)
+    # Independent: NumPy on the raw pixels of each patch, band by band (channel fastest).
+    raw = patches.numpy().reshape(2, 4, 16 * 16, 3)
+    np.testing.assert_allclose(stats[..., :3].numpy(), raw.mean(axis=2), atol=1e-5)
+    np.testing.assert_allclose(
+        stats[..., 3:].numpy(), np.log(raw.std(axis=2, ddof=1) + BAND_STD_FLOOR), atol=1e-4
+    )
+    # Brightness differences survive, while the normalised tokens cannot tell them apart.
+    brighter, mean2, std2 = normalise_patches(patchify(images * 2 + 0.1))
+    assert torch.allclose(brighter, tokens, atol=1e-4)
+    assert not torch.allclose(band_statistics(brighter, mean2, std2, 3), stats, atol=1e-2)
+    # A flat patch has a finite log-std.
+    flat = band_statistics(*normalise_patches(torch.full((1, 1, 12), 0.5)), n_chan=3)
+    assert torch.isfinite(flat).all()

@@ -27,6 +27,7 @@ from astropt.config import ConfigError, OptimConfig, config_from_dict, load_conf
 from astropt.data import make_loader
 from astropt.io import recover_atomic_dirs
 from astropt.model import GPT
+from astropt.tokens import band_statistics
 from astropt.train import ArchitectureMismatch, TrainingDiverged, train
 from astropt.train.checkpoint import load_trainer_state, log_spaced_steps
 from astropt.train.optim import lr_at, make_optimizer
@@ -165,6 +166,25 @@ def test_run_folder_metrics_checkpoints_and_validation_loss(make_cfg, survey, hf
     assert summary["final_val_loss"] == pytest.approx(total / count, rel=1e-5)
     # A run folder loads as a model (best checkpoint).
     assert isinstance(hub.load_model(run), GPT)
+
+
+def test_flux_aware_run_feeds_the_band_statistics(make_cfg):
+    cfg = make_cfg("flux", "model.flux_tokens=true", "preview=true", "preview_n=2")
+    summary = train(cfg)
+    model = hub.load_pretrained_dir(Path(cfg.out_dir) / "checkpoints" / "latest").eval()
+    assert model.config.flux_tokens and model.flux_proj.weight.abs().sum() > 0
+    # The recorded validation loss is the one with each batch's statistics as input.
+    loader = make_loader(cfg.data, "validation", batch_size=4, shuffle=False, augment=False)
+    total = count = 0.0
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            if index == cfg.eval_iters:
+                break
+            stats = band_statistics(batch.tokens, batch.mean, batch.std, 3)
+            total += float(model.compute_loss(batch.tokens, stats=stats)[1]) * len(batch)
+            count += len(batch)
+    assert summary["final_val_loss"] == pytest.approx(total / count, rel=1e-5)
+    assert (Path(cfg.out_dir) / "previews" / "step-0000006.png").is_file()
 
 
 @pytest.mark.parametrize("objective", ["ar", "mae"])  # mae: masks drawn from the torch RNG

@@ -158,20 +158,22 @@ def measure_matmul_peak(
 # =====================================================================
 @torch.no_grad()
 def reconstruct(
-    model: GPT, tokens: torch.Tensor, seed: int = 0
+    model: GPT, tokens: torch.Tensor, seed: int = 0, stats: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model's full-sequence reconstruction of ``tokens`` ``(B, N, D)``, normalised units.
 
     ``ar``: position 0 is the true first patch, position ``t > 0`` the
     prediction from patches ``< t``. ``mae``: masked positions predicted, the
-    rest kept; also returns the ``(B, N)`` mask (None for ``ar``).
+    rest kept; also returns the ``(B, N)`` mask (None for ``ar``). ``stats``:
+    the patches' statistics (flux-aware models, :meth:`GPT.token_stats`).
     """
     if model.config.objective == "ar":
-        predictions, _ = model(tokens[:, :-1], prefix_len=1)
+        inputs = None if stats is None else stats[:, :-1]
+        predictions, _ = model(tokens[:, :-1], prefix_len=1, stats=inputs)
         return torch.cat([tokens[:, :1], predictions.to(tokens.dtype)], dim=1), None
     generator = torch.Generator(device=tokens.device).manual_seed(seed)
     mask = mae_mask(tokens.shape[:2], model.config.mask_ratio, generator, tokens.device)
-    predictions, _ = model(tokens, mask=mask)
+    predictions, _ = model(tokens, mask=mask, stats=stats)
     return torch.where(mask[..., None], predictions.to(tokens.dtype), tokens), mask
 
 
@@ -199,7 +201,8 @@ def render_preview(
     was_training = model.training
     model.eval()
     with autocast():
-        recon, mask = reconstruct(model, tokens.float(), seed=seed)
+        stats = model.token_stats(tokens, mean, std)
+        recon, mask = reconstruct(model, tokens.float(), seed=seed, stats=stats)
     model.train(was_training)
     image_hw = tuple(batch.images.shape[-2:])
 

@@ -142,8 +142,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.compute_loss(tokens)[1]
+    def forward(self, tokens: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.compute_loss(tokens, stats=stats)[1]
 
 
 def wrap_model(

@@ -357,6 +357,13 @@ class Trainer:
                 "check data.path and its train split"
             ) from None
 
+    def _token_stats(self, batch, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The per-band patch statistics a flux-aware model reads (None for others)."""
+        if not self.cfg.model.flux_tokens:
+            return None
+        mean, std = (t.to(self.device, non_blocking=True) for t in (batch.mean, batch.std))
+        return self.raw_model.token_stats(tokens, mean, std)
+
     def train_step(self, iterator: Iterator, lr: float) -> tuple[float, float, int, list]:
         """One optimiser step: returns (global mean loss, grad norm, global tokens, batches)."""
         for group in self.optimizer.param_groups:
@@ -373,9 +380,13 @@ class Trainer:
             sync = no_sync(self.step_module, self.raw_model, self.dist, self.fsdp, last)
             # The backward pass inside `sync` too: FSDP decides at backward time
             # whether to reduce-scatter gradients (DDP at forward time).
+            token_stats = self._token_stats(batch, x)
             with sync:
                 with self.autocast():
-                    loss = self.step_module(x)
+                    if token_stats is None:
+                        loss = self.step_module(x)
+                    else:
+                        loss = self.step_module(x, token_stats)
                 scaled = loss / self.accum
                 if self.scaler is not None:
                     scaled = self.scaler.scale(scaled)
@@ -449,8 +460,9 @@ class Trainer:
                 if first is None:
                     first = batch
                 tokens = batch.tokens.to(self.device, non_blocking=True)
+                stats = self._token_stats(batch, tokens)
                 with self.autocast():
-                    _, loss = model.compute_loss(tokens)
+                    _, loss = model.compute_loss(tokens, stats=stats)
                 total[0] += loss.double() * tokens.shape[0]
                 total[1] += tokens.shape[0]
         if self.fsdp:

@@ -202,9 +202,14 @@ class Quickstart:
         return {"png": "umap.png"}
 
     def complete(self) -> dict:
-        from astropt.generate import completion_grid
+        from astropt.generate import check_can_complete, completion_grid
 
         model = self._load_model()
+        try:
+            check_can_complete(model)
+        except ValueError as why:  # e.g. a flux-aware model: it does not predict brightness
+            print(f"[quickstart] complete: skipped ({why})", flush=True)
+            return {"skipped": str(why)}
         prefix = max(1, (self.settings.image_size // model.config.patch_size) ** 2 // 4)
         completion_grid(
             model, self._data_config(), self.out / "completions.png", n=8, prefix=prefix
@@ -336,7 +341,11 @@ def write_report(out: Path, results: dict, machine: dict | None = None) -> Path:
         "- Improvement over each baseline per family: ![improvements](probes/probe_summary.png)",
         "- Label efficiency: ![label efficiency](probes/label_efficiency.png)",
         "- UMAP maps: ![umap](umap.png)",
-        "- Completions from the centre: ![completions](completions.png)",
+        (
+            "- Completions from the centre: ![completions](completions.png)"
+            if "png" in results["complete"]
+            else f"- Completions from the centre: skipped ({results['complete'].get('skipped')})"
+        ),
         "",
         "## Probe report",
         "",

@@ -731,23 +731,89 @@ def _from_columns(target: Target, pred: np.ndarray) -> np.ndarray:
     return pred[:, 0]
 
 
+#: Up to this many galaxies, :class:`FoldPCA` diagonalises the galaxies' Gram matrix
+#: (float64, 8 bytes x rows^2: 512 MiB at the limit); above it, a randomised PCA per fold.
+GRAM_MAX_ROWS = 8192
+
+
+class FoldPCA:
+    """The first ``components`` principal components of ``x``, refitted on each training fold.
+
+    ``x``: ``(n, d)`` features. Calling with ``train_rows`` fits the PCA on those
+    rows only and projects every row: ``(n, k)`` float32, ``k = min(components,
+    len(train_rows) - 1, d)`` (centred training rows span at most ``len - 1``
+    directions; a further component is numerical noise that standardisation
+    would blow up).
+
+    With many more values than galaxies (pixels: ``d`` = 12288 for a 64x64 grz
+    stamp, ``n`` about a thousand) the exact PCA of a fold comes from the
+    galaxies' Gram matrix ``x x^T``, computed once: the fold's centred training
+    block (training rows only) is diagonalised, and each row is projected through
+    its centred inner products with the training rows,
+    ``(x_i - mu) . v_k = sum_j (x_i - mu) . (x_j - mu) u_jk / sqrt(lambda_k)``.
+    This is the PCA of the training rows exactly (a linear-kernel PCA), costs
+    one ``n x n x d`` product for all folds instead of a ``d``-wide
+    factorisation per fold, and no row outside ``train_rows`` enters the
+    components. Otherwise (``d <= n`` or ``n >`` :data:`GRAM_MAX_ROWS`), scikit-learn's
+    PCA is fitted on the training rows.
+    """
+
+    def __init__(self, x: np.ndarray, components: int, seed: int = 0):
+        self.x = x
+        self.components = components
+        self.seed = seed
+        self._gram: np.ndarray | None = None
+
+    @property
+    def uses_gram(self) -> bool:
+        n, d = self.x.shape
+        return d > n and n <= GRAM_MAX_ROWS
+
+    def _n_components(self, n_train: int) -> int:
+        return min(self.components, n_train - 1, self.x.shape[1])
+
+    def __call__(self, train_rows: np.ndarray) -> np.ndarray:
+        train_rows = np.asarray(train_rows)
+        k = self._n_components(len(train_rows))
+        if not self.uses_gram:
+            from sklearn.decomposition import PCA
+
+            solver = "full" if self.x.shape[1] <= len(train_rows) else "randomized"
+            pca = PCA(n_components=k, svd_solver=solver, random_state=self.seed)
+            pca.fit(self.x[train_rows])
+            return pca.transform(self.x).astype(np.float32)
+        from scipy.linalg import eigh
+
+        if self._gram is None:
+            x = self.x.astype(np.float64, copy=False)
+            self._gram = x @ x.T
+        gram = self._gram
+        cross = gram[:, train_rows]  # (n, n_train): x_i . x_j
+        row_mean = cross.mean(axis=1)  # x_i . mu for every row i
+        centred = (
+            cross - row_mean[:, None] - row_mean[train_rows][None, :] + row_mean[train_rows].mean()
+        )  # (x_i - mu) . (x_j - mu)
+        block = centred[train_rows]
+        block = (block + block.T) / 2  # exactly symmetric for the eigensolver
+        n_train = len(train_rows)
+        values, vectors = eigh(block, subset_by_index=[n_train - k, n_train - 1])
+        values, vectors = values[::-1], vectors[:, ::-1]  # largest first
+        # Directions with no variance (rank-deficient training rows) project to zero.
+        scale = np.where(values > values[0] * 1e-12, 1.0 / np.sqrt(np.maximum(values, 1e-300)), 0.0)
+        return (centred @ vectors * scale).astype(np.float32)
+
+
 def reduce_features(
     x: np.ndarray, train_rows: np.ndarray, components: int | None, seed: int = 0
 ) -> np.ndarray:
     """``x`` itself, or its first ``components`` principal components fitted on ``train_rows`` only.
 
-    The PCA never sees a row outside ``train_rows``; it projects every row.
+    The PCA never sees a row outside ``train_rows``; it projects every row
+    (:class:`FoldPCA`; several folds of one ``x``: keep one ``FoldPCA``).
     """
     if components is None:
         return x
-    from sklearn.decomposition import PCA
-
-    # Centred training rows span at most len - 1 directions; a further component
-    # is numerical noise that standardisation would blow up.
-    k = min(components, len(train_rows) - 1, x.shape[1])
-    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed)
-    pca.fit(x[train_rows])
-    return pca.transform(x).astype(np.float32)
+    return FoldPCA(x, components, seed)(train_rows)
 
 
 # --------------------------------------------------------------------------- suite
@@ -826,9 +892,10 @@ def _run_probes(
         for name in names
     }
     hypers: dict[tuple[str, str], list[float]] = {}
+    reducers = {name: FoldPCA(features[name], reduce[name], seed) for name in names if reduce[name]}
     for repeat, train, test in _progress(plan, progress, "probe folds"):
         for name in names:
-            x = reduce_features(features[name], train, reduce[name], seed)
+            x = reducers[name](train) if name in reducers else features[name]
             fitted = fit_predict(x[train], x[test], target_list, values, train, protocol, seed)
             for target, (pred, alpha) in fitted.items():
                 preds[name][target][repeat, test] = pred
@@ -873,7 +940,7 @@ def _run_probes(
         ]
     ).sort_values(["repeat", "id"], ignore_index=True)
     curves = _label_efficiency(
-        features, reduce, target_list, values, plan[0], protocol, seed, label_sizes,
+        features, reducers, target_list, values, plan[0], protocol, seed, label_sizes,
         _choose_label_targets(label_targets, target_list), progress,
     )  # fmt: skip
     info = {
@@ -998,7 +1065,7 @@ def _choose_label_targets(
 
 
 def _label_efficiency(
-    features, reduce, targets, values, fold, protocol, seed, sizes, chosen, progress
+    features, reducers, targets, values, fold, protocol, seed, sizes, chosen, progress
 ) -> pd.DataFrame:
     """Headline scores on one fold's test rows against the number of labelled training galaxies.
 
@@ -1015,7 +1082,7 @@ def _label_efficiency(
     counts = sorted({len(train) if s is None else min(int(s), len(train)) for s in sizes})
     records = []
     for name in _progress(list(features), progress, "label efficiency"):
-        x = reduce_features(features[name], np.sort(train), reduce[name], seed)
+        x = reducers[name](np.sort(train)) if name in reducers else features[name]
         for n in counts:
             subset = train[:n]
             fitted = fit_predict(x[subset], x[test], chosen, values, subset, protocol, seed)

@@ -13,6 +13,7 @@ import pytest
 
 from astropt.probe import (
     RIDGE_ALPHAS,
+    FoldPCA,
     PixelSource,
     Target,
     angular_error,
@@ -160,6 +161,32 @@ def test_pixel_pca_is_fitted_on_the_training_fold_only(monkeypatch):
     assert len(fitted) == len(plan)
     for seen, (_, train, test) in zip(fitted, plan):
         assert seen == set(ids[train]) and not seen & set(ids[test])
+
+
+def test_gram_pca_of_wide_pixels_is_the_training_rows_pca_and_blind_to_test_rows():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 400)) @ np.diag(np.linspace(3.0, 0.1, 400))  # wide: d >> n
+    train, test = np.arange(45), np.arange(45, 60)
+    reducer = FoldPCA(x, 10)
+    assert reducer.uses_gram
+    got = reducer(train)
+    # The same projections as scikit-learn's exact PCA of the training rows, up to each
+    # component's sign.
+    want = PCA(n_components=10, svd_solver="full").fit(x[train]).transform(x)
+    signs = np.sign((got * want).sum(axis=0))
+    np.testing.assert_allclose(got * signs, want, atol=1e-4)
+    # Test rows replaced by anything: the components (hence every training row's
+    # projection) do not move.
+    other = x.copy()
+    other[test] = 1000.0 * rng.normal(size=(len(test), 400))
+    np.testing.assert_allclose(FoldPCA(other, 10)(train)[train], got[train], atol=1e-6)
+    # Another fold of the same reducer reuses the Gram matrix and fits on its own rows.
+    again = reducer(np.arange(15, 60))
+    fresh = PCA(n_components=10, svd_solver="full").fit(x[15:]).transform(x)
+    signs = np.sign((again * fresh).sum(axis=0))
+    np.testing.assert_allclose(again * signs, fresh, atol=1e-4)
 
 
 def test_interval_of_noise_against_itself_or_other_noise_covers_zero():

@@ -393,6 +393,23 @@ def test_ridge_cv_agrees_with_scikit_learn():
     np.testing.assert_allclose(predict(x_new)[:, 0], search.predict(x_new), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("rows", [40, 400])  # fewer rows than features (SVD) and more (eigh)
+def test_ridge_fit_is_scikit_learns_on_both_sides_of_square(rows):
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(rows)
+    x = rng.normal(size=(rows, 60)) * rng.uniform(0.1, 10, 60)
+    y = x[:, :5] @ rng.normal(size=5) + rng.normal(size=rows)
+    _, _, _, predict = ridge_cv(x, y, alphas=np.array([2.0]))
+    scaler = StandardScaler().fit(x)
+    reference = Ridge(alpha=2.0).fit(scaler.transform(x), y)
+    x_new = rng.normal(size=(15, 60))
+    np.testing.assert_allclose(
+        predict(x_new)[:, 0], reference.predict(scaler.transform(x_new)), rtol=1e-6, atol=1e-8
+    )
+
+
 def test_nmad_is_a_robust_standard_deviation():
     rng = np.random.default_rng(0)
     sample = rng.normal(scale=2.0, size=20_000)

@@ -848,7 +848,7 @@ class ProbeRun:
     summary: pd.DataFrame  # one row per target: headline score of each embedding set
     families: pd.DataFrame  # one row per family: headline score of each embedding set
     scores: pd.DataFrame  # long: level, name, metric, embedding, value, ci_low, ci_high
-    comparisons: pd.DataFrame  # long: level, name, metric, baseline, improvement, ci, outcome
+    comparisons: pd.DataFrame  # long: level, name, metric, model, baseline, improvement, ci, outcome
     results: pd.DataFrame  # long: embedding, target, task, metric, value, n, hyper
     label_efficiency: pd.DataFrame  # long: embedding, target, task, metric, n_labels, value
     folds: pd.DataFrame  # id, repeat, fold
@@ -873,12 +873,17 @@ def run_probes(
     label_targets: Sequence[str] | Literal["all"] | None = None,
     progress: bool = False,
     threads: int | None = 1,
+    models: int = 1,
 ) -> ProbeRun:
     """Probe every target with every embedding set on shared folds (no files written).
 
     ``embeddings``: name -> export path, ``(ids, features, catalogue)`` or
     :class:`PixelSource` (reduced by PCA to the first set's dimension inside
     each training fold); the first is the model, the others baselines.
+    ``models``: how many of the first sets are models; each is compared with
+    every set after it (paired, on the same folds and resamples), so several
+    models and their differences cost one pass over the folds. The report
+    (:func:`write_report`) shows the first model's comparisons.
     ``targets``: specs for :func:`parse_target` (default: :func:`auto_targets`
     of the primary catalogue). ``protocol``: ``"repeated"`` or ``"astropt"``
     (:data:`PROTOCOLS`); ``folds``/``repeats``/``n_boot`` override its fields.
@@ -892,12 +897,16 @@ def run_probes(
     from threadpoolctl import threadpool_limits
 
     chosen = resolve_protocol(protocol, folds=folds, repeats=repeats, n_boot=n_boot)
+    if not 1 <= models <= len(embeddings):
+        raise ValueError(f"models must be between 1 and {len(embeddings)}, got {models}")
     with threadpool_limits(limits=threads):
-        return _run_probes(embeddings, targets, seed, chosen, label_sizes, label_targets, progress)
+        return _run_probes(
+            embeddings, targets, seed, chosen, label_sizes, label_targets, progress, models
+        )
 
 
 def _run_probes(
-    embeddings, targets, seed, protocol: Protocol, label_sizes, label_targets, progress
+    embeddings, targets, seed, protocol: Protocol, label_sizes, label_targets, progress, models
 ) -> ProbeRun:
     ids, features, catalogue = load_embedding_sets(embeddings)
     target_list = resolve_targets(targets, catalogue)
@@ -955,7 +964,7 @@ def _run_probes(
     results = pd.DataFrame.from_records(
         records, columns=["embedding", "target", "task", "metric", "value", "n", "hyper"]
     )
-    scores, comparisons = _intervals(draws, target_list, names)
+    scores, comparisons = _intervals(draws, target_list, names, models)
     folds = pd.DataFrame(
         [
             {"id": ids[row], "repeat": repeat, "fold": i % protocol.folds}
@@ -1005,14 +1014,16 @@ def outcome(low: float, high: float) -> str:
     return "tie"
 
 
-def _intervals(draws, targets: list[Target], names: list[str]):
-    """Scores and model-vs-baseline improvements with intervals, per target and per family."""
+def _intervals(draws, targets: list[Target], names: list[str], models: int = 1):
+    """Scores and model-vs-baseline improvements with intervals, per target and per family.
+
+    Each of the first ``models`` sets is compared with every set after it.
+    """
     levels = [("target", t.name, t.family, HEADLINE[t.task], [t]) for t in targets]
     for family, members in families_of(targets).items():
         headline = family_headline(members)
         levels.append(("family", family, family, HEADLINE[headline[0].task], headline))
     score_rows, compare_rows = [], []
-    model = names[0]
     for level, name, family, metric, members in levels:
         per_set = {}
         for emb in names:
@@ -1026,20 +1037,19 @@ def _intervals(draws, targets: list[Target], names: list[str]):
                  "targets": ", ".join(t.name for t in members), "embedding": emb,
                  "value": value, "ci_low": low, "ci_high": high}
             )  # fmt: skip
-        if model not in per_set:
-            continue
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        for baseline in names[1:]:
-            if baseline not in per_set:
-                continue
-            value, low, high = _interval(sign * (per_set[model] - per_set[baseline]))
-            compare_rows.append(
-                {"level": level, "name": name, "family": family, "metric": metric,
-                 "baseline": baseline, "improvement": value, "ci_low": low, "ci_high": high,
-                 "outcome": outcome(low, high)}
-            )  # fmt: skip
+        for i, model in enumerate(names[:models]):
+            for baseline in names[i + 1 :]:
+                if model not in per_set or baseline not in per_set:
+                    continue
+                value, low, high = _interval(sign * (per_set[model] - per_set[baseline]))
+                compare_rows.append(
+                    {"level": level, "name": name, "family": family, "metric": metric,
+                     "model": model, "baseline": baseline, "improvement": value,
+                     "ci_low": low, "ci_high": high, "outcome": outcome(low, high)}
+                )  # fmt: skip
     score_cols = ["level", "name", "family", "metric", "targets", "embedding"]
-    compare_cols = ["level", "name", "family", "metric", "baseline", "improvement"]
+    compare_cols = ["level", "name", "family", "metric", "model", "baseline", "improvement"]
     return (
         pd.DataFrame(score_rows, columns=[*score_cols, "value", "ci_low", "ci_high"]),
         pd.DataFrame(compare_rows, columns=[*compare_cols, "ci_low", "ci_high", "outcome"]),
@@ -1183,7 +1193,9 @@ def headline_data(run: ProbeRun) -> dict:
     def entries(level: str) -> list[dict]:
         rows = []
         scores = run.scores[run.scores.level == level]
-        compare = run.comparisons[run.comparisons.level == level]
+        compare = run.comparisons[
+            (run.comparisons.level == level) & (run.comparisons.model == model)
+        ]
         for name, group in scores.groupby("name", sort=False):
             entry = {
                 "name": name,
@@ -1381,6 +1393,7 @@ def plot_improvements(comparisons: pd.DataFrame, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     rows = comparisons[comparisons.level == "family"]
+    rows = rows[rows.model == rows.model.iloc[0]] if len(rows) else rows  # the first model's
     baselines = list(dict.fromkeys(rows.baseline)) or ["(none)"]
     families = list(dict.fromkeys(rows.name))
     fig = Figure(

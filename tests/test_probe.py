@@ -231,6 +231,29 @@ def test_improvement_is_paired_per_baseline_with_its_outcome():
     assert worse.improvement < -0.9 and worse.outcome == "loss"
 
 
+def test_several_models_are_each_compared_with_every_later_set():
+    ids, x, catalogue = planted()
+    noise = np.random.default_rng(9).normal(size=x.shape).astype(np.float32)
+    truth, blind = (ids, x, catalogue), (ids, noise, catalogue)
+    sets = {"model": truth, "second": blind, "copy": truth, "other": (ids, noise[:, ::-1])}
+    both = run_probes(sets, targets=["linear"], models=2, **FAST)
+    compare = both.comparisons.query("level == 'target'").set_index(["model", "baseline"])
+    assert sorted(compare.index) == sorted(
+        [("model", "second"), ("model", "copy"), ("model", "other"),
+         ("second", "copy"), ("second", "other")]
+    )  # fmt: skip
+    # The second model (noise) against a copy of the truth: the whole score lost.
+    assert compare.loc[("second", "copy"), "improvement"] < -0.9
+    assert compare.loc[("second", "copy"), "outcome"] == "loss"
+    assert compare.loc[("second", "other"), "outcome"] == "tie"
+    # The first model's rows are those of a run with one model (same folds and resamples).
+    one = run_probes(sets, targets=["linear"], **FAST).comparisons
+    first = both.comparisons[both.comparisons.model == "model"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, one)
+    with pytest.raises(ValueError, match="models"):
+        run_probes(sets, targets=["linear"], models=5, **FAST)
+
+
 def test_bootstrap_weights_score_like_resampled_galaxies():
     rng = np.random.default_rng(4)
     n = 90

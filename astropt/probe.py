@@ -848,7 +848,7 @@ class ProbeRun:
     summary: pd.DataFrame  # one row per target: headline score of each embedding set
     families: pd.DataFrame  # one row per family: headline score of each embedding set
     scores: pd.DataFrame  # long: level, name, metric, embedding, value, ci_low, ci_high
-    comparisons: pd.DataFrame  # long: level, name, metric, model, baseline, improvement, ci, outcome
+    comparisons: pd.DataFrame  # long: level, name, model, baseline, improvement, ci, outcome
     results: pd.DataFrame  # long: embedding, target, task, metric, value, n, hyper
     label_efficiency: pd.DataFrame  # long: embedding, target, task, metric, n_labels, value
     folds: pd.DataFrame  # id, repeat, fold

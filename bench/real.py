@@ -5,65 +5,52 @@
 1. pretrain the quickstart-shaped model (``configs/quickstart.toml``) on every image
    of FOLDER (labels unused), each image centre-cropped (``--crop-fraction``) and
    resampled to 64 pixels (``data.resize``);
-2. embed every image with that model, with quickstart-shaped models pretrained on the
-   built-in survey in both framings (``fixed`` and ``zoom``; written and trained here
-   unless ``--survey-models`` names run folders ``fixed/`` and ``zoom/``), with the
-   same shape randomly initialised, and with the baselines: raw pixels, per-patch
-   normalised pixels (each reduced to its first 128 principal components, fitted
-   inside each training fold) and morphometrics (concentration, asymmetry,
-   ellipticity, Gini, colour, size);
-3. probe COLUMN with a linear probe (logistic regression for a label of few integer
-   values, ridge otherwise), repeated stratified k-fold (5 folds x 4 repeats), and
-   print one table: each variant's score with a 95 % interval (corrected resampled
-   t interval of Nadeau & Bengio 2003, which allows for the overlap of the folds'
-   training sets), and its paired difference from the best baseline.
+2. embed every image with that model and with quickstart-shaped models pretrained on
+   the built-in survey in both framings (``fixed`` and ``zoom``; written and trained
+   here unless ``--survey-models`` names run folders ``fixed/`` and ``zoom/``), through
+   :mod:`astropt.embed`, which also writes the evaluation suite's baselines of the same
+   images: ``random-init`` (the same shape, fresh weights), ``pixels`` and
+   ``pixels-normalised`` (PCA fitted inside each training fold) and ``morphometrics``
+   (:mod:`astropt.morphometrics`);
+3. probe COLUMN with the evaluation protocol of :mod:`astropt.probe` (repeated
+   stratified k-fold, ridge strength chosen inside each training fold, 95 % bootstrap
+   intervals over galaxies) and print one table: every variant's score with its
+   interval, then each pretrained model minus every set after it (the baselines, and
+   for the real-image model the survey models: the transfer gap; for the zoomed
+   survey the fixed one: whether zooming narrows the gap), paired, with win/tie/loss.
 
-Nothing is downloaded; the images are never copied. Keep third-party images and
-anything derived from them out of the repository (write ``--out`` elsewhere).
+Everything written (models, surveys, embedding exports) goes under ``--out`` and is
+reused by a rerun with the same settings. Nothing is downloaded; the images are never
+copied. Keep third-party images and anything derived from them out of the repository
+(write ``--out`` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from astropt.data import DataConfig, make_loader  # noqa: E402
-from astropt.embed import ModelEncoder, random_init_like  # noqa: E402
-from astropt.tokens import images_to_tokens  # noqa: E402
-
 REPO = Path(__file__).resolve().parent.parent
 SIDE = 64
-PCA_DIM = 128
-
-
-def load_images(cfg: DataConfig, label: str) -> tuple[torch.Tensor, np.ndarray, list]:
-    """Every image of the folder once, in catalogue order: (n, C, S, S) float32, labels, ids."""
-    loader = make_loader(
-        cfg, "train", batch_size=256, shuffle=False, augment=False, drop_last=False
-    )
-    images, labels, ids = [], [], []
-    for batch in loader:
-        images.append(batch.images.contiguous().clone())
-        labels.append(np.asarray(batch.catalogue[label]))
-        ids.extend(batch.ids)
-    print(f"read {len(ids)} images; {loader.summary()}", flush=True)
-    return torch.cat(images), np.concatenate(labels), ids
+REAL = "pretrained on these images"
+SURVEY = "pretrained on survey ({})"
+#: Names of the baseline exports (:func:`astropt.probe.discover_embeddings`) in the table.
+BASELINES = ("random-init", "pixels", "pixels-normalised", "morphometrics")
 
 
 def pretrain(out: Path, data_overrides: list[str], iters: int, batch_size: int) -> Path:
+    """Train the quickstart-shaped model into ``out`` (or reuse a finished run there)."""
     from astropt.config import load_config
     from astropt.train import train
 
-    if (out / "checkpoints" / "latest").exists() and (out / "done.json").exists():
+    if (out / "done.json").exists():
         return out
     overrides = [
         f"out_dir={out}",
@@ -85,101 +72,91 @@ def pretrain(out: Path, data_overrides: list[str], iters: int, batch_size: int) 
 def survey_model(work: Path, framing: str, n: int, iters: int, batch_size: int) -> Path:
     from astropt.simulate import write_survey
 
-    survey = work / f"survey-{framing}"
+    survey = work / f"survey-{framing}-{n}"
     if not (survey / "survey.json").exists():
         write_survey(survey, n, SIDE, seed=0, framing=framing, overwrite=True, progress=False)
     return pretrain(
-        work / f"model-{framing}",
+        work / f"model-{framing}-{n}-{iters}",
         ["data.source=synthetic", f"data.path={survey}", f"data.image_size={SIDE}"],
         iters,
         batch_size,
     )
 
 
-def embed(model, images: torch.Tensor) -> np.ndarray:
-    encoder = ModelEncoder(model, layer=None, pool="mean", dtype="float32")
-    out = []
-    for start in range(0, len(images), 512):
-        tokens, _, _ = images_to_tokens(images[start : start + 512], model.config.patch_size)
-        out.append(encoder(tokens).numpy())
-    return np.concatenate(out)
+def _export(export, *args, **kwargs) -> Path:
+    """``export(*args, **kwargs)``, reusing a finished export with the same settings and
+    replacing one made with others (a retrained model, another data option)."""
+    try:
+        return export(*args, **kwargs)
+    except ValueError as error:
+        if "other settings" not in str(error):
+            raise
+        return export(*args, overwrite=True, **kwargs)
 
 
-def morphometrics(images: torch.Tensor) -> np.ndarray:
-    """Per image: concentration, asymmetry, ellipticity, Gini, colour and size of the
-    summed-band light, measured about the flux-weighted centre (no segmentation)."""
-    x = images.numpy().astype(np.float64)
-    light = x.sum(axis=1)
-    light = light - np.median(light, axis=(1, 2), keepdims=True)  # sky level
-    light = np.clip(light, 0, None) + 1e-9
-    n, side, _ = light.shape
-    rows, cols = np.indices((side, side))
-    total = light.sum(axis=(1, 2))
-    cy = (light * rows).sum(axis=(1, 2)) / total
-    cx = (light * cols).sum(axis=(1, 2)) / total
-    dy, dx = rows[None] - cy[:, None, None], cols[None] - cx[:, None, None]
-    radius = np.hypot(dy, dx).reshape(n, -1)
-    order = np.argsort(radius, axis=1)
-    cum = np.cumsum(np.take_along_axis(light.reshape(n, -1), order, axis=1), axis=1)
-    sorted_r = np.take_along_axis(radius, order, axis=1)
+def embed_all(
+    models: dict[str, Path], data_fields: dict, folder: Path, layer, max_images: int | None
+) -> dict[str, object]:
+    """Export every model's embeddings of the images (and the baselines beside the first);
+    the embedding sets in table order: models, then :data:`BASELINES`."""
+    from astropt.embed import data_config_for, export_baselines, export_embeddings
+    from astropt.hub import load_model
+    from astropt.probe import discover_embeddings
 
-    def radius_at(frac):
-        idx = np.argmax(cum >= frac * cum[:, -1:], axis=1)
-        return sorted_r[np.arange(n), idx] + 0.5
+    sets: dict[str, object] = {}
+    options = dict(split="train", layer=layer, max_samples=max_images, progress=False)
+    first = None
+    for name, path in models.items():
+        model = load_model(path)
+        cfg = data_config_for(model, **data_fields)
+        tag = name.replace(" ", "-").replace("(", "").replace(")", "")
+        out = folder / f"emb-{tag}-{layer or 'default'}.parquet"
+        _export(export_embeddings, model, cfg, out, **options)
+        sets[name] = out
+        if first is None:
+            first = (model, cfg, out)
+    model, cfg, out = first
+    _export(export_baselines, model, cfg, out, **options)
+    found = discover_embeddings(out)
+    sets.update({name: found[name] for name in BASELINES})
+    return sets
 
-    r20, r50, r80 = radius_at(0.2), radius_at(0.5), radius_at(0.8)
-    asym = np.abs(light - light[:, ::-1, ::-1]).sum(axis=(1, 2)) / (2 * total)
-    myy = (light * dy**2).sum(axis=(1, 2)) / total
-    mxx = (light * dx**2).sum(axis=(1, 2)) / total
-    mxy = (light * dx * dy).sum(axis=(1, 2)) / total
-    ellip = np.hypot(mxx - myy, 2 * mxy) / (mxx + myy)
-    flat = np.sort(light.reshape(n, -1), axis=1)
-    k = np.arange(1, flat.shape[1] + 1)
-    gini = ((2 * k - flat.shape[1] - 1) * flat).sum(axis=1) / (flat.shape[1] * flat.sum(axis=1))
-    inner = dy**2 + dx**2 <= (r50**2)[:, None, None]
-    band_in = (x * inner[:, None]).sum(axis=(2, 3))
-    colour = np.log((band_in[:, 0] + 1e-6) / (band_in[:, -1] + 1e-6))
-    return np.stack(
-        [5 * np.log10(r80 / r20), asym, ellip, gini, colour, r50, np.log(total)], axis=1
+
+def _ci(value: float, low: float, high: float, sign: bool = False) -> str:
+    fmt = "{:+.4f}" if sign else "{:.4f}"
+    return f"{fmt.format(value)} | [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def print_table(run, label: str) -> None:
+    """Scores with intervals, then every paired difference with its outcome."""
+    scores = run.scores[run.scores.level == "target"]
+    metric = scores.metric.iloc[0].replace("_", " ")
+    info = run.info
+    protocol = info["protocol"]
+    print(
+        f"\nlinear probe of {label!r} on {info['n_galaxies']} real images: "
+        f"{protocol['folds']} folds x {protocol['repeats']} repeats"
+        f"{' (stratified)' if info['stratified_on'] else ''}, {info['interval']}"
     )
-
-
-def _pca_fold(train: np.ndarray, test: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=min(dim, train.shape[0], train.shape[1]), random_state=0)
-    return pca.fit_transform(train), pca.transform(test)
-
-
-def probe(features: np.ndarray, y: np.ndarray, folds, classify: bool, pca: bool) -> np.ndarray:
-    """Score per fold: accuracy (classification) or R^2 (regression)."""
-    from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.preprocessing import StandardScaler
-
-    scores = []
-    for train_idx, test_idx in folds:
-        xtr, xte = features[train_idx], features[test_idx]
-        if pca:
-            xtr, xte = _pca_fold(xtr, xte, PCA_DIM)
-        scaler = StandardScaler().fit(xtr)
-        xtr, xte = scaler.transform(xtr), scaler.transform(xte)
-        if classify:
-            clf = LogisticRegression(C=0.1, max_iter=2000).fit(xtr, y[train_idx])
-            scores.append(float((clf.predict(xte) == y[test_idx]).mean()))
-        else:
-            reg = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(xtr, y[train_idx])
-            scores.append(float(reg.score(xte, y[test_idx])))
-    return np.array(scores)
-
-
-def corrected_interval(diffs: np.ndarray, test_fraction: float) -> tuple[float, float, float]:
-    """Mean and 95 % interval of per-fold scores (Nadeau & Bengio corrected resampled t)."""
-    from scipy import stats
-
-    k = len(diffs)
-    var = diffs.var(ddof=1) * (1 / k + test_fraction / (1 - test_fraction))
-    half = stats.t.ppf(0.975, k - 1) * math.sqrt(var)
-    return float(diffs.mean()), float(diffs.mean() - half), float(diffs.mean() + half)
+    print(f"\n| variant | {metric} | 95 % interval |")
+    print("|---|---|---|")
+    for row in scores.itertuples():
+        print(f"| {row.embedding} | {_ci(row.value, row.ci_low, row.ci_high)} |")
+    compare = run.comparisons[run.comparisons.level == "target"]
+    print("\n| model | minus | difference | 95 % interval | outcome |")
+    print("|---|---|---|---|---|")
+    for row in compare.itertuples():
+        diff = _ci(row.improvement, row.ci_low, row.ci_high, sign=True)
+        print(f"| {row.model} | {row.baseline} | {diff} | {row.outcome} |")
+    for model in dict.fromkeys(compare.model):
+        mine = compare[(compare.model == model) & compare.baseline.isin(BASELINES)]
+        tally = {k: int((mine.outcome == k).sum()) for k in ("win", "tie", "loss")}
+        print(
+            f"\n{model} against the {len(mine)} baselines: {tally['win']} wins, "
+            f"{tally['tie']} ties, {tally['loss']} losses",
+            end="",
+        )
+    print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalogue")
     parser.add_argument("--label")
     parser.add_argument("--crop-fraction", type=float, default=0.5)
-    parser.add_argument("--out", default="runs/real", help="work folder (models, surveys)")
-    parser.add_argument("--max-images", type=int, default=None)
+    parser.add_argument("--out", default="runs/real", help="work folder (models, exports)")
+    parser.add_argument("--max-images", type=int, default=None, help="embed and probe the first N")
     parser.add_argument("--iters", type=int, default=300, help="pretraining steps per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--survey-n", type=int, default=3000)
     parser.add_argument("--survey-models", default=None, help="folder with fixed/ and zoom/")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--layer", default=None, help="final, middle or a block index")
+    parser.add_argument("--folds", type=int, default=None, help="default: the protocol's")
+    parser.add_argument("--repeats", type=int, default=None, help="default: the protocol's")
+    parser.add_argument("--n-boot", type=int, default=None, help="default: the protocol's")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads of the probes")
     args = parser.parse_args(argv)
     if args.folder is None:  # `make bench` runs every script bare: there is no data to use
         print(
@@ -205,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.catalogue or not args.label:
         parser.error("--catalogue and --label are required with a folder")
+    layer = int(args.layer) if args.layer and args.layer.lstrip("-").isdigit() else args.layer
     torch.manual_seed(0)
     work = Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
+    images = work / f"images-crop{args.crop_fraction:g}-{SIDE}"
+    images.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     data_fields = dict(
@@ -217,76 +199,38 @@ def main(argv: list[str] | None = None) -> int:
         crop_fraction=args.crop_fraction,
         resize=SIDE,
     )
-    images, y, ids = load_images(DataConfig(**data_fields, augment=False), args.label)
-    if args.max_images and len(ids) > args.max_images:
-        keep = np.random.default_rng(0).choice(len(ids), args.max_images, replace=False)
-        keep.sort()
-        images, y = images[keep], y[keep]
-    values = np.unique(y)
-    classify = len(values) <= 20 and np.allclose(values, np.round(values))
-    print(f"{len(y)} images, label {args.label}: {len(values)} values", flush=True)
-
-    from astropt.hub import load_model
-
     data_overrides = [f"data.{k}={v}" for k, v in data_fields.items()]
     data_overrides += ["data.image_size=null", "data.augment=true"]
-    models = {
-        "pretrained on these images": pretrain(
-            work / "model-real", data_overrides, args.iters, args.batch_size
-        )
-    }
-    for framing in ("fixed", "zoom"):
+    models = {REAL: pretrain(images / f"model-{args.iters}", data_overrides, args.iters,
+                             args.batch_size)}  # fmt: skip
+    for framing in ("zoom", "fixed"):  # zoom first: it is compared with fixed
         if args.survey_models:
-            models[f"pretrained on survey ({framing})"] = Path(args.survey_models) / framing
+            models[SURVEY.format(framing)] = Path(args.survey_models) / framing
         else:
-            models[f"pretrained on survey ({framing})"] = survey_model(
+            models[SURVEY.format(framing)] = survey_model(
                 work, framing, args.survey_n, args.iters, args.batch_size
             )
     pretrain_s = time.perf_counter() - start
 
-    features: dict[str, tuple[np.ndarray, bool]] = {}
-    model = None
-    for name, path in models.items():
-        model = load_model(path)
-        features[name] = (embed(model, images), False)
-    features["random init (same shape)"] = (embed(random_init_like(model, seed=0), images), False)
-    tokens = images_to_tokens(images, 16)[0]
-    features["baseline: pixels (PCA 128)"] = (images.reshape(len(images), -1).numpy(), True)
-    features["baseline: normalised pixels (PCA 128)"] = (
-        tokens.reshape(len(tokens), -1).numpy(),
-        True,
-    )
-    features["baseline: morphometrics"] = (morphometrics(images), False)
+    sets = embed_all(models, data_fields, images, layer, args.max_images)
+    embed_s = time.perf_counter() - start - pretrain_s
 
-    from sklearn.model_selection import RepeatedKFold, RepeatedStratifiedKFold
+    from astropt.probe import run_probes
 
-    splitter = (RepeatedStratifiedKFold if classify else RepeatedKFold)(
-        n_splits=args.folds, n_repeats=args.repeats, random_state=0
+    run = run_probes(
+        sets,
+        targets=[args.label],
+        protocol="repeated",
+        folds=args.folds,
+        repeats=args.repeats,
+        n_boot=args.n_boot,
+        label_sizes=None,
+        threads=args.threads,
+        models=len(models),
     )
-    folds = list(splitter.split(np.zeros(len(y)), y))
-    scores = {
-        name: probe(feats, y, folds, classify, pca) for name, (feats, pca) in features.items()
-    }
-    baselines = [n for n in scores if n.startswith("baseline") or n.startswith("random")]
-    best = max(baselines, key=lambda n: scores[n].mean())
-    frac = 1 / args.folds
-    metric = "accuracy" if classify else "R^2"
+    print_table(run, args.label)
     print(
-        f"\nlinear probe of {args.label!r} on {len(y)} real images ({args.folds}-fold x "
-        f"{args.repeats}, 95 % corrected intervals); best baseline: {best}"
-    )
-    print(f"| variant | {metric} | 95 % interval | minus best baseline | 95 % interval |")
-    print("|---|---|---|---|---|")
-    for name, fold_scores in scores.items():
-        mean, lo, hi = corrected_interval(fold_scores, frac)
-        d, dlo, dhi = corrected_interval(fold_scores - scores[best], frac)
-        diff = "-" if name == best else f"{d:+.4f} | [{dlo:+.4f}, {dhi:+.4f}]"
-        if name == best:
-            diff = "- | -"
-        print(f"| {name} | {mean:.4f} | [{lo:.4f}, {hi:.4f}] | {diff} |")
-    majority = max(np.mean(y == v) for v in values) if classify else float("nan")
-    print(
-        f"\nmajority class: {majority:.4f}; pretraining {pretrain_s:.0f} s, "
+        f"pretraining {pretrain_s:.0f} s, embedding {embed_s:.0f} s, "
         f"total {time.perf_counter() - start:.0f} s"
     )
     return 0

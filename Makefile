@@ -30,7 +30,7 @@ test-fast: $(VENV)/.installed
 
 # Every benchmark appends its figures to bench/results/; report.py rewrites the
 # README's benchmark table from them (ranges over all recorded runs).
-BENCHES := limits tokens data simulate embed export_memory generate train_step finetune
+BENCHES := limits tokens data simulate embed export_memory generate train_step finetune jpeg_reduce
 bench: $(VENV)/.installed
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 	$(PY) bench/report.py

@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="default: the protocol's")
     parser.add_argument("--n-boot", type=int, default=None, help="default: the protocol's")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads of the probes")
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     args = parser.parse_args(argv)
     if args.folder is None:  # `make bench` runs every script bare: there is no data to use
         print(
@@ -186,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.catalogue or not args.label:
         parser.error("--catalogue and --label are required with a folder")
     layer = int(args.layer) if args.layer and args.layer.lstrip("-").isdigit() else args.layer
+    if args.torch_threads:  # on a shared machine one thread avoids waiting on a busy core
+        torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     work = Path(args.out)
     images = work / f"images-crop{args.crop_fraction:g}-{SIDE}"

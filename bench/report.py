@@ -104,6 +104,13 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
         "`python bench/simulate.py`",
         span([r["rates"]["256"] for r in simulate], unit=" stamps/s", digits=0),
     ))  # fmt: skip
+    reduce = load(folder, "jpeg_reduce")
+    table.append((
+        "424 px JPEG -> 0.5 crop -> 64 px stamp, decoded at reduced scale vs in full "
+        "(`data.jpeg_reduce`; built-in survey stamps)",
+        "`python bench/jpeg_reduce.py`",
+        span([r["ratio"] for r in reduce], digits=2),
+    ))  # fmt: skip
     # Records of the current benchmark (005M/021M shapes, compiled variant) on a CPU.
     train = [r for r in load(folder, "train_step") if r.get("schema") == 2 and r["device"] == "cpu"]
     keys = list(train[-1]["ratios"]) if train else []

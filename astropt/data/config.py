@@ -75,6 +75,9 @@ class DataConfig:
     resize: int | None = None
     #: ``"area"`` (box average: keeps flux per unit area) or ``"lanczos"`` (sharper).
     resample: str = "area"
+    #: JPEGs that ``resize`` shrinks are decoded at 1/2, 1/4 or 1/8 scale when that
+    #: still leaves at least ``resize`` pixels in the crop (faster; see astropt.data.decode).
+    jpeg_reduce: bool = True
     #: Band suffixes grouping single-band FITS files (``gal_g.fits``, ...) in a folder.
     fits_bands: tuple[str, ...] = ("g", "r", "z")
     #: On-the-fly simulator: render side (``None``: ``image_size`` or 64) and split fractions.

@@ -32,7 +32,15 @@ value; the service's JPEGs render z, r, g into R, G, B and are read as decoded
 (R, G, B), the convention of ``Smith42/galaxies`` and AstroPT's weights.
 
 Resizing (``DataConfig.resize``, :func:`resize_image`) runs after the centre
-crop and before augmentation and value scaling.
+crop and before augmentation and value scaling. A JPEG that will be shrunk is
+decoded at a reduced scale first (``DataConfig.jpeg_reduce``, on by default):
+libjpeg-turbo computes the image at 1/2, 1/4 or 1/8 of its side straight from
+the DCT blocks, skipping most of the inverse transform and colour conversion.
+:func:`jpeg_reduction` picks the strongest reduction that divides the image
+exactly and still leaves at least the output side inside the crop
+(:func:`decode_min_side`); the anti-aliased resize finishes the job. A crop
+fraction is then cut as an exact (sub-pixel) centred box, so the stamp shows the
+same sky whichever scale it was decoded at.
 """
 
 from __future__ import annotations
@@ -111,14 +119,49 @@ def _check_pixels(height: int, width: int, max_pixels: int) -> None:
         )
 
 
-def _decode_jpeg_fast(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray | None:
+#: Scale reductions libjpeg-turbo decodes cheaply (whole factors), strongest first.
+JPEG_REDUCTIONS = (8, 4, 2)
+
+
+def jpeg_reduction(height: int, width: int, min_side: float | None) -> int:
+    """The factor (8, 4, 2, or 1 for none) to decode a ``height x width`` JPEG down by.
+
+    The strongest of :data:`JPEG_REDUCTIONS` that divides both sides exactly
+    (so every decoded pixel is the average of a whole ``k x k`` block and the
+    image centre stays where it was) and keeps the shorter side at least
+    ``min_side`` pixels. ``None``: no reduction.
+    """
+    if not min_side:
+        return 1
+    for k in JPEG_REDUCTIONS:
+        if height % k == 0 and width % k == 0 and min(height, width) / k >= min_side:
+            return k
+    return 1
+
+
+def decode_min_side(cfg) -> float | None:
+    """Shorter side a JPEG of data config ``cfg`` may be decoded down to (``None``: full size).
+
+    Only when every image is resized and cropped (if at all) by a fraction of its
+    side: ``resize / crop_fraction`` keeps at least ``resize`` pixels inside the
+    crop. A crop in pixels (``image_size``) needs the stored pixel scale.
+    """
+    if not cfg.jpeg_reduce or cfg.resize is None or cfg.image_size is not None:
+        return None
+    return cfg.resize / (cfg.crop_fraction or 1.0)
+
+
+def _decode_jpeg_fast(
+    data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, min_side: float | None = None
+) -> np.ndarray | None:
     """RGB or grey baseline JPEG through libjpeg-turbo's ``simplejpeg`` binding, as ``(H, W, C)``.
 
     About twice Pillow's speed on 256x256 stamps (no PIL image object, no
     extra copy) and the same pixels (both run libjpeg-turbo's default
-    IDCT and upsampling). ``None`` when simplejpeg is not installed, the bytes
+    IDCT and upsampling). ``min_side``: decode at the reduced scale
+    :func:`jpeg_reduction` allows. ``None`` when simplejpeg is not installed, the bytes
     are not a JPEG it handles (CMYK, unusual markers) or are damaged: Pillow
-    then decodes them or names the fault.
+    then decodes them (at full scale) or names the fault.
     """
     if data[:2] != b"\xff\xd8":
         return None
@@ -134,22 +177,34 @@ def _decode_jpeg_fast(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nda
     try:
         if colour not in ("RGB", "YCbCr", "Gray"):
             return None
+        k = jpeg_reduction(height, width, min_side)
         # strict: libjpeg warnings (a truncated file) are errors, so Pillow reports them.
-        return simplejpeg.decode_jpeg(data, colorspace="GRAY" if colour == "Gray" else "RGB")
+        array = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if colour == "Gray" else "RGB",
+            min_height=height // k if k > 1 else 0,
+            min_width=width // k if k > 1 else 0,
+        )
     except (ValueError, RuntimeError):
         return None
+    if array.shape[:2] != (height // k, width // k):  # another scale than asked for: refuse
+        return None
+    return array
 
 
-def decode_encoded(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_encoded(
+    data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, min_side: float | None = None
+) -> np.ndarray:
     """Decode JPEG/PNG (any format Pillow reads) bytes to ``(C, H, W)``.
 
     8-bit images stay uint8; palette and alpha images become RGB (the alpha
     channel carries no sky signal), grey images have one channel. An image of
     more than ``max_pixels`` pixels is skipped as ``oversize`` before it is
     decoded (Pillow's own decompression-bomb limit also counts as oversize). JPEGs
-    go through libjpeg-turbo directly (``simplejpeg``) when it is installed.
+    go through libjpeg-turbo directly (``simplejpeg``) when it is installed, at a
+    reduced scale when ``min_side`` allows (:func:`jpeg_reduction`).
     """
-    fast = _decode_jpeg_fast(bytes(data), max_pixels)
+    fast = _decode_jpeg_fast(bytes(data), max_pixels, min_side)
     if fast is not None:
         return fast.transpose(2, 0, 1)
     from PIL import Image, UnidentifiedImageError
@@ -175,7 +230,9 @@ def decode_encoded(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarra
     return array.transpose(2, 0, 1)
 
 
-def read_image_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_image_file(
+    path: str, max_pixels: int = MAX_IMAGE_PIXELS, min_side: float | None = None
+) -> np.ndarray:
     """A JPEG/PNG file to ``(C, H, W)``; see :func:`decode_encoded`."""
     try:
         with open(path, "rb") as handle:
@@ -184,7 +241,7 @@ def read_image_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray
         raise SkipSample("missing", f"{path} does not exist") from None
     except OSError as exc:
         raise SkipSample("corrupt", f"cannot read {path} ({exc})") from None
-    return decode_encoded(data, max_pixels)
+    return decode_encoded(data, max_pixels, min_side)
 
 
 def read_fits(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -299,24 +356,29 @@ def as_chw(array: np.ndarray, what: str, channels: int | None = None) -> np.ndar
     raise SkipSample("wrong_size", f"{what}: array of shape {array.shape} is not an image")
 
 
-def read_file(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_file(
+    path: str, max_pixels: int = MAX_IMAGE_PIXELS, min_side: float | None = None
+) -> np.ndarray:
     """Any supported file (JPEG, PNG, FITS, ``.npy``) to ``(C, H, W)``.
 
-    ``max_pixels``: images with more pixels per plane are skipped as ``oversize``.
+    ``max_pixels``: images with more pixels per plane are skipped as ``oversize``;
+    ``min_side``: a JPEG may be decoded at a reduced scale (:func:`jpeg_reduction`).
     """
     suffix = file_suffix(path)
     if suffix in FITS_SUFFIXES:
         return read_fits(path, max_pixels)
     if suffix in NPY_SUFFIXES:
         return read_npy(path, max_pixels)
-    return read_image_file(path, max_pixels)
+    return read_image_file(path, max_pixels, min_side)
 
 
-def read_band_files(paths: tuple[str, ...], max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_band_files(
+    paths: tuple[str, ...], max_pixels: int = MAX_IMAGE_PIXELS, min_side: float | None = None
+) -> np.ndarray:
     """One single-band file per band, stacked in the given order to ``(C, H, W)``."""
     planes = []
     for path in paths:
-        plane = read_file(path, max_pixels)
+        plane = read_file(path, max_pixels, min_side)
         if plane.shape[0] != 1:
             raise SkipSample(
                 "wrong_channels", f"band file {path} has {plane.shape[0]} channels, expected 1"
@@ -380,31 +442,42 @@ def centre_crop(array: np.ndarray, height: int, width: int, what: str) -> np.nda
     return array[:, top : top + height, left : left + width]
 
 
-def resize_image(array: np.ndarray, side: int, method: str = "area") -> np.ndarray:
+def resize_image(
+    array: np.ndarray,
+    side: int,
+    method: str = "area",
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
     """Resample ``(C, H, W)`` to ``(C, side, side)`` with anti-aliasing (Pillow's filters).
 
-    ``"area"`` averages the input pixels each output pixel covers (weighted by
-    the covered fraction), so a downscaled image keeps its flux per unit area
-    and a source keeps its position; ``"lanczos"`` is Lanczos-3 widened by the
+    ``"area"`` is Pillow's box filter: each output pixel is the mean of the
+    input pixels whose centres it covers, so a downscaled image keeps its flux
+    per unit area (exactly for whole factors, to a percent or so otherwise: the
+    pixels are counted whole) and a source keeps its position; ``"lanczos"`` is Lanczos-3 widened by the
     scale factor when shrinking (anti-aliased), sharper but with small ringing.
     8-bit images stay 8-bit (rounded), other images come back as float32
     (unsigned 16-bit values keep their scale: they are resampled as floats and
     rounded back). Non-square inputs are stretched to the square: centre-crop
-    them first to keep the aspect ratio.
+    them first to keep the aspect ratio. ``box``: ``(left, top, right, bottom)``
+    in pixels (fractions allowed) of the region to resample, default the whole image.
     """
     from PIL import Image
 
-    if array.shape[1:] == (side, side):
+    if box is None and array.shape[1:] == (side, side):
         return array
     resample = {"area": Image.Resampling.BOX, "lanczos": Image.Resampling.LANCZOS}[method]
+    if array.dtype == np.uint8 and array.shape[0] == 3:
+        # One RGB image: the same filter per band as three planes, in one pass (a
+        # decoded JPEG is channels-last in memory, so this view needs no copy).
+        img = Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)), mode="RGB")
+        return np.asarray(img.resize((side, side), resample, box=box)).transpose(2, 0, 1)
     planes = []
     for plane in array:
         if plane.dtype == np.uint8:
             img = Image.fromarray(np.ascontiguousarray(plane), mode="L")
-            planes.append(np.asarray(img.resize((side, side), resample)))
         else:
             img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
-            planes.append(np.asarray(img.resize((side, side), resample)))
+        planes.append(np.asarray(img.resize((side, side), resample, box=box)))
     out = np.stack(planes)
     if array.dtype.kind == "u" and array.dtype != np.uint8:
         info = np.iinfo(array.dtype)
@@ -429,13 +502,18 @@ def conform(array: np.ndarray, prep: Prep, what: str) -> np.ndarray:
         bad = int(array.size - np.isfinite(array).sum())
         raise SkipSample("nonfinite", f"{what}: {bad} NaN or infinite pixels")
     chan, height, width = array.shape
+    box = None
     if prep.crop is not None:
         array = centre_crop(array, prep.crop, prep.crop, what)
+    elif prep.crop_fraction is not None and prep.resize is not None:
+        # The exact centred fraction (sub-pixel edges): the same sky at any decoded scale.
+        half = min(height, width) * prep.crop_fraction / 2
+        box = (width / 2 - half, height / 2 - half, width / 2 + half, height / 2 + half)
     elif prep.crop_fraction is not None:
         side = max(1, round(min(height, width) * prep.crop_fraction))
         array = centre_crop(array, side, side, what)
     if prep.resize is not None:
-        array = resize_image(array, prep.resize, prep.resample)
+        array = resize_image(array, prep.resize, prep.resample, box)
     if prep.shape is not None:
         if chan != prep.shape[0]:
             raise SkipSample("wrong_channels", f"{what}: {chan} channels, expected {prep.shape[0]}")

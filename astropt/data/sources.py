@@ -34,6 +34,7 @@ from .decode import (
     SkipSample,
     as_chw,
     decode_encoded,
+    decode_min_side,
     file_stem,
     file_suffix,
     read_band_files,
@@ -165,6 +166,7 @@ class TableReader:
             ]
         self.channels = cfg.channels if not cfg.bands else None
         self.max_pixels = cfg.max_image_pixels
+        self.min_side = decode_min_side(cfg)
         self.allow_external_paths = cfg.allow_external_paths
         self.root = _local_root(cfg.path)
 
@@ -179,7 +181,7 @@ class TableReader:
                 f"({self.root or 'none: not a local dataset'}); set data.allow_external_paths=true "
                 "to read it",
             )
-        return read_file(resolved, self.max_pixels)
+        return read_file(resolved, self.max_pixels, self.min_side)
 
     def rows(self, table: pa.Table, positions: Sequence[int]) -> Rows:
         """``positions``: each row's index in its split (for ids and messages)."""
@@ -217,7 +219,7 @@ class TableReader:
     def decode(self, payload: tuple[str, Any], name: str) -> np.ndarray:
         kind, value = payload
         if kind == "bytes":
-            return decode_encoded(value, self.max_pixels)
+            return decode_encoded(value, self.max_pixels, self.min_side)
         if kind == "path":
             return self._local_image(value)
         if kind == "array":
@@ -513,6 +515,7 @@ class FolderSource:
         samples = by_split[split]
         self.catalogue: dict[str, np.ndarray] = {}
         self.max_pixels = cfg.max_image_pixels
+        self.min_side = decode_min_side(cfg)
         if cfg.catalogue:
             samples = self._join(cfg, split, by_split, bool(subdirs))
         elif not samples:
@@ -634,8 +637,8 @@ class FolderSource:
         if sample.problem is not None:
             raise SkipSample(*sample.problem)
         if sample.band_set:
-            return read_band_files(sample.paths, self.max_pixels)
-        return read_file(sample.paths[0], self.max_pixels)
+            return read_band_files(sample.paths, self.max_pixels, self.min_side)
+        return read_file(sample.paths[0], self.max_pixels, self.min_side)
 
 
 # ------------------------------------------------------------------- synthetic source

@@ -30,9 +30,12 @@ test-fast: $(VENV)/.installed
 
 # Every benchmark appends its figures to bench/results/; report.py rewrites the
 # README's benchmark table from them (ranges over all recorded runs).
-BENCHES := limits tokens data simulate embed export_memory generate train_step finetune jpeg_reduce
+# The training step runs on one thread: its steps are then timed in CPU seconds,
+# which other processes' load does not inflate (see bench/train_step.py).
+BENCHES := limits tokens data simulate embed export_memory generate finetune jpeg_reduce
 bench: $(VENV)/.installed
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+	@echo "== bench/train_step.py --threads 1"; $(PY) bench/train_step.py --threads 1
 	$(PY) bench/report.py
 
 lint: $(VENV)/.installed

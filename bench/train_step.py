@@ -410,6 +410,15 @@ def profile(args) -> int:
             f"the step, at {mm_flops / seconds / 1e9:.1f} GFLOP/s = "
             f"{100 * mm_flops / seconds / peak:.0f}% of the square-matmul peak"
         )
+    from limits import save_result
+
+    save_result(
+        "train_profile",
+        {"schema": SCHEMA, "device": str(device), "key": args.profile, "batch": batch,
+         "compiled": args.profile_compiled, "threads": torch.get_num_threads(),
+         "clock": args.clock, "step_s": best, "model_flops": flops, "peak": peak,
+         "shares": by_category, "matmul_floor_s": seconds, "matmul_flops": mm_flops},
+    )  # fmt: skip
     return 0
 
 
@@ -553,6 +562,7 @@ def main() -> int:
         "train_step",
         {"schema": SCHEMA, "device": str(device), "device_name": name, "batch": batch,
          "ratios": ratios, "compile_gain": compile_gain, "of_peak": of_peak,
+         "best_s": {f"{key}/{variant}": t for (variant, key), t in best.items()},
          "threads": torch.get_num_threads(), "clock": args.clock, "limits": vars(limits)},
     )  # fmt: skip
     return 0

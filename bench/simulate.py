@@ -30,7 +30,7 @@ from astropt.simulate.population import (  # noqa: E402
     _population_from_uniforms,
 )
 from astropt.simulate.stamps import _slice  # noqa: E402
-from astropt.simulate.writer import _rows  # noqa: E402
+from astropt.simulate.writer import ZOOM_FILL, _rows  # noqa: E402
 
 TARGET = 100.0  # stamps/s at 256 x 256 on one core (issue 3)
 
@@ -43,7 +43,7 @@ def _timed(fn):
 
 def full_pipeline(n: int, size: int, seed: int = 0, start: int = 0) -> tuple[float, float]:
     """CPU and wall seconds to make n JPEG stamps the way write_survey does."""
-    task = (np.arange(start, start + n), size, seed, False, sim.DR8)
+    task = (np.arange(start, start + n), size, seed, False, sim.DR8, "fixed", ZOOM_FILL)
     cols, cpu, wall = _timed(lambda: _rows(task))
     assert len(cols["image"]) == n
     return cpu, wall

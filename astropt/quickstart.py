@@ -41,6 +41,7 @@ BAR_FRACTION = 0.7
 #: Where ``--publish`` puts the probe headline that the README's table is generated from.
 PUBLISHED_RESULT = Path("docs/results/quickstart-probes.json")
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when run from a checkout
+DEFAULT_THREADS = 2  # the CI and quickstart machine's cores
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Quickstart:
         settings: Settings,
         config: Path,
         overrides: list[str],
-        threads: int = 2,
+        threads: int = DEFAULT_THREADS,
     ):
         self.out = out
         self.threads = threads
@@ -185,7 +186,9 @@ class Quickstart:
         headline = run.headline()
         headline["run"] = {
             "command": "python -m astropt.quickstart"
-            + (" --fast" if self.settings is FAST else ""),
+            + (" --fast" if self.settings is FAST else "")
+            + (f" --threads {self.threads}" if self.threads != DEFAULT_THREADS else "")
+            + "".join(f" {override}" for override in self.overrides),
             "settings": dataclasses.asdict(self.settings),
             "machine": self.machine,
         }
@@ -380,7 +383,7 @@ class QuickstartOptions:
     config: str = "configs/quickstart.toml"  # training config (the shipped one from any folder)
     # training overrides such as model.n_layer=6 (any training key=value given here lands in it)
     overrides: list[str] = field(default_factory=list)
-    threads: int = 2  # torch CPU threads, pinned so that reruns give identical numbers
+    threads: int = DEFAULT_THREADS  # torch CPU threads, pinned so reruns give identical numbers
     # after the run, copy its probe headline to docs/results/quickstart-probes.json and
     # regenerate the README's probe table from it (in a checkout)
     publish: bool = False

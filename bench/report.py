@@ -34,7 +34,8 @@ def span(values: list[float], unit: str = "x", digits: int = 1) -> str:
     runs = f"{len(values)} run{'s' if len(values) > 1 else ''}"
     if f"{low:.{digits}f}" == f"{high:.{digits}f}":
         return f"{low:.{digits}f}{unit} ({runs})"
-    return f"{low:.{digits}f}-{high:.{digits}f}{unit} ({runs})"
+    joint = " to " if low < 0 else "-"  # "-55 to 43 MiB", not "-55-43"
+    return f"{low:.{digits}f}{joint}{high:.{digits}f}{unit} ({runs})"
 
 
 def rows(folder: Path) -> list[tuple[str, str, str]]:

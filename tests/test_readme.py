@@ -84,3 +84,28 @@ def test_readme_probe_table_matches_the_result_file_it_cites():
         # The file is a real quickstart run: it names its command and machine.
         assert data["run"]["command"].startswith("python -m astropt.quickstart")
         assert {"threads", "cpu_capability", "torch"} <= set(data["run"]["machine"])
+
+
+def test_readme_finetune_tables_match_the_result_files_they_cite():
+    from astropt.finetune.sweep import README_BLOCK, read_published, readme_block
+
+    blocks = list(README_BLOCK.finditer(README))
+    assert len(blocks) >= 2, "the README lacks the generated label-efficiency tables"
+    for block in blocks:
+        data = read_published(REPO / block["path"])
+        assert block["body"] == readme_block(data), (
+            f"the README's finetune table differs from {block['path']}: rerun "
+            "`python -m astropt.finetune.sweep --out SWEEP --publish ...`"
+        )
+        # A real sweep: its commands and machine are recorded, its figure is committed, and
+        # every cell compared has at least 3 seeds.
+        assert all(
+            c["command"].startswith("python -m astropt.finetune.sweep") and c["machine"]
+            for c in data["commands"]
+        )
+        assert (REPO / data["figure"]).is_file()
+        cells = {}
+        for row in data["rows"]:
+            key = (row["mode"], row["init"], row["label_fraction"])
+            cells.setdefault(key, set()).add(row["seed"])
+        assert min(len(seeds) for seeds in cells.values()) >= 3, cells

@@ -360,6 +360,7 @@ def readme_block(data: dict) -> str:
     """The README section body for a published sweep: provenance, figure, tables."""
     frame = _frame(data)
     metric = HEADLINE[data["data"]["head"]]
+    diffs = differences(frame, metric)
     settings, optim = data["settings"], data["optim"]
     trunks = "; ".join(
         f"`{t['init_from']}`" + (f" ({t['steps']} steps, val loss {t['val_loss']})" if "steps" in t
@@ -387,9 +388,28 @@ def readme_block(data: dict) -> str:
         "",
         f"![label efficiency, {data['title']}]({data['figure']})",
         "",
-        tables(frame, differences(frame, metric), metric),
+        tables(frame, diffs, metric),
+        verdict(diffs),
+        "",
     ]
     return "\n".join(lines)
+
+
+def verdict(diffs) -> str:
+    """One sentence per kind of comparison: where the interval lies above zero, and where not."""
+    parts = []
+    for name, label in (("pretrained - scratch", "Pretrained beats scratch"),
+                        ("- probe (pretrained)", "Beats probe")):  # fmt: skip
+        rows = diffs[diffs.comparison.str.endswith(name)] if len(diffs) else diffs
+        if not len(rows):
+            continue
+        cells = [
+            f"{r.comparison.split(' - ')[0] + ' ' if name.startswith('-') else ''}at "
+            f"{r.label_fraction:g} of the labels: {'yes' if r.win else 'no'}"
+            for r in rows.itertuples()
+        ]
+        parts.append(f"{label} (interval above zero): " + "; ".join(cells) + ".")
+    return " ".join(parts)
 
 
 def read_published(path: str | Path) -> dict:

@@ -860,42 +860,84 @@ def export_embeddings(
     pixels of RGB thumbnails stored per galaxy for UMAP stamp panels (0 = none).
     Rerunning the same call resumes an interrupted export. Returns ``out``.
     """
-    _check_data_config(model, data_cfg)
-    process_group()  # under torchrun: join the group (and pick this rank's GPU) first
-    device = resolve_device(device)
+    device = model_export_device(model, data_cfg, device)
     encoder = ModelEncoder(model, layer, pool, prefix, device, dtype)
-    open_loader = _open_data(data_cfg, split, batch_size, max_samples)
-    settings = {
+    return export_outputs(
+        encoder,
+        data_cfg,
+        out,
+        split,
+        kind=kind,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        settings={"layer": encoder.layer_name, "pool": pool, "prefix": encoder.prefix},
+        meta={
+            "checkpoint": checkpoint,
+            "model_config": model.config.to_dict(),
+            "layer": encoder.layer_name,
+            "pool": pool,
+        },
+        rows_per_part=rows_per_part,
+        thumbnail_size=thumbnails,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def model_export_device(model, data_cfg, device: str | torch.device = "auto") -> torch.device:
+    """Check that ``data_cfg`` makes the inputs ``model`` expects, join the ``torchrun`` group
+    (which picks this rank's GPU), then resolve ``device``: the start of every model export."""
+    _check_data_config(model, data_cfg)
+    process_group()
+    return resolve_device(device)
+
+
+def export_outputs(
+    encoder,
+    data_cfg,
+    out: str | Path,
+    split: str,
+    *,
+    kind: str,
+    batch_size: int,
+    max_samples: int | None = None,
+    open_loader: Callable | None = None,
+    settings: dict | None = None,
+    meta: dict | None = None,
+    **options,
+) -> Path:
+    """Export ``encoder``'s output for every galaxy of ``split`` of ``data_cfg`` (embeddings,
+    image features, a finetuned model's predictions) to ``out``, resumable.
+
+    The settings a resume must match are ``kind``, the encoder's fingerprint,
+    the data config (without speed-only fields), ``split``, ``max_samples``, the
+    encoder's ``dtype`` where it has one, plus ``settings``; the manifest's meta
+    holds the data config, ``split`` and the creation time, plus ``meta``.
+    ``open_loader``: ``(rank, world_size) -> loader`` (default: ``split`` of
+    ``data_cfg``); ``options`` go to :func:`export_loader`.
+    """
+    fixed = {
         "kind": kind,
         "model": encoder.fingerprint(),
         "data": _data_settings(data_cfg, runtime=False),
         "split": split,
-        "layer": encoder.layer_name,
-        "pool": pool,
-        "prefix": encoder.prefix,
         "max_samples": max_samples,
-        "dtype": encoder.dtype,
     }
-    meta = {
-        "checkpoint": checkpoint,
-        "model_config": model.config.to_dict(),
+    if getattr(encoder, "dtype", None) is not None:
+        fixed["dtype"] = encoder.dtype
+    info = {
         "data_config": _data_settings(data_cfg),
         "split": split,
-        "layer": encoder.layer_name,
-        "pool": pool,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return export_loader(
         encoder,
-        open_loader,
+        open_loader or _open_data(data_cfg, split, batch_size, max_samples),
         out,
-        settings=settings,
-        meta=meta,
-        rows_per_part=rows_per_part,
+        settings={**fixed, **(settings or {})},
+        meta={**info, **(meta or {})},
         batch_size=batch_size,
-        thumbnail_size=thumbnails,
-        overwrite=overwrite,
-        progress=progress,
+        **options,
     )
 
 
@@ -931,27 +973,16 @@ def export_image_features(
         extra = {"features": feature_names()}
     else:
         raise ValueError(f"kind must be 'pixels' or 'morphometrics', got {kind!r}")
-    settings = {
-        "kind": kind,
-        "model": encoder.fingerprint(),
-        "data": _data_settings(data_cfg, runtime=False),
-        "split": split,
-        "max_samples": max_samples,
-    }
-    meta = {
-        "data_config": _data_settings(data_cfg),
-        "split": split,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **extra,
-    }
-    return export_loader(
+    return export_outputs(
         encoder,
-        _open_data(data_cfg, split, batch_size, max_samples),
+        data_cfg,
         out,
-        settings=settings,
-        meta=meta,
-        rows_per_part=rows_per_part,
+        split,
+        kind=kind,
         batch_size=batch_size,
+        max_samples=max_samples,
+        meta=extra,
+        rows_per_part=rows_per_part,
         overwrite=overwrite,
         progress=progress,
     )

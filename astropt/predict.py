@@ -18,24 +18,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from astropt.device import resolve_device
 from astropt.embed import (
     MODEL_DATA_FLAGS,
-    _check_data_config,
-    _data_settings,
-    _open_data,
     data_config_from_options,
-    export_loader,
+    export_outputs,
     model_data_section,
+    model_export_device,
     model_fingerprint,
-    process_group,
     read_manifest,
     read_table,
     resolve_dtype,
@@ -130,37 +125,21 @@ def export_predictions(
     ``data_cfg.path``) with finetuned ``model``; write the export ``out`` (rerun to resume)."""
     from astropt.finetune.data import is_hdf5
 
-    _check_data_config(model, data_cfg)
-    process_group()  # under torchrun: join the group (and pick this rank's GPU) first
-    encoder = PredictionEncoder(model, resolve_device(device), dtype)
+    encoder = PredictionEncoder(model, model_export_device(model, data_cfg, device), dtype)
+    opener = None
     if is_hdf5(data_cfg.path):
-        open_loader = _galaxy10_opener(data_cfg.path, data_cfg, batch_size, max_samples)
-    else:
-        open_loader = _open_data(data_cfg, split, batch_size, max_samples)
+        opener = _galaxy10_opener(data_cfg.path, data_cfg, batch_size, max_samples)
     head = model.head_config
-    settings = {
-        "kind": "predictions",
-        "model": encoder.fingerprint(),
-        "data": _data_settings(data_cfg, runtime=False),
-        "split": split,
-        "max_samples": max_samples,
-        "dtype": encoder.dtype,
-    }
-    meta = {
-        "checkpoint": checkpoint,
-        "head": head.to_dict(),
-        "names": output_names(head),
-        "data_config": _data_settings(data_cfg),
-        "split": split,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    return export_loader(
+    return export_outputs(
         encoder,
-        open_loader,
+        data_cfg,
         out,
-        settings=settings,
-        meta=meta,
+        split,
+        kind="predictions",
         batch_size=batch_size,
+        max_samples=max_samples,
+        open_loader=opener,
+        meta={"checkpoint": checkpoint, "head": head.to_dict(), "names": output_names(head)},
         overwrite=overwrite,
         progress=progress,
         column=COLUMN,

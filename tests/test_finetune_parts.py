@@ -312,7 +312,7 @@ def test_intervals_over_seeds_and_paired_differences():
                          accuracy=base + 0.1 + 0.01 * seed))  # fmt: skip
     rows.append(dict(mode="full", init="pretrained", label_fraction=0.1, seed=9, accuracy=0.0))
     diffs = differences(pd.DataFrame(rows), "accuracy")
-    row = diffs[diffs.comparison == "pretrained - scratch"].iloc[0]
+    row = diffs[diffs.comparison == "pretrained - scratch (full)"].iloc[0]
     assert row.seeds == 3  # seed 9 has no scratch partner
     assert row.difference == pytest.approx(0.11)
     assert row.low == pytest.approx(0.11 - stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3))
@@ -375,6 +375,6 @@ def test_published_sweep_rewrites_its_readme_block_from_the_result_file(tmp_path
     assert f"python -m astropt.finetune.sweep configs/x.toml --out {sweep}" in text
     # The pretrained mean (0.52) and the paired difference (+0.115 = mean of 0.10 and 0.13).
     assert "| full | pretrained | 21 | 0.1 | 2 | 0.520 |" in text
-    assert "| pretrained - scratch | 0.1 | 2 | +0.115 |" in text
+    assert "| pretrained - scratch (full) | 0.1 | 2 | +0.115 |" in text
     assert (tmp_path / "docs" / "finetune" / "label_efficiency_g10.png").stat().st_size > 1000
     assert not update_readme(readme)  # a second pass changes nothing

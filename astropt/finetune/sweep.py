@@ -139,7 +139,7 @@ def differences(frame, metric: str):
     out = []
     keyed = frame.set_index(["mode", "init", "label_fraction", "seed"])[metric].sort_index()
     for (mode, fraction), _ in frame.groupby(["mode", "label_fraction"]):
-        comparisons = [("pretrained - scratch", (mode, "pretrained"), (mode, "scratch"))]
+        comparisons = [(f"pretrained - scratch ({mode})", (mode, "pretrained"), (mode, "scratch"))]
         if mode != "probe":
             for init in ("pretrained", "scratch"):
                 comparisons.append((f"{mode} - probe ({init})", (mode, init), ("probe", init)))
@@ -311,7 +311,8 @@ def _trunk(init: str) -> dict:
 
 #: Settings of the runs quoted with the results (the rest is in each run's config.json).
 SETTINGS = ("max_iters", "batch_size", "max_labelled", "layer", "pool", "layer_decay",
-            "head_dropout", "split_seed", "val_fraction", "test_fraction")  # fmt: skip
+            "head_dropout", "split_seed", "val_fraction", "test_fraction",
+            "eval_interval")  # fmt: skip
 
 
 def publish(out: str | Path, path: str | Path, title: str, root: str | Path = ".") -> Path:
@@ -323,6 +324,9 @@ def publish(out: str | Path, path: str | Path, title: str, root: str | Path = ".
         raise ValueError(f"{out} has no finished run to publish")
     configs = [json.loads(p.read_text()) for p in sorted(out.glob("*/config.json"))]
     first = configs[0]
+    mixed = sorted(k for k in SETTINGS if any(c[k] != first[k] for c in configs))
+    if mixed:
+        raise ValueError(f"the runs in {out} differ in {', '.join(mixed)}: publish one recipe")
     pretrained = sorted({c["init_from"] for c in configs if init_name(c["init_from"]) != "scratch"})
     commands = out / "commands.json"
     figure = FIGURES / f"label_efficiency_{path.stem}.png"
@@ -379,7 +383,8 @@ def readme_block(data: dict) -> str:
         f"(train / validation / test, split_seed {settings['split_seed']}); every run "
         f"{settings['max_iters']} steps of batch {settings['batch_size']}, lr {optim['lr']:g}, "
         f"layer_decay {settings['layer_decay']:g}, head on layer {settings['layer']} "
-        f"({settings['pool']} pool), the validation-best checkpoint tested. Machine "
+        f"({settings['pool']} pool); validation every {settings['eval_interval']} steps, the "
+        "checkpoint of lowest validation loss tested. Machine "
         f"{', '.join(machines)}; load average {', '.join(f'{v:g}' for v in loads)} at start.",
         "",
         "```text",
@@ -398,17 +403,15 @@ def readme_block(data: dict) -> str:
 def verdict(diffs) -> str:
     """One sentence per kind of comparison: where the interval lies above zero, and where not."""
     parts = []
-    for name, label in (("pretrained - scratch", "Pretrained beats scratch"),
-                        ("- probe (pretrained)", "Beats probe")):  # fmt: skip
-        rows = diffs[diffs.comparison.str.endswith(name)] if len(diffs) else diffs
-        if not len(rows):
-            continue
+    for kind, label in (("pretrained - scratch", "Pretrained beats scratch"),
+                        ("- probe (pretrained)", "Beats probe (pretrained)")):  # fmt: skip
+        rows = diffs[diffs.comparison.str.contains(kind, regex=False)] if len(diffs) else diffs
         cells = [
-            f"{r.comparison.split(' - ')[0] + ' ' if name.startswith('-') else ''}at "
-            f"{r.label_fraction:g} of the labels: {'yes' if r.win else 'no'}"
-            for r in rows.itertuples()
+            f"{r.mode} at {r.label_fraction:.0%} of the labels: {'yes' if r.win else 'no'}"
+            for r in rows.sort_values(["mode", "label_fraction"]).itertuples()
         ]
-        parts.append(f"{label} (interval above zero): " + "; ".join(cells) + ".")
+        if cells:
+            parts.append(f"{label}, interval above zero: " + "; ".join(cells) + ".")
     return " ".join(parts)
 
 
@@ -423,7 +426,11 @@ def update_readme(readme: str | Path) -> bool:
     text = readme.read_text()
 
     def fill(match: re.Match) -> str:
-        data = read_published(readme.parent / match["path"])
+        path = readme.parent / match["path"]
+        if not path.is_file():  # not published yet: left as it is
+            log.warning("%s cites %s, which does not exist yet", readme, match["path"])
+            return match.group(0)
+        data = read_published(path)
         return f"<!-- finetune-table: {match['path']} -->\n{readme_block(data)}<!-- /finetune-table -->"
 
     new = README_BLOCK.sub(fill, text)

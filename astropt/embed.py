@@ -376,8 +376,10 @@ def process_group() -> tuple[int, int]:
     """``(rank, world_size)`` of this process; ``(0, 1)`` outside a distributed run.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) with no
-    initialised group, one is started: NCCL when CUDA is available, else gloo.
+    initialised group, one is started: NCCL when CUDA is available, else gloo,
+    and destroyed when the interpreter exits.
     """
+    import atexit
     import os
 
     import torch.distributed as dist
@@ -392,7 +394,17 @@ def process_group() -> tuple[int, int]:
         dist.init_process_group("nccl", device_id=local)
     else:
         dist.init_process_group("gloo")
+    # A group left alive at exit can abort the process while its C++ threads are torn down
+    # ("terminate called without an active exception", SIGABRT after a finished export).
+    atexit.register(_destroy_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _agree(rank: int, action: Callable[[], Any]) -> Any:

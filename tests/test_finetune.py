@@ -298,3 +298,18 @@ def test_votes_head_learns_the_planted_vote_fractions(tmp_path, voted):
         ceiling.append(r2_score(fraction, planted[asked, j]))
     assert summary["test"]["r2"] == pytest.approx(np.mean(model_r2), abs=1e-4)
     assert summary["test"]["r2"] > np.mean(ceiling) - 0.1, (summary["test"], np.mean(ceiling))
+
+
+def test_flux_aware_trunk_is_refused_by_name(tmp_path):
+    """The finetune loop has no patch statistics to feed: such a trunk must not start."""
+    from astropt.errors import UserError
+    from astropt.finetune.modes import load_trunk
+
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, flux_tokens=True)
+    GPT(config).save_pretrained(tmp_path / "flux")
+    with pytest.raises(UserError, match="flux_tokens"):
+        load_trunk(str(tmp_path / "flux"), GPTConfig(), seed=0)
+    with pytest.raises(UserError, match="flux_tokens"):
+        load_trunk("scratch", config, seed=0)
+    plain = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    assert isinstance(load_trunk("scratch", plain, seed=0), GPT)

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from astropt import hub
+from astropt.errors import UserError
 from astropt.finetune import data as fdata
 from astropt.finetune import lora
 from astropt.finetune.config import FinetuneConfig
@@ -34,19 +35,32 @@ def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
     """
     spec = init_from.strip()
     if spec.lower() in ("scratch", "none", ""):
+        _refuse_flux_tokens(scratch_config, spec)
         torch.manual_seed(seed)
         return GPT(scratch_config)
     if spec.lower().startswith("scratch:"):
         config = hub.load_model(spec.split(":", 1)[1]).config
+        _refuse_flux_tokens(config, spec)
         torch.manual_seed(seed)
         return GPT(config)
     loaded = hub.load_model(spec)
+    _refuse_flux_tokens(loaded.config, spec)
     if isinstance(loaded, FinetunedGPT):
         trunk = GPT(loaded.config)
         state = {k: v for k, v in loaded.state_dict().items() if not k.startswith("task_head.")}
         hub.load_state_checked(trunk, state, source=spec)
         return trunk
     return loaded
+
+
+def _refuse_flux_tokens(config, source: str) -> None:
+    """The finetune loop feeds normalised tokens only; a flux-aware trunk would silently
+    run without the patch statistics it was trained with."""
+    if getattr(config, "flux_tokens", False):
+        raise UserError(
+            f"{source or 'scratch'}: flux-aware models (model.flux_tokens=true) cannot be "
+            "finetuned yet; finetune a model trained with flux_tokens=false"
+        )
 
 
 def _unused_parameters(model: FinetunedGPT) -> list[str]:

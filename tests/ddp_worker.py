@@ -74,3 +74,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Work done and files written: skip interpreter teardown, where torch 2.13's gloo
+    # threads now and then abort a finished rank ("terminate called without an active
+    # exception", SIGABRT), which torchrun reports as a failed run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

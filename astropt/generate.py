@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from astropt.display import percentile_stretch, survey_colour_order
-from astropt.embed import MODEL_DATA_FLAGS, data_config_from_options, model_data_section
+from astropt.export import MODEL_DATA_FLAGS, data_config_from_options, model_data_section
 from astropt.io import atomic_write
 from astropt.model import GPT, KVCache
 from astropt.options import Command, run_command

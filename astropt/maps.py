@@ -133,7 +133,7 @@ def fetch_thumbnails(data_cfg, split: str, ids: Sequence, size: int = 32, max_sa
     found; raises KeyError naming the ids it did not find.
     """
     from astropt.data import make_loader
-    from astropt.embed import display_rgb
+    from astropt.export import display_rgb
 
     wanted = {key: i for i, key in enumerate(np.asarray(ids).tolist())}
     out = np.zeros((len(wanted), size, size, 3), dtype=np.uint8)
@@ -164,7 +164,7 @@ def _stamps_for(source, ids: np.ndarray, thumbnails) -> np.ndarray | None:
     if not isinstance(source, (str, Path)):
         warnings.warn("no thumbnails given: the stamp panel is left out", stacklevel=3)
         return None
-    from astropt.embed import has_thumbnails, read_manifest, read_thumbnails
+    from astropt.export import has_thumbnails, read_manifest, read_thumbnails
 
     if has_thumbnails(source):
         return read_thumbnails(source, ids)[1]

@@ -5,7 +5,7 @@
 ``--checkpoint``: a finetune run folder (its ``model/``) or a finetuned model
 folder (one with ``task_head.json``). ``--data``: anything ``astropt.embed``
 reads (survey folder, parquet, image folder, Hub dataset) or a Galaxy10 DECaLS
-``.h5`` file. The output is the export folder of :mod:`astropt.embed` (parts
+``.h5`` file. The output is the export folder of :mod:`astropt.export` (parts
 plus a manifest, resumed exactly after the last finished part when rerun) with
 a ``prediction`` column: class probabilities, target values in their units,
 or expected vote fractions. :func:`read_predictions` returns it as a pandas
@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from astropt.embed import (
+from astropt.export import (
     MODEL_DATA_FLAGS,
     data_config_from_options,
     export_outputs,

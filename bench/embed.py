@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from astropt.device import resolve_device
-    from astropt.embed import ModelEncoder, resolve_dtype
+    from astropt.embed import ModelEncoder
+    from astropt.export import resolve_dtype
     from astropt.interop import ours_to_astropt
     from astropt.model import GPT, GPTConfig
 

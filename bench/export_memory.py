@@ -72,7 +72,8 @@ def child(kind: str, n: int, out: str) -> None:
     """One export; prints the peak RSS in MiB and the seconds it took."""
     sys.path.insert(0, str(ROOT))
     from astropt.data import DataConfig
-    from astropt.embed import ModelEncoder, export_embeddings, export_loader
+    from astropt.embed import ModelEncoder, export_embeddings
+    from astropt.export import export_loader
     from astropt.model import GPT, GPTConfig
 
     torch.set_num_threads(1)
@@ -102,7 +103,7 @@ def measure(kind: str, n: int, folder: str) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     sys.path.insert(0, str(ROOT))
-    from astropt.embed import read_manifest
+    from astropt.export import read_manifest
 
     manifest = read_manifest(out)
     assert manifest["complete"] and manifest["rows"] == n, manifest

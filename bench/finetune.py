@@ -185,7 +185,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from astropt.device import resolve_device
-    from astropt.embed import resolve_dtype
+    from astropt.export import resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

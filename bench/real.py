@@ -99,7 +99,8 @@ def embed_all(
 ) -> dict[str, object]:
     """Export every model's embeddings of the images (and the baselines beside the first);
     the embedding sets in table order: models, then :data:`BASELINES`."""
-    from astropt.embed import data_config_for, export_baselines, export_embeddings
+    from astropt.embed import export_baselines, export_embeddings
+    from astropt.export import data_config_for
     from astropt.hub import load_model
     from astropt.probe import discover_embeddings
 

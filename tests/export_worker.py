@@ -17,13 +17,14 @@ import torch
 
 from astropt import embed
 from astropt.data import DataConfig
+from astropt.export import process_group
 from astropt.model import GPT
 
 
 def main() -> None:
     model_dir, data_file, out, crash = sys.argv[1:5]
     torch.set_num_threads(1)
-    rank, _ = embed.process_group()
+    rank, _ = process_group()
     calls = 0
     encode = embed.ModelEncoder.__call__
 

@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("astropt.data",),
     ("astropt.config",),  # RunConfig: the data and model sections of a training run
     ("astropt.train",),
-    ("astropt.embed",),
+    ("astropt.export", "astropt.embed"),  # the export core is shared by embed and predict
     ("astropt.probe", "astropt.generate"),
     ("astropt.maps",),
     ("astropt.finetune", "astropt.predict"),

@@ -18,14 +18,16 @@ import torch
 
 from astropt.data import DataConfig, make_loader
 from astropt.embed import (
-    MANIFEST,
     ModelEncoder,
     baseline_paths,
-    display_rgb,
     export_baselines,
     export_embeddings,
     main,
     random_init_like,
+)
+from astropt.export import (
+    MANIFEST,
+    display_rgb,
     read_embeddings,
     read_manifest,
     read_table,

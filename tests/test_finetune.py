@@ -137,7 +137,7 @@ def test_lora_run_changes_only_adapters_and_its_merged_model_predicts_the_same_o
     assert not torch.equal(merged["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     # The reloaded model, run by the prediction export over the whole folder, scores the
     # test galaxies exactly as the run itself did.
-    from astropt.embed import data_config_for
+    from astropt.export import data_config_for
 
     preds = export_predictions(
         model,
@@ -248,7 +248,7 @@ def voted(tmp_path_factory) -> Path:
 
 
 def test_votes_head_learns_the_planted_vote_fractions(tmp_path, voted):
-    from astropt.embed import data_config_for
+    from astropt.export import data_config_for
     from astropt.predict import export_predictions, load_finetuned, read_predictions
 
     out = tmp_path / "ft"

@@ -321,7 +321,7 @@ def test_intervals_over_seeds_and_paired_differences():
 
 def test_predict_command_writes_probabilities_of_the_saved_model(tmp_path, tiny_survey, hf_cache):
     from astropt.data import make_loader
-    from astropt.embed import data_config_for
+    from astropt.export import data_config_for
     from astropt.predict import main, read_predictions
 
     torch.manual_seed(0)

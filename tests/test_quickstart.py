@@ -41,7 +41,7 @@ def test_fast_quickstart_writes_a_complete_report_and_resumes(tmp_path, capsys):
     ]
     val = [m["val_loss"] for m in metrics if m.get("val_loss") is not None]
     assert len(val) >= 2 and val[-1] < val[0]
-    from astropt.embed import read_embeddings
+    from astropt.export import read_embeddings
 
     ids, features, catalogue = read_embeddings(out / "embeddings" / "test.parquet")
     survey = json.loads((out / "survey" / "survey.json").read_text())

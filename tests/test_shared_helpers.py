@@ -11,7 +11,7 @@ from astropt.data import DataConfig
 from astropt.data.config import DATA_CONVENTIONS, convention_mismatches, synthetic_split_sizes
 from astropt.device import native_bf16, resolve_device
 from astropt.display import percentile_stretch, survey_colour_order
-from astropt.embed import resolve_dtype
+from astropt.export import resolve_dtype
 from astropt.model import GPT, GPTConfig, mae_mask
 from astropt.tokens import images_to_tokens, tokens_to_images
 from astropt.train.parallel import autocast_dtype

@@ -48,7 +48,8 @@ def default_probe(
     """
     import pandas as pd
 
-    from astropt.embed import export_embeddings, read_embeddings
+    from astropt.embed import export_embeddings
+    from astropt.export import read_embeddings
     from astropt.hub import load_model
     from astropt.probe import HEADLINE_TARGETS, resolve_targets, run_probes
 

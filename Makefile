@@ -29,7 +29,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" -q
 
 # Every benchmark appends its figures to bench/results/; report.py rewrites the
-# README's benchmark table from them (ranges over all recorded runs).
+# benchmark table of docs/benchmarks.md from them (ranges over all recorded runs).
 # The training step runs on one thread: its steps are then timed in CPU seconds,
 # which other processes' load does not inflate (see bench/train_step.py).
 BENCHES := limits tokens data simulate embed export_memory generate finetune jpeg_reduce

@@ -38,8 +38,10 @@ from astropt.options import Command, resolve_config_path, run_command
 #: The scientific bar: the model wins (improvement interval above zero) against
 #: *every* baseline on at least this fraction of the target families.
 BAR_FRACTION = 0.7
-#: Where ``--publish`` puts the probe headline that the README's table is generated from.
+#: Where ``--publish`` puts the probe headline that the docs' probe table is generated from.
 PUBLISHED_RESULT = Path("docs/results/quickstart-probes.json")
+#: The page whose probe-table block ``--publish`` regenerates (paths in it are relative to it).
+PROBE_PAGE = Path("docs/embeddings.md")
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when run from a checkout
 DEFAULT_THREADS = 2  # the CI and quickstart machine's cores
 
@@ -385,7 +387,7 @@ class QuickstartOptions:
     overrides: list[str] = field(default_factory=list)
     threads: int = DEFAULT_THREADS  # torch CPU threads, pinned so reruns give identical numbers
     # after the run, copy its probe headline to docs/results/quickstart-probes.json and
-    # regenerate the README's probe table from it (in a checkout)
+    # regenerate the probe table of docs/embeddings.md from it (in a checkout)
     publish: bool = False
 
 
@@ -423,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def publish(out: Path, repo: Path = CHECKOUT) -> Path:
-    """Copy ``out``'s probe headline into the repository and regenerate the README table."""
+    """Copy ``out``'s probe headline into the repository and regenerate the docs' probe table."""
     import shutil
 
     from astropt.probe import update_readme
@@ -431,8 +433,8 @@ def publish(out: Path, repo: Path = CHECKOUT) -> Path:
     target = repo / PUBLISHED_RESULT
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "probes" / "headline.json", target)
-    update_readme(repo / "README.md")
-    print(f"[quickstart] published {target} and the README probe table")
+    update_readme(repo / PROBE_PAGE)
+    print(f"[quickstart] published {target} and the probe table of {PROBE_PAGE}")
     return target
 
 

@@ -158,7 +158,7 @@ class Limits:
 def save_result(name: str, result: dict, folder: str | os.PathLike | None = None) -> Path | None:
     """Append ``result`` (JSON-able) as one line to ``bench/results/NAME.jsonl`` (or ``folder``).
 
-    The README's benchmark table is written from these files (``bench/report.py``),
+    The benchmark table of docs/benchmarks.md is written from these files (``bench/report.py``),
     so figures quoted there come from runs, never from typing.
     """
     folder = Path(

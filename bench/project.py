@@ -186,7 +186,7 @@ def render() -> str:
         "",
         "## Measured on the development machine (2 shared CPU cores)",
         "",
-        "See the README's benchmark table (`make bench`, written by `bench/report.py`). Where",
+        "See the benchmark table in [benchmarks](benchmarks.md) (`make bench`, `bench/report.py`). Where",
         "the time goes on this CPU:",
         "",
         "- bf16 matmuls run at about half the float32 rate here (AVX512-BF16 without AMX:",

@@ -1,12 +1,12 @@
-"""Write the README's benchmark table from the result files of ``make bench``.
+"""Write the benchmark table of ``docs/benchmarks.md`` from the result files of ``make bench``.
 
 Every benchmark appends one JSON line per run to ``bench/results/NAME.jsonl``
 (:func:`limits.save_result`). This script quotes each headline as the range
 over the recorded runs (at least two runs make a range; one run is marked as
 such) and replaces the table between the ``bench-table`` markers of
-``README.md``, so no figure there is typed by hand.
+``docs/benchmarks.md``, so no figure there is typed by hand.
 
-    python bench/report.py [--results bench/results] [--readme README.md] [--check]
+    python bench/report.py [--results bench/results] [--page docs/benchmarks.md] [--check]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+PAGE = Path("docs/benchmarks.md")  # relative to the repository root
 
 
 def load(folder: Path, name: str) -> list[dict]:
@@ -163,8 +164,8 @@ def render(folder: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(HERE / "results"))
-    parser.add_argument("--readme", default=str(HERE.parent / "README.md"))
-    parser.add_argument("--check", action="store_true", help="fail if the README is out of date")
+    parser.add_argument("--page", dest="readme", default=str(HERE.parent / PAGE))
+    parser.add_argument("--check", action="store_true", help="fail if the page is out of date")
     args = parser.parse_args()
     readme = Path(args.readme)
     text = readme.read_text()

@@ -284,9 +284,11 @@ python -m astropt.predict --checkpoint runs/ft --data DIR --out preds.parquet
 
 
 def _readme_commands() -> list[str]:
-    readme = (REPO / "README.md").read_text()
+    """The command lines of the README and of every docs page."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     lines = []
-    for block in re.findall(r"```(?:bash|text)\n(.*?)```", readme, flags=re.S):
+    for block in re.findall(r"```(?:bash|text)\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line.startswith(("python", "torchrun", "astropt ")):

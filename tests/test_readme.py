@@ -1,7 +1,8 @@
-"""Every cheap command in the README runs as written.
+"""Every cheap command in the README and the docs pages runs as written.
 
-``bash`` blocks run line by line from a scratch folder that holds links to the
-repository's entry points (so ``runs/`` lands in the scratch folder);
+``bash`` blocks of the pages in :data:`PAGES` run line by line, in that order, from
+one scratch folder that holds links to the repository's entry points (so ``runs/``
+lands in the scratch folder and a page may use what an earlier one made);
 ``python`` blocks that need no network run in a fresh interpreter. ``text``
 blocks (GPU launch lines) and the two ``make`` commands are not run here:
 ``make test`` is this suite, and the quickstart has its own test.
@@ -17,12 +18,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
+#: The pages whose examples run, in the order a reader meets them (later ones use earlier runs).
+PAGES = ("README.md", "docs/embeddings.md", "docs/finetuning.md")
+#: The pages holding generated tables (and the generators writing them).
+PROBE_PAGE = REPO / "docs" / "embeddings.md"
+FINETUNE_PAGE = REPO / "docs" / "finetuning.md"
+BENCH_PAGE = REPO / "docs" / "benchmarks.md"
 #: Commands left out: the make targets, and a 10,000-galaxy survey (minutes).
 EXPENSIVE = ("make ", "--n 10000")
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+    return [
+        block
+        for page in PAGES
+        for block in re.findall(rf"```{language}\n(.*?)```", (REPO / page).read_text(), flags=re.S)
+    ]
 
 
 def _commands() -> list[str]:
@@ -51,7 +62,9 @@ def test_readme_shell_commands_run_as_written(tmp_path):
         result = subprocess.run(
             command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
         )
-        assert result.returncode == 0, f"README command failed: {command}\n{result.stderr[-3000:]}"
+        assert result.returncode == 0, (
+            f"documented command failed: {command}\n{result.stderr[-3000:]}"
+        )
     # What the commands promise exists.
     assert (tmp_path / "runs" / "mine" / "checkpoints" / "latest" / "model.safetensors").is_file()
     assert (tmp_path / "runs" / "mine" / "report" / "report.md").is_file()
@@ -73,12 +86,12 @@ def test_readme_python_examples_run(block, tmp_path):
 def test_readme_probe_table_matches_the_result_file_it_cites():
     from astropt.probe import README_BLOCK, read_headline, readme_block
 
-    blocks = list(README_BLOCK.finditer(README))
-    assert blocks, "the README has no generated probe table"
+    blocks = list(README_BLOCK.finditer(PROBE_PAGE.read_text()))
+    assert blocks, f"{PROBE_PAGE} has no generated probe table"
     for block in blocks:
-        data = read_headline(REPO / block["path"])
+        data = read_headline(PROBE_PAGE.parent / block["path"])
         assert block["body"] == readme_block(data), (
-            f"the README's probe table differs from {block['path']}: "
+            f"the probe table of {PROBE_PAGE.name} differs from {block['path']}: "
             "run `python -m astropt.quickstart --publish`"
         )
         # The file is a real quickstart run: it names its command and machine.
@@ -89,12 +102,12 @@ def test_readme_probe_table_matches_the_result_file_it_cites():
 def test_readme_finetune_tables_match_the_result_files_they_cite():
     from astropt.finetune.sweep import README_BLOCK, read_published, readme_block
 
-    blocks = list(README_BLOCK.finditer(README))
-    assert len(blocks) >= 2, "the README lacks the generated label-efficiency tables"
+    blocks = list(README_BLOCK.finditer(FINETUNE_PAGE.read_text()))
+    assert len(blocks) >= 2, f"{FINETUNE_PAGE} lacks the generated label-efficiency tables"
     for block in blocks:
-        data = read_published(REPO / block["path"])
+        data = read_published(FINETUNE_PAGE.parent / block["path"])
         assert block["body"] == readme_block(data), (
-            f"the README's finetune table differs from {block['path']}: rerun "
+            f"the finetune table of {FINETUNE_PAGE.name} differs from {block['path']}: rerun "
             "`python -m astropt.finetune.sweep --out SWEEP --publish ...`"
         )
         # A real sweep: its commands and machine are recorded, its figure is committed, and
@@ -109,3 +122,29 @@ def test_readme_finetune_tables_match_the_result_files_they_cite():
             key = (row["mode"], row["init"], row["label_fraction"])
             cells.setdefault(key, set()).add(row["seed"])
         assert min(len(seeds) for seeds in cells.values()) >= 3, cells
+
+
+def test_benchmark_table_matches_the_result_files():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "report.py"), "--check", "--page", str(BENCH_PAGE)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, (
+        f"the benchmark table of {BENCH_PAGE.name} differs from bench/results: "
+        f"run `python bench/report.py`\n{result.stderr[-2000:]}"
+    )
+
+
+def test_published_text_names_no_machine_folders():
+    """Commands and paths in the README, the docs and the result files are repo-relative."""
+    published = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    published += sorted((REPO / "docs").rglob("*.json"))
+    machine = re.compile(r"(?<![\w.])/(work|home|tmp|scratch|Users|mnt)/")
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()[:120]}"
+        for path in published
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if machine.search(line)
+    ]
+    assert not found, "machine paths in published files:\n" + "\n".join(found)

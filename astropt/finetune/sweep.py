@@ -25,8 +25,8 @@ Every invocation appends its command line, machine and load to ``commands.json``
 ``--publish docs/results/NAME.json --title TEXT`` copies a finished sweep into
 a committed result file (the per-run rows, the commands, the settings of the
 runs, the trunk's pretraining), draws its figure beside the README's other
-figures, and rewrites every ``<!-- finetune-table: PATH -->`` block of the
-README from the file it cites (:func:`update_readme`), so no number there is
+figures, and rewrites every ``<!-- finetune-table: PATH -->`` block of
+``docs/finetuning.md`` from the file it cites (:func:`update_readme`), so no number there is
 typed by hand.
 """
 
@@ -51,8 +51,10 @@ from astropt.io import atomic_write, atomic_write_text
 
 log = logging.getLogger("astropt.finetune")
 
-#: Where published figures go (relative to the repository root, beside the README).
+#: Where published figures go (relative to the repository root, beside the docs pages).
 FIGURES = Path("docs/finetune")
+#: The docs page whose finetune-table blocks ``--publish`` rewrites (block paths relative to it).
+PAGE = Path("docs/finetuning.md")
 README_BLOCK = re.compile(
     r"<!-- finetune-table: (?P<path>\S+) -->\n(?P<body>.*?)<!-- /finetune-table -->", flags=re.S
 )
@@ -391,7 +393,7 @@ def readme_block(data: dict) -> str:
         commands,
         "```",
         "",
-        f"![label efficiency, {data['title']}]({data['figure']})",
+        f"![label efficiency, {data['title']}]({Path(data['figure']).relative_to(FIGURES.parent)})",
         "",
         tables(frame, diffs, metric),
         verdict(diffs),
@@ -471,10 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         "--publish",
         metavar="JSON",
         help="copy the finished sweep into this result file (e.g. docs/results/NAME.json), "
-        "draw its figure under docs/finetune/ and rewrite the README blocks citing it",
+        "draw its figure under docs/finetune/ and rewrite the docs page blocks citing it",
     )
     parser.add_argument("--title", default="", help="name of the task in the published figure")
-    parser.add_argument("--readme", default="README.md", help="README rewritten by --publish")
+    parser.add_argument(
+        "--page", dest="readme", default=str(PAGE), help="docs page rewritten by --publish"
+    )
     parser.add_argument(
         "--print-config", action="store_true", help="print the config every run starts from"
     )
@@ -486,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.publish:
         write_results(Path(args.out), collect(Path(args.out)))
-        root = Path(args.readme).resolve().parent
+        root = Path(args.readme).resolve().parent.parent  # the page sits in docs/
         publish(args.out, args.publish, args.title or Path(args.publish).stem, root)
         changed = update_readme(args.readme)
         print(f"wrote {args.publish}; {args.readme} {'updated' if changed else 'unchanged'}")

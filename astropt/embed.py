@@ -370,6 +370,9 @@ class EmbedOptions:
     seed: int = 0  # seed of random_init and the baselines
     overwrite: bool = False  # replace an export made with other settings
     progress: bool = True  # progress bar
+    # refuse data options that differ from the preprocessing the model was trained with
+    # (otherwise one line names the difference)
+    strict: bool = False
     # where the galaxies come from: path ('' = synthetic on the fly), source, image_size, ...
     data: dict[str, Any] = model_data_section()
 
@@ -379,7 +382,9 @@ def run_embed(opts: EmbedOptions) -> int:
     from astropt.hub import load_model
 
     model = load_model(opts.checkpoint)
-    data_cfg = data_config_from_options(model, opts.data)
+    data_cfg = data_config_from_options(
+        model, opts.data, strict=opts.strict, model_name=str(opts.checkpoint)
+    )
     kind = "model"
     if opts.random_init:
         model, kind = random_init_like(model, opts.seed), "random-init"

@@ -476,6 +476,9 @@ class SampleOptions:
     temperature: float = 0.0
     seed: int = 0  # seed of the noise
     device: str = "auto"  # auto (cuda if available), cpu, cuda, ...
+    # refuse data options that differ from the preprocessing the model was trained with
+    # (otherwise one line names the difference)
+    strict: bool = False
     # where the galaxies come from: path ('' = synthetic on the fly), source, image_size, ...
     data: dict[str, Any] = model_data_section()
 
@@ -487,7 +490,9 @@ def run_sample(opts: SampleOptions) -> int:
 
     device = resolve_device(opts.device)
     model = load_model(opts.checkpoint)
-    data_cfg = data_config_from_options(model, opts.data)
+    data_cfg = data_config_from_options(
+        model, opts.data, strict=opts.strict, model_name=str(opts.checkpoint)
+    )
     result = completion_grid(
         model,
         data_cfg,

@@ -1,8 +1,10 @@
 """Model folders and the Hugging Face Hub: the one place that writes and reads model weights.
 
 A model folder holds ``config.json`` (the :class:`~astropt.model.GPTConfig`),
-``model.safetensors`` (the weights) and a model card ``README.md``: the layout
-the Hugging Face Hub expects. Training checkpoints are model folders with a
+``model.safetensors`` (the weights), a model card ``README.md`` and, for a
+model trained by this package, ``preprocessing.json`` (the
+:class:`~astropt.preprocessing.Preprocessing` its images were made with,
+loaded as ``model.preprocessing``): the layout the Hugging Face Hub expects. Training checkpoints are model folders with a
 trainer state beside. Every write goes to a temporary name and is renamed into
 place, so a crash never leaves a half-written file where a good one was.
 
@@ -50,6 +52,8 @@ from astropt.io import (
     read_json,
 )
 from astropt.model import GPT, GPTConfig
+from astropt.preprocessing import FILE_NAME as PREPROCESSING_NAME
+from astropt.preprocessing import Preprocessing
 
 log = logging.getLogger("astropt.hub")
 
@@ -68,15 +72,21 @@ def save_pretrained(
     directory: str | os.PathLike,
     *,
     card: bool = True,
+    preprocessing: Preprocessing | None = None,
     **card_info,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` into ``directory``.
 
-    ``card_info`` goes to :func:`model_card` (``training_data``,
+    ``preprocessing`` (default: ``model.preprocessing``, when it has one) is
+    written as ``preprocessing.json`` and listed on the card; without one, a
+    ``preprocessing.json`` already in the folder is removed (it would describe
+    other weights). ``card_info`` goes to :func:`model_card` (``training_data``,
     ``probe_results``, ``training_summary``, ``description``, ``model_name``,
     ``license``, ``tags``, ``base_model``). ``card=False`` skips the card.
     Returns the folder.
     """
+    if preprocessing is None:
+        preprocessing = getattr(model, "preprocessing", None)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -86,8 +96,18 @@ def save_pretrained(
     atomic_write_text(
         directory / CONFIG_NAME, json.dumps(model.config.to_dict(), indent=2, sort_keys=True)
     )
+    if preprocessing is not None:
+        text = json.dumps(preprocessing.to_dict(), indent=2)
+        atomic_write_text(directory / PREPROCESSING_NAME, text)
+    else:
+        (directory / PREPROCESSING_NAME).unlink(missing_ok=True)
     if card:
-        text = model_card(model.config, num_params=_count_params(model), **card_info)
+        text = model_card(
+            model.config,
+            num_params=_count_params(model),
+            preprocessing=preprocessing,
+            **card_info,
+        )
         atomic_write_text(directory / README_NAME, text)
     return directory
 
@@ -142,6 +162,7 @@ def model_card(
     tags: list[str] | None = None,
     base_model: str | None = None,
     repo_id: str | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> str:
     """Markdown model card (Hub YAML metadata + sections) for a model with ``config``.
 
@@ -150,6 +171,8 @@ def model_card(
     ``probe_results``: ``{task: value}`` or ``{task: {metric: value}}``, or a
     JSON file holding that. ``training_summary``: e.g. the dict
     ``astropt.train.train`` returns (steps, tokens, best validation loss).
+    ``preprocessing``: the record the training images were made with (a table
+    under "Inputs"; ``astropt`` commands apply it from ``preprocessing.json``).
     """
     from huggingface_hub import ModelCardData
 
@@ -194,6 +217,15 @@ def model_card(
             "`transpose_hw=True`); `astropt` loaders do this from the config."
         )
     lines.append(f"Default embedding layer: `{cfg['embed_layer']}`, mean over tokens.")
+    if preprocessing is not None:
+        lines += ["", "Preprocessing of the training images (`preprocessing.json`; `astropt` "
+                  "embed, predict, sample and finetune apply it unless told otherwise):", ""]  # fmt: skip
+        lines += ["| data option | value |", "|---|---|"]
+        lines += [
+            f"| {name} | `{value!r}` |"
+            for name, value in preprocessing.to_dict().items()
+            if name != "format"
+        ]
     lines += ["", "## Training data", ""]
     if training_data is None:
         lines.append("Not recorded.")
@@ -252,7 +284,78 @@ def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu")
         model = GPT(config)
     state = load_weights(weights_path, device=str(map_location))
     load_state_checked(model, state, source=str(weights_path))
+    model.preprocessing = _read_preprocessing(directory)
     return model
+
+
+def _read_preprocessing(directory: Path) -> Preprocessing | None:
+    """The record in a model folder, or None when it has none."""
+    path = directory / PREPROCESSING_NAME
+    if not path.is_file():
+        return None
+    return Preprocessing.from_dict(read_json(path), origin=str(path))
+
+
+def _run_preprocessing(run: Path) -> Preprocessing | None:
+    """The preprocessing in a run folder's ``config.json`` (runs trained before checkpoints
+    recorded their own), or None."""
+    path = run / CONFIG_NAME
+    data = read_json(path).get("data") if path.is_file() else None
+    if not isinstance(data, dict):
+        return None
+    known = {name: data[name] for name in Preprocessing.field_names() if name in data}
+    return Preprocessing.from_dict(known, origin=f"{path} [data]")
+
+
+def load_preprocessing(path_or_repo_id: str | os.PathLike, *, revision: str | None = None):
+    """The :class:`~astropt.preprocessing.Preprocessing` of a model, without reading its weights.
+
+    The places of :func:`load_model`; None where none is recorded (AstroPT
+    checkpoints, model folders written without one).
+    """
+    path = Path(path_or_repo_id)
+    if path.exists():
+        return _local_preprocessing(path)
+    repo_id, subpath = parse_repo_spec(str(path_or_repo_id))
+    if Path(subpath or "").suffix in _FILE_SUFFIXES:
+        subpath = subpath.rpartition("/")[0]
+    return _hub_preprocessing(str(repo_id), subpath or "", revision)
+
+
+def _local_preprocessing(path: Path) -> Preprocessing | None:
+    if path.is_file():
+        return _read_preprocessing(path.parent) if path.name == CONFIG_NAME else None
+    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        return _read_preprocessing(path)
+    for name in ("best", "latest"):
+        checkpoint = path / "checkpoints" / name
+        if (checkpoint / WEIGHTS_NAME).is_file():
+            return _read_preprocessing(checkpoint) or _run_preprocessing(path)
+    return None
+
+
+def _hub_preprocessing(
+    repo_id: str, prefix: str, revision: str | None, cache_dir=None, offline: bool | None = None
+) -> Preprocessing | None:
+    """The record in Hub repo ``repo_id`` (folder ``prefix``), or None where it has none
+    (or, ``offline``, where the cache has none)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if Path(repo_id).is_dir():
+        return _local_preprocessing(Path(repo_id) / prefix)
+    try:
+        local = hf_hub_download(
+            repo_id,
+            f"{prefix}/{PREPROCESSING_NAME}" if prefix else PREPROCESSING_NAME,
+            revision=revision,
+            cache_dir=cache_dir or os.environ.get("HF_HUB_CACHE") or None,
+            local_files_only=hub_offline() if offline is None else offline,
+            library_name=LIBRARY_NAME,
+        )
+    except EntryNotFoundError:  # also the offline cache's LocalEntryNotFoundError
+        return None
+    return Preprocessing.from_dict(read_json(Path(local)), origin=f"{repo_id}:{local}")
 
 
 def _load_local(path: Path, map_location):
@@ -275,6 +378,8 @@ def _load_local(path: Path, map_location):
             continue
         if failures:
             log.warning("loaded %s instead", candidate)
+        if model.preprocessing is None:
+            model.preprocessing = _run_preprocessing(path)
         return model
     if failures:
         raise CorruptFileError(f"no readable checkpoint in {path}: " + "; ".join(failures))
@@ -387,6 +492,13 @@ def from_hub(
             library_name=LIBRARY_NAME,
         )
 
+    def with_record(model):
+        if model.preprocessing is None:
+            model.preprocessing = _hub_preprocessing(
+                str(repo_id), prefix, revision, cache_dir, offline
+            )
+        return model
+
     tried = []
     try:
         if filename is not None:
@@ -394,7 +506,7 @@ def from_hub(
             local = Path(fetch(filename))
             if local.name == WEIGHTS_NAME or local.name == CONFIG_NAME:
                 fetch(CONFIG_NAME if local.name == WEIGHTS_NAME else WEIGHTS_NAME)
-                return load_pretrained_dir(local.parent, map_location)
+                return with_record(load_pretrained_dir(local.parent, map_location))
             return load_astropt_checkpoint(local, map_location)
         tried.append(CONFIG_NAME)
         try:
@@ -405,7 +517,7 @@ def from_hub(
         if config_file is not None and _is_our_config(config_file):
             tried.append(WEIGHTS_NAME)
             fetch(WEIGHTS_NAME)
-            return load_pretrained_dir(Path(config_file).parent, map_location)
+            return with_record(load_pretrained_dir(Path(config_file).parent, map_location))
         tried.append(CKPT_NAME)
         return load_astropt_checkpoint(fetch(CKPT_NAME), map_location)
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as err:

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from astropt.preprocessing import Preprocessing
 from astropt.tokens import Order
 
 try:  # optional: only used on CUDA in half precision
@@ -312,6 +313,8 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        # How the training images were made; astropt.hub sets it when a folder records one.
+        self.preprocessing: Preprocessing | None = None
         hidden = 4 * config.n_embd
         self.tokeniser = PatchCodec(
             config.patch_dim, config.n_embd, hidden, config.tokeniser, config.bias

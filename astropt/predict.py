@@ -178,6 +178,9 @@ class PredictOptions:
     max_samples: int | None = None  # predict only the first N galaxies of the split
     overwrite: bool = False  # replace an export made with other settings
     progress: bool = True  # progress bar
+    # refuse data options that differ from the preprocessing the model was trained with
+    # (otherwise one line names the difference)
+    strict: bool = False
     # where the galaxies come from: path (a survey, parquet, folder or Galaxy10 .h5), source, ...
     data: dict[str, Any] = model_data_section()
 
@@ -194,7 +197,9 @@ def run_predict(opts: PredictOptions) -> int:
     data = dict(opts.data)
     if is_hdf5(data.get("path", "")):
         data["source"] = "folder"  # any valid source: the .h5 file has its own reader
-    data_cfg = data_config_from_options(model, data)
+    data_cfg = data_config_from_options(
+        model, data, strict=opts.strict, model_name=str(opts.checkpoint)
+    )
     out = export_predictions(
         model, data_cfg, opts.out, opts.split, batch_size=opts.batch_size, device=opts.device,
         dtype=opts.dtype, max_samples=opts.max_samples, checkpoint=str(opts.checkpoint),

@@ -357,6 +357,7 @@ def load_embedding_sets(
     if not loaded:
         raise ValueError("no embeddings given")
     primary = next(iter(loaded))
+    _warn_mixed_preprocessing(loaded)
     ids, _, catalogue = loaded[primary]
     if catalogue is None:
         catalogue = pd.DataFrame(index=pd.Index(ids, name="id"))
@@ -381,6 +382,27 @@ def load_embedding_sets(
         features[name] = np.ascontiguousarray(feats[pd.Index(other_ids).get_indexer(common)])
     catalogue = catalogue.iloc[keep].reset_index(drop=True)
     return np.asarray(common), features, catalogue
+
+
+def _warn_mixed_preprocessing(loaded: Mapping[str, tuple]) -> None:
+    """Warn when exports that record their preprocessing (``catalogue.attrs``, from
+    :func:`astropt.export.read_embeddings`) were made with different preprocessing."""
+    records = {
+        name: catalogue.attrs.get("preprocessing")
+        for name, (_, _, catalogue) in loaded.items()
+        if catalogue is not None and catalogue.attrs.get("preprocessing") is not None
+    }
+    if not records:
+        return
+    first, reference = next(iter(records.items()))
+    for name, record in records.items():
+        if record != reference:
+            differences = ", ".join(record.differences(reference, other_is=f"{first!r} has"))
+            warnings.warn(
+                f"embedding sets {name!r} and {first!r} were made with different preprocessing "
+                f"({differences}): their scores compare the inputs as well as the models",
+                stacklevel=3,
+            )
 
 
 def fold_plan(

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
         "astropt.display",
         "astropt.options",
         "astropt.morphometrics",
+        "astropt.preprocessing",
     ),  # leaves: no astropt imports
     ("astropt.tokens",),
     ("astropt.model",),

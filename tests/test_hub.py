@@ -215,3 +215,29 @@ def test_offline_flag_is_read_at_call_time(monkeypatch):
     assert not hub.hub_offline()
     monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
     assert hub.hub_offline()
+
+
+def test_a_pushed_model_keeps_its_preprocessing_through_the_hub_cache(tmp_path, monkeypatch):
+    from astropt.preprocessing import Preprocessing
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    record = Preprocessing(crop_fraction=0.5, resize=64, resample="lanczos", channels=3)
+    model = _model(6)
+    model.preprocessing = record
+    staged = Path(push_to_hub(model, "astro/prep", dry_run=True, staging_dir=tmp_path / "stage"))
+    assert "| resize | `64` |" in (staged / "README.md").read_text()
+    names = ("config.json", "model.safetensors", "preprocessing.json")
+    _cache_repo(cache, "astro/prep", {n: staged / n for n in names})
+    loaded = load_model("astro/prep")
+    _same(model, loaded)
+    assert loaded.preprocessing == record
+    assert hub.load_preprocessing("astro/prep") == record
+    # A repo without the file (AstroPT's, or pushed before records existed) has none.
+    _cache_repo(cache, "astro/bare", {n: staged / n for n in names[:2]})
+    assert load_model("astro/bare").preprocessing is None
+    assert hub.load_preprocessing("astro/bare") is None
+    # Saving weights without a record over a folder that had one removes the stale file.
+    save_pretrained(_model(7), staged)
+    assert not (staged / "preprocessing.json").exists()

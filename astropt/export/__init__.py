@@ -62,7 +62,13 @@ from astropt.export.inputs import (
     model_fingerprint,
     resolve_dtype,
 )
-from astropt.export.read import has_thumbnails, read_embeddings, read_table, read_thumbnails
+from astropt.export.read import (
+    export_preprocessing,
+    has_thumbnails,
+    read_embeddings,
+    read_table,
+    read_thumbnails,
+)
 
 __all__ = [
     "DEFAULT_ROWS_PER_PART",
@@ -78,6 +84,7 @@ __all__ = [
     "display_rgb",
     "export_loader",
     "export_outputs",
+    "export_preprocessing",
     "has_thumbnails",
     "model_data_section",
     "model_export_device",

@@ -22,6 +22,7 @@ import torch
 
 from astropt.device import native_bf16, resolve_device
 from astropt.export.folder import export_loader, process_group
+from astropt.preprocessing import Preprocessing, data_fields
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
@@ -154,7 +155,10 @@ def export_outputs(
     The settings a resume must match are ``kind``, the encoder's fingerprint,
     the data config (without speed-only fields), ``split``, ``max_samples``, the
     encoder's ``dtype`` where it has one, plus ``settings``; the manifest's meta
-    holds the data config, ``split`` and the creation time, plus ``meta``.
+    holds the data config, the :class:`~astropt.preprocessing.Preprocessing` it
+    made the galaxies with (``preprocessing``) and the one the encoder's model
+    was trained with (``trained_preprocessing``, None when it records none),
+    ``split`` and the creation time, plus ``meta``.
     ``open_loader``: ``(rank, world_size) -> loader`` (default: ``split`` of
     ``data_cfg``); ``options`` go to :func:`export_loader`.
     """
@@ -167,8 +171,11 @@ def export_outputs(
     }
     if getattr(encoder, "dtype", None) is not None:
         fixed["dtype"] = encoder.dtype
+    trained = getattr(getattr(encoder, "model", None), "preprocessing", None)
     info = {
         "data_config": _data_settings(data_cfg),
+        "preprocessing": Preprocessing.of(data_cfg).to_dict(),
+        "trained_preprocessing": None if trained is None else trained.to_dict(),
         "split": split,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -209,11 +216,21 @@ def model_data_section():
     return partial_section(DataConfig, exclude=MODEL_DECIDES, source="auto")
 
 
-def data_config_from_options(model, data: dict[str, Any]):
-    """The :class:`DataConfig` of a ``data`` section (:func:`model_data_section`) for ``model``."""
+def data_config_from_options(
+    model, data: dict[str, Any], *, strict: bool = False, model_name: str = "the model"
+):
+    """The :class:`DataConfig` of a ``data`` section (:func:`model_data_section`) for ``model``.
+
+    Preprocessing keys the section does not set come from ``model.preprocessing``
+    (the record it was trained with, when it has one); a set key that differs
+    from it prints one line naming the difference, or with ``strict`` raises
+    :class:`~astropt.options.ConfigError` (see :func:`astropt.preprocessing.data_fields`).
+    ``model_name`` names the model in that line.
+    """
     from astropt.data import guess_source
 
-    fields = dict(data)
+    trained = getattr(model, "preprocessing", None)
+    fields = data_fields(data, trained, model_name=model_name, strict=strict)
     if fields.get("source", "auto") == "auto":
         fields["source"] = guess_source(fields.get("path", ""))
     return data_config_for(model, **fields)

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astropt.export.folder import POSITION, read_manifest
+from astropt.preprocessing import Preprocessing
 
 
 # --------------------------------------------------------------------------- reading
@@ -79,7 +80,9 @@ def read_embeddings(path: str | Path, allow_partial: bool = False):
     """Read an export in one call: ``(ids, embeddings, catalogue)``.
 
     ``ids``: ``(n,)`` array; ``embeddings``: ``(n, d)`` float32; ``catalogue``:
-    a pandas DataFrame of the other columns (thumbnails excluded) indexed by id.
+    a pandas DataFrame of the other columns (thumbnails excluded) indexed by id,
+    whose ``attrs["preprocessing"]`` is the :class:`~astropt.preprocessing.Preprocessing`
+    the galaxies were made with (:func:`export_preprocessing`; None when unknown).
     Accepts an export folder or a single parquet file with ``id`` and ``embedding``.
     """
     path = Path(path)
@@ -97,7 +100,22 @@ def read_embeddings(path: str | Path, allow_partial: bool = False):
     catalogue = table.drop_columns(["id", "embedding"]).to_pandas()
     catalogue.index = ids
     catalogue.index.name = "id"
+    catalogue.attrs["preprocessing"] = export_preprocessing(path)
     return ids, embeddings, catalogue
+
+
+def export_preprocessing(path: str | Path) -> Preprocessing | None:
+    """The preprocessing an export's galaxies were made with, from its manifest (exports
+    written before the record existed: from their data config); None for a plain parquet file."""
+    path = Path(path)
+    meta = (read_manifest(path) or {}).get("meta", {}) if path.is_dir() else {}
+    if "preprocessing" in meta:
+        return Preprocessing.from_dict(meta["preprocessing"], origin=f"{path} manifest")
+    data = meta.get("data_config")
+    if not isinstance(data, dict):
+        return None
+    known = {name: data[name] for name in Preprocessing.field_names() if name in data}
+    return Preprocessing.from_dict(known, origin=f"{path} manifest [data_config]")
 
 
 def _folder_schema(path: Path) -> pa.Schema:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from astropt.config import ConfigError, OptimConfig, config_from_dict, load_config
+from astropt.config import ConfigError, OptimConfig, config_from_dict
 from astropt.data import DataConfig
 from astropt.model import GPTConfig
+from astropt.options import Entry, build_options, parse_override, read_file, sections
 
 Mode = Literal["probe", "lora", "full"]
 HeadKind = Literal["classification", "regression", "votes"]
@@ -82,9 +83,17 @@ class FinetuneConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     progress: bool = True  # tqdm progress bar (rank 0)
     confusion_png: bool = True  # classification: write the test confusion matrix
+    # Refuse data options that differ from the preprocessing init_from was trained with
+    # (otherwise one line names the difference).
+    strict: bool = False
     model: GPTConfig = field(default_factory=GPTConfig)  # architecture for init_from=scratch
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=True))
     optim: OptimConfig = field(default_factory=_finetune_optim)
+
+    #: The ``data`` keys a config file or the command line set (:func:`finetune_config_from_entries`
+    #: fills it); the preprocessing recorded with ``init_from`` fills the other preprocessing
+    #: keys. ``None`` (a config built in code or copied): the data section is used as it is.
+    data_given: ClassVar[frozenset[str] | None] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -132,7 +141,23 @@ class FinetuneConfig:
 
 def load_finetune_config(path: str | Path | None = None, overrides=()) -> FinetuneConfig:
     """A checked :class:`FinetuneConfig` from defaults, a TOML file and ``key=value`` overrides."""
-    return load_config(path, overrides, root=FinetuneConfig)
+    entries: list[Entry] = [] if path is None else read_file(Path(path), sections(FinetuneConfig))
+    entries += [(*parse_override(text), "command line") for text in overrides]
+    return finetune_config_from_entries(entries)
+
+
+def finetune_config_from_entries(entries: list[Entry]) -> FinetuneConfig:
+    """A checked :class:`FinetuneConfig` from ``(key, value, origin)`` entries applied in order;
+    remembers which ``data`` keys they set (:attr:`FinetuneConfig.data_given`)."""
+    cfg = build_options(FinetuneConfig, entries)
+    try:
+        cfg.validate()
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    cfg.data_given = frozenset(key[5:] for key, _, _ in entries if key.startswith("data."))
+    return cfg
 
 
 def finetune_config_from_dict(values: dict) -> FinetuneConfig:

@@ -30,8 +30,8 @@ def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
     """The trunk a run starts from: loaded weights, or fresh ones (``scratch``, seeded).
 
     ``scratch`` builds ``scratch_config``; ``scratch:PATH`` builds PATH's
-    architecture (the fair baseline of a pretrained run); a finetuned model
-    contributes its trunk only.
+    architecture (the fair baseline of a pretrained run) and keeps its
+    preprocessing record; a finetuned model contributes its trunk (and record).
     """
     spec = init_from.strip()
     if spec.lower() in ("scratch", "none", ""):
@@ -39,16 +39,19 @@ def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
         torch.manual_seed(seed)
         return GPT(scratch_config)
     if spec.lower().startswith("scratch:"):
-        config = hub.load_model(spec.split(":", 1)[1]).config
-        _refuse_flux_tokens(config, spec)
+        shape = hub.load_model(spec.split(":", 1)[1])
+        _refuse_flux_tokens(shape.config, spec)
         torch.manual_seed(seed)
-        return GPT(config)
+        fresh = GPT(shape.config)
+        fresh.preprocessing = shape.preprocessing  # the fair baseline sees the same inputs
+        return fresh
     loaded = hub.load_model(spec)
     _refuse_flux_tokens(loaded.config, spec)
     if isinstance(loaded, FinetunedGPT):
         trunk = GPT(loaded.config)
         state = {k: v for k, v in loaded.state_dict().items() if not k.startswith("task_head.")}
         hub.load_state_checked(trunk, state, source=spec)
+        trunk.preprocessing = loaded.preprocessing
         return trunk
     return loaded
 

@@ -35,6 +35,7 @@ the predictions are gathered.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -55,13 +56,14 @@ from astropt.config import ConfigError
 from astropt.data import map_loader
 from astropt.finetune import data as fdata
 from astropt.finetune import lora
-from astropt.finetune.config import FinetuneConfig
+from astropt.finetune.config import FinetuneConfig, finetune_config_from_entries
 from astropt.finetune.metrics import HEADLINE, confusion, plot_confusion, score
 from astropt.finetune.model import FinetunedGPT, outputs_to_predictions
 from astropt.finetune.modes import head_config, load_trunk, make_optimizer, prepare_for_mode
 from astropt.io import atomic_write, atomic_write_dir, atomic_write_text
 from astropt.model import GPT
 from astropt.options import Command, run_command
+from astropt.preprocessing import Preprocessing, data_fields
 from astropt.train.checkpoint import (
     CHECKPOINTS,
     TRAINER_STATE_NAME,
@@ -135,6 +137,7 @@ class Finetuner:
     # ------------------------------------------------------------ data
     def _prepare_data(self, trunk: GPT) -> None:
         cfg = self.cfg
+        self._apply_preprocessing(trunk)
         changed = [
             f"data.{name}={getattr(trunk.config, name)!r}"
             for name in ("patch_size", "order", "transpose_hw")
@@ -159,6 +162,26 @@ class Finetuner:
             len(self.splits["validation"]),
             len(self.splits["test"]),
         )
+
+    def _apply_preprocessing(self, trunk: GPT) -> None:
+        """The data keys the run's config did not set come from the preprocessing the trunk
+        was trained with (its record; nothing for AstroPT checkpoints and fresh trunks)."""
+        cfg = self.cfg
+        if cfg.data_given is None or trunk.preprocessing is None:
+            return
+        names = Preprocessing.field_names()
+        given = {name: getattr(cfg.data, name) for name in names if name in cfg.data_given}
+        fields = data_fields(
+            given,
+            trunk.preprocessing,
+            model_name=f"init_from={cfg.init_from}",
+            strict=cfg.strict,
+            report=self.dist.is_main,
+        )
+        try:
+            cfg.data = dataclasses.replace(cfg.data, **{name: fields[name] for name in names})
+        except ValueError as error:
+            raise ConfigError(f"data options with init_from's preprocessing: {error}") from error
 
     def _subset(self, positions: np.ndarray) -> fdata.LabelledSubset:
         return fdata.LabelledSubset(
@@ -519,6 +542,7 @@ class Finetuner:
                 )
             final.save_pretrained(
                 self.out / MODEL_DIR,
+                preprocessing=Preprocessing.of(cfg.data),
                 training_data=self.pool.label_text,
                 training_summary={k: v for k, v in summary.items() if k != "test"},
                 probe_results={"test": {k: v for k, v in scores.items() if k != "per_target"}},
@@ -545,18 +569,6 @@ def finetune(cfg: FinetuneConfig, *, on_step=None) -> dict:
 # =====================================================================
 # Command line
 # =====================================================================
-def _load(entries) -> FinetuneConfig:
-    """The options system's entries (file, then key=value) as a checked FinetuneConfig."""
-    from astropt.options import build_options
-
-    cfg = build_options(FinetuneConfig, entries)
-    try:
-        cfg.validate()
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-    return cfg
-
-
 def run_finetune(cfg: FinetuneConfig) -> int:
     """Run ``cfg``; print the summary (rank 0); returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -581,7 +593,7 @@ COMMAND = Command(
     "Finetune a pretrained model (or one from scratch) on labelled galaxies: a "
     "classification, regression or vote head; probe, lora or full mode. Under torchrun "
     "every process takes part (DDP).",
-    load=_load,
+    load=finetune_config_from_entries,
     # The trunk decides how its inputs are made (data conventions): not settable per run.
     skip_keys=tuple(f"model.{name}" for name in ("patch_size", "order", "transpose_hw")),
     examples=(

@@ -43,6 +43,7 @@ from astropt.io import (
     recover_atomic_dirs,
 )
 from astropt.model import GPT, GPTConfig
+from astropt.preprocessing import Preprocessing
 from astropt.train.parallel import DistInfo
 
 if TYPE_CHECKING:
@@ -116,8 +117,13 @@ def write_checkpoints(
     trainer_state: dict,
     training_data: str,
     training_summary: dict,
+    preprocessing: Preprocessing | None = None,
 ) -> None:
-    """Write ``root/NAME`` for each name: the first filled, the rest copied from it."""
+    """Write ``root/NAME`` for each name: the first filled, the rest copied from it.
+
+    ``preprocessing``: how the training images were made (the model folder's
+    ``preprocessing.json``, which embed, predict, sample and finetune apply).
+    """
     first = root / names[0]
 
     def fill(tmp: Path) -> None:
@@ -126,6 +132,7 @@ def write_checkpoints(
             tmp,
             training_data=training_data,
             training_summary=training_summary,
+            preprocessing=preprocessing,
         )
         atomic_write(tmp / TRAINER_STATE_NAME, lambda p: torch.save(trainer_state, p))
 

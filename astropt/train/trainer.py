@@ -34,6 +34,7 @@ from astropt.errors import UserError
 from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
 from astropt.options import Command, run_command
+from astropt.preprocessing import Preprocessing
 from astropt.train.checkpoint import (
     CHECKPOINTS,
     STATE_VERSION,
@@ -275,6 +276,7 @@ class Trainer:
                     "flops": self.flops,
                     "best_val_loss": self.best_val,
                 },
+                preprocessing=Preprocessing.of(self.cfg.data),
             )
         self.last_saved_step = self.step
         self.dist.barrier()

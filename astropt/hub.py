@@ -19,8 +19,9 @@ place, so a crash never leaves a half-written file where a good one was.
 
 ``GPT.from_pretrained``, ``model.save_pretrained`` and ``model.push_to_hub``
 (DESIGN.md section 7) are this module's functions, installed on
-:class:`~astropt.model.GPT` when this module is imported, which
-``astropt/__init__.py`` does for every ``astropt`` import. Why not methods
+:class:`~astropt.model.GPT` when this module is imported (``astropt/__init__.py``
+gives GPT stand-ins that import it on first call, so ``import astropt`` need not).
+Why not methods
 written in ``model.py`` that import this module lazily: imports then run both
 ways (model -> hub -> interop -> model), and the model would depend on file
 formats, the Hub client and AstroPT's checkpoints. This way imports run one way
@@ -252,15 +253,30 @@ def model_card(
 
 
 #: Extra files of a model folder that make it a subclass of GPT: file name -> ``build(config,
-#: the file's JSON)``. Filled by the modules that define those classes (astropt.finetune.model
-#: registers TASK_HEAD_NAME), so this module never imports upwards; ``astropt/__init__.py``
-#: imports them, so every process that can load a folder knows every part.
-_MODEL_PARTS: dict[str, Callable[[GPTConfig, dict], GPT]] = {}
+#: the file's JSON)``, or the ``"module:attribute"`` name of that builder, imported only when
+#: such a folder is loaded. The finetuned model is named, not imported: this module never
+#: imports upwards, and ``import astropt`` stays light (no finetuning, no data pipeline).
+_MODEL_PARTS: dict[str, Callable[[GPTConfig, dict], GPT] | str] = {
+    TASK_HEAD_NAME: "astropt.finetune.model:FinetunedGPT",
+}
 
 
-def register_model_part(name: str, build: Callable[[GPTConfig, dict], GPT]) -> None:
-    """Load model folders holding file ``name`` with ``build(config, json_of_that_file)``."""
+def register_model_part(name: str, build: Callable[[GPTConfig, dict], GPT] | str) -> None:
+    """Load model folders holding file ``name`` with ``build(config, json_of_that_file)``.
+
+    ``build`` may be a ``"module:attribute"`` name, imported when the first such folder loads.
+    """
     _MODEL_PARTS[name] = build
+
+
+def _model_part(name: str) -> Callable[[GPTConfig, dict], GPT]:
+    build = _MODEL_PARTS[name]
+    if isinstance(build, str):
+        import importlib
+
+        module, attribute = build.split(":")
+        build = _MODEL_PARTS[name] = getattr(importlib.import_module(module), attribute)
+    return build
 
 
 def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu"):
@@ -276,9 +292,9 @@ def load_pretrained_dir(directory: str | os.PathLike, map_location: str = "cpu")
             raise FileNotFoundError(f"{directory} is not a model folder: {needed.name} is missing")
     config = GPTConfig.from_dict(read_json(config_path))
     model = None
-    for part, build in _MODEL_PARTS.items():
+    for part in list(_MODEL_PARTS):
         if (directory / part).is_file():
-            model = build(config, read_json(directory / part))
+            model = _model_part(part)(config, read_json(directory / part))
             break
     if model is None:
         model = GPT(config)

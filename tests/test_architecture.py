@@ -16,6 +16,8 @@ has to be placed in the order on purpose.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,6 +200,52 @@ def test_checker_resolves_relative_and_submodule_imports():
     assert "astropt.data.config" in graph["astropt.data.loader"]  # from .config import ...
     assert "astropt.data.config" in graph["astropt.data.sources"]
     assert "astropt.hub" in graph["astropt"]  # from astropt import hub
+
+
+# ------------------------------------------------------------ the light `import astropt`
+
+#: What ``import astropt`` may load: the core (and the leaves it imports).
+CORE = {"astropt", "astropt.errors", "astropt.io", "astropt.model", "astropt.tokens"}
+
+
+def _fresh_python(code: str) -> str:
+    """Run ``code`` in a new interpreter (nothing imported yet); its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_import_astropt_loads_only_the_core():
+    out = _fresh_python(
+        "import sys, astropt\n"
+        "print(sorted(m for m in sys.modules if m.startswith('astropt')))\n"
+        "print([m for m in ('datasets', 'pyarrow', 'pandas', 'safetensors', 'huggingface_hub')"
+        " if m in sys.modules])"
+    )
+    loaded, heavy = (ast.literal_eval(line) for line in out.splitlines())
+    assert set(loaded) == CORE, f"import astropt loaded {sorted(set(loaded) - CORE)}"
+    assert not any(m.startswith(("astropt.finetune", "astropt.data")) for m in loaded)
+    assert heavy == []
+
+
+def test_a_finetuned_folder_loads_its_head_in_a_fresh_process(tmp_path):
+    """The head registers by name: GPT.from_pretrained imports astropt.finetune when needed."""
+    from astropt.finetune.model import FinetunedGPT, HeadConfig
+    from astropt.model import GPTConfig
+
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, patch_size=4)
+    model = FinetunedGPT(config, HeadConfig(n_outputs=3, class_names=["a", "b", "c"]))
+    model.save_pretrained(tmp_path / "ft")
+    out = _fresh_python(
+        "import sys\n"
+        "from astropt.model import GPT\n"
+        "assert 'astropt.finetune' not in sys.modules\n"
+        f"model = GPT.from_pretrained({str(tmp_path / 'ft')!r})\n"
+        "print(type(model).__name__, model.head_config.class_names)"
+    )
+    assert out.split() == ["FinetunedGPT", "['a',", "'b',", "'c']"]
 
 
 # ------------------------------------------------------------ docs/architecture.md

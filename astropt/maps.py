@@ -155,7 +155,7 @@ def fetch_thumbnails(data_cfg, split: str, ids: Sequence, size: int = 32, max_sa
     raise KeyError(f"{missing} of the requested ids were not found in the {split!r} split")
 
 
-def _stamps_for(source, ids: np.ndarray, thumbnails) -> np.ndarray | None:
+def stamps_for(source, ids: np.ndarray, thumbnails) -> np.ndarray | None:
     """Thumbnails of ``ids`` from the best available place, or None (with a warning)."""
     if thumbnails is not None:
         thumb_ids, thumbs = thumbnails
@@ -232,7 +232,7 @@ def make_maps(
     catalogue = catalogue.iloc[rows].reset_index(drop=True)
 
     stamp_rows = pick_stamps(coords, stamp_grid) if stamps else np.array([], dtype=int)
-    stamp_images = _stamps_for(embeddings, ids[stamp_rows], thumbnails) if stamps else None
+    stamp_images = stamps_for(embeddings, ids[stamp_rows], thumbnails) if stamps else None
     n_panels = len(props) + (stamp_images is not None)
     result = MapResult(
         ids=ids,

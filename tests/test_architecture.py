@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("astropt.export", "astropt.embed"),  # the export core is shared by embed and predict
     ("astropt.probe", "astropt.generate"),
     ("astropt.maps",),
-    ("astropt.finetune", "astropt.predict"),
+    ("astropt.finetune", "astropt.predict", "astropt.search"),
     ("astropt.scaling", "astropt.quickstart"),
     ("astropt.cli",),
     # The package itself: it imports astropt.hub so that GPT has its Hub methods.

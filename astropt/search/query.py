@@ -11,6 +11,7 @@ answer is a table, nearest first: ``query``, ``rank``, ``id``, ``distance``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -47,7 +48,7 @@ def embed_images(
     """
     from astropt.data import DataConfig, make_loader
     from astropt.embed import ModelEncoder
-    from astropt.export import model_fingerprint
+    from astropt.export import export_preprocessing, model_fingerprint
     from astropt.hub import load_model
 
     export = Path(export)
@@ -75,6 +76,9 @@ def embed_images(
     if missing:
         raise SearchError(f"image file(s) not found: {', '.join(missing)}")
     data = dict(meta["data_config"])
+    recorded = export_preprocessing(export)  # what the export's galaxies were made with
+    if recorded is not None:
+        data.update(dataclasses.asdict(recorded))
     data.update(source="folder", catalogue=None, id_column=None, strict=True, num_workers=0)
     data.pop("columns", None)
     encoder = ModelEncoder(

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "search": ("astropt.search.query", "neighbours of a galaxy id or an image file"),
     "anomalies": ("astropt.search.anomalies", "rank galaxies by oddity (k-NN, isolation forest)"),
     "view": ("astropt.search.view", "a local page: UMAP map, click a galaxy, its neighbours"),
+    "realbench": ("astropt.realbench", "pretrain on labelled real folders, probe every label"),
 }
 
 

@@ -47,7 +47,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("astropt.probe", "astropt.generate"),
     ("astropt.maps",),
     ("astropt.finetune", "astropt.predict", "astropt.search"),
-    ("astropt.scaling", "astropt.quickstart"),
+    ("astropt.scaling", "astropt.quickstart", "astropt.realbench"),
     ("astropt.cli",),
     # The package itself: it imports astropt.hub so that GPT has its Hub methods.
     ("astropt",),

@@ -1,8 +1,10 @@
-"""bench/real.py on any folder of images with a label column: every variant probed on the
-evaluation protocol, each pretrained model against every later set, work reused on rerun."""
+"""bench/real.py: a thin wrapper of astropt realbench for one folder and one label, with
+survey-pretrained models (any run folders) compared beside the real-image model."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,6 +13,14 @@ import pytest
 from conftest import encode
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    sys.modules.pop("real", None)
+    import real
+
+    return real
 
 
 def _folder(tmp_path: Path, n: int = 48) -> tuple[Path, Path]:
@@ -32,46 +42,33 @@ def _folder(tmp_path: Path, n: int = 48) -> tuple[Path, Path]:
     return folder, catalogue
 
 
-@pytest.mark.slow
-def test_real_bench_probes_every_variant_and_reuses_its_work(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    sys.modules.pop("real", None)
-    import real
+def test_bare_run_skips(monkeypatch, capsys):
+    assert _bench(monkeypatch).main([]) == 0
+    assert "skipped" in capsys.readouterr().out
 
+
+@pytest.mark.slow
+def test_real_bench_compares_survey_models_beside_the_real_one(tmp_path, monkeypatch):
+    real = _bench(monkeypatch)
     folder, catalogue = _folder(tmp_path)
     out = tmp_path / "work"
     argv = [
         str(folder), "--catalogue", str(catalogue), "--label", "spiral", "--out", str(out),
-        "--iters", "2", "--survey-n", "24", "--batch-size", "8", "--folds", "2", "--repeats", "1",
-        "--n-boot", "50", "--torch-threads", "1",
+        "--iters", "2", "--batch-size", "8", "folds=2", "repeats=1", "n_boot=50",
     ]  # fmt: skip
     assert real.main(argv) == 0
-    text = capsys.readouterr().out
-    models = [real.REAL, real.SURVEY.format("zoom"), real.SURVEY.format("fixed")]
-    scores = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 3 and cells[0] in (*models, *real.BASELINES):
-            scores[cells[0]] = float(cells[1])
-    assert set(scores) == {*models, *real.BASELINES}
+    (model,) = (out / "models").iterdir()
+    survey = tmp_path / "survey-models"
+    for framing in ("fixed", "zoom"):
+        shutil.copytree(model, survey / framing)
+    assert real.main([*argv, "--survey-models", str(survey)]) == 0
+    result = json.loads((out / "results" / "dev" / "realbench.json").read_text())
+    scores = {r["embedding"]: r["value"] for r in result["scores"] if r["label"] == "spiral"}
+    assert set(scores) == {"model", "survey (zoom)", "survey (fixed)", "random-init", "pixels",
+                           "pixels-normalised", "morphometrics"}  # fmt: skip
     # The images and their labels stay paired: pixels tell the two kinds apart.
     assert scores["pixels"] > 0.9
-    pairs = set()
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[0] in models:
-            assert cells[4] in ("win", "tie", "loss")
-            pairs.add((cells[0], cells[1]))
-    expected = {
-        (model, later)
-        for i, model in enumerate(models)
-        for later in [*models[i + 1 :], *real.BASELINES]
-    }
-    assert pairs == expected
-    # A rerun reuses the trained models and the embedding exports.
-    done = sorted(out.rglob("done.json"))
-    exports = sorted(out.rglob("_manifest.json"))
-    assert len(done) == 3 and len(exports) == 6
-    stamps = [p.stat().st_mtime_ns for p in (*done, *exports)]
-    assert real.main(argv) == 0
-    assert [p.stat().st_mtime_ns for p in (*done, *exports)] == stamps
+    # A copy of the same weights embeds identically: it scores exactly like the model.
+    assert scores["survey (fixed)"] == scores["model"]
+    pairs = {(r["model"], r["baseline"]) for r in result["comparisons"]}
+    assert ("survey (zoom)", "morphometrics") in pairs and ("model", "survey (fixed)") in pairs

@@ -440,7 +440,8 @@ class Realbench:
     # -------------------------------------------------------------- embedding
     def embed(self, models: dict[str, Path], name: str) -> dict[str, object]:
         """Every model's export of set ``name`` and the baselines; name -> embedding source."""
-        from astropt.embed import data_config_for, export_baselines, export_embeddings
+        from astropt.embed import export_baselines, export_embeddings
+        from astropt.export import data_config_for
         from astropt.hub import load_model
         from astropt.probe import discover_embeddings
 
@@ -555,7 +556,7 @@ def _split_rows(source, split: str):
     """The rows of an embedding source whose catalogue ``split`` column is ``split``, as
     ``(ids, features, catalogue)`` (a :class:`~astropt.probe.PixelSource` stays one, so
     the probes still reduce it by PCA inside each training fold)."""
-    from astropt.embed import read_embeddings
+    from astropt.export import read_embeddings
     from astropt.probe import PixelSource
 
     if isinstance(source, PixelSource):

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The tested torch build; the package itself only asks for torch>=2.6.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: quickstart test test-fast bench lint format clean
+.PHONY: quickstart test test-fast bench docs lint format clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,9 +38,13 @@ bench: $(VENV)/.installed
 	@echo "== bench/train_step.py --threads 1"; $(PY) bench/train_step.py --threads 1
 	$(PY) bench/report.py
 
+# The documentation site from docs/*.md into site/ (tests/test_docs.py builds it too, strictly).
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

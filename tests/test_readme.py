@@ -19,7 +19,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 #: The pages whose examples run, in the order a reader meets them (later ones use earlier runs).
-PAGES = ("README.md", "docs/embeddings.md", "docs/preprocessing.md", "docs/finetuning.md")
+PAGES = (
+    "README.md",
+    "docs/getting-started.md",
+    "docs/your-data.md",
+    "docs/training.md",
+    "docs/embeddings.md",
+    "docs/preprocessing.md",
+    "docs/finetuning.md",
+)
 #: The pages holding generated tables (and the generators writing them).
 PROBE_PAGE = REPO / "docs" / "embeddings.md"
 FINETUNE_PAGE = REPO / "docs" / "finetuning.md"

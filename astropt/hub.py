@@ -4,8 +4,8 @@ A model folder holds ``config.json`` (the :class:`~astropt.model.GPTConfig`),
 ``model.safetensors`` (the weights), a model card ``README.md`` and, for a
 model trained by this package, ``preprocessing.json`` (the
 :class:`~astropt.preprocessing.Preprocessing` its images were made with,
-loaded as ``model.preprocessing``): the layout the Hugging Face Hub expects. Training checkpoints are model folders with a
-trainer state beside. Every write goes to a temporary name and is renamed into
+loaded as ``model.preprocessing``): the layout the Hugging Face Hub expects.
+Training checkpoints are model folders with a trainer state beside. Every write goes to a temporary name and is renamed into
 place, so a crash never leaves a half-written file where a good one was.
 
 :func:`load_model` is the loader every entry point uses. It accepts
@@ -219,9 +219,11 @@ def model_card(
         )
     lines.append(f"Default embedding layer: `{cfg['embed_layer']}`, mean over tokens.")
     if preprocessing is not None:
-        lines += ["", "Preprocessing of the training images (`preprocessing.json`; `astropt` "
-                  "embed, predict, sample and finetune apply it unless told otherwise):", ""]  # fmt: skip
-        lines += ["| data option | value |", "|---|---|"]
+        intro = (
+            "Preprocessing of the training images (`preprocessing.json`; `astropt` embed, "
+            "predict, sample and finetune apply it unless told otherwise):"
+        )
+        lines += ["", intro, "", "| data option | value |", "|---|---|"]
         lines += [
             f"| {name} | `{value!r}` |"
             for name, value in preprocessing.to_dict().items()
@@ -323,33 +325,6 @@ def _run_preprocessing(run: Path) -> Preprocessing | None:
     return Preprocessing.from_dict(known, origin=f"{path} [data]")
 
 
-def load_preprocessing(path_or_repo_id: str | os.PathLike, *, revision: str | None = None):
-    """The :class:`~astropt.preprocessing.Preprocessing` of a model, without reading its weights.
-
-    The places of :func:`load_model`; None where none is recorded (AstroPT
-    checkpoints, model folders written without one).
-    """
-    path = Path(path_or_repo_id)
-    if path.exists():
-        return _local_preprocessing(path)
-    repo_id, subpath = parse_repo_spec(str(path_or_repo_id))
-    if Path(subpath or "").suffix in _FILE_SUFFIXES:
-        subpath = subpath.rpartition("/")[0]
-    return _hub_preprocessing(str(repo_id), subpath or "", revision)
-
-
-def _local_preprocessing(path: Path) -> Preprocessing | None:
-    if path.is_file():
-        return _read_preprocessing(path.parent) if path.name == CONFIG_NAME else None
-    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-        return _read_preprocessing(path)
-    for name in ("best", "latest"):
-        checkpoint = path / "checkpoints" / name
-        if (checkpoint / WEIGHTS_NAME).is_file():
-            return _read_preprocessing(checkpoint) or _run_preprocessing(path)
-    return None
-
-
 def _hub_preprocessing(
     repo_id: str, prefix: str, revision: str | None, cache_dir=None, offline: bool | None = None
 ) -> Preprocessing | None:
@@ -358,8 +333,6 @@ def _hub_preprocessing(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    if Path(repo_id).is_dir():
-        return _local_preprocessing(Path(repo_id) / prefix)
     try:
         local = hf_hub_download(
             repo_id,

@@ -15,7 +15,7 @@ Commands that feed a trained model galaxies (embed, predict, sample, finetune
 ``init_from``) start from it: :func:`data_fields` puts the options given on
 the command line over the record and prints one line naming any difference
 from training (or refuses it with ``strict=true``). Every export records the
-preprocessing it used (:func:`astropt.embed.export_preprocessing`).
+preprocessing it used (:func:`astropt.export.export_preprocessing`).
 
 A leaf module (it imports only :mod:`astropt.options`), so the model folders
 of :mod:`astropt.hub` read and write the typed record below the data pipeline.

@@ -20,7 +20,7 @@ from conftest import encode, galaxy_stamps
 from astropt.cli import main as astropt_main
 from astropt.data import DataConfig
 from astropt.export import data_config_from_options, export_preprocessing, read_embeddings
-from astropt.hub import load_model, load_preprocessing
+from astropt.hub import load_model
 from astropt.options import ConfigError
 from astropt.preprocessing import Preprocessing, data_fields
 
@@ -118,7 +118,7 @@ def test_astropt_checkpoints_keep_todays_defaults(tmp_path):
     config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, transpose_hw=True)
     export_astropt_checkpoint(GPT(config), tmp_path / "astropt")
     model = load_model(tmp_path / "astropt")
-    assert model.preprocessing is None and load_preprocessing(tmp_path / "astropt") is None
+    assert model.preprocessing is None
     cfg = data_config_from_options(model, {"path": "", "source": "synthetic"})
     assert Preprocessing.of(cfg) == Preprocessing()
     assert cfg.transpose_hw
@@ -131,7 +131,6 @@ def test_run_folder_records_the_preprocessing(run):
         written = json.loads((run / "checkpoints" / name / "preprocessing.json").read_text())
         assert Preprocessing.from_dict(written) == expected
     assert load_model(run).preprocessing == expected
-    assert load_preprocessing(run) == expected
     assert "| resize | `64` |" in (run / "checkpoints" / "best" / "README.md").read_text()
 
 
@@ -147,6 +146,11 @@ def test_embed_needs_no_repeated_options_and_matches_explicit_ones(run, jpegs, t
     assert catalogue.attrs["preprocessing"] == Preprocessing(channels=3, **TRAINED)
     manifest = json.loads((tmp_path / "implicit.parquet" / "_manifest.json").read_text())
     assert manifest["meta"]["trained_preprocessing"] == manifest["meta"]["preprocessing"]
+    # UMAP stamps are read again from the data source the way the export read it.
+    from astropt.maps import _stamps_for
+
+    stamps = _stamps_for(tmp_path / "implicit.parquet", ids[:2], None)
+    assert stamps is not None and stamps.shape == (2, 32, 32, 3)
 
     # Without the record (a model folder from elsewhere) the 424-pixel JPEGs do not fit.
     bare = tmp_path / "bare"

@@ -147,9 +147,9 @@ def test_embed_needs_no_repeated_options_and_matches_explicit_ones(run, jpegs, t
     manifest = json.loads((tmp_path / "implicit.parquet" / "_manifest.json").read_text())
     assert manifest["meta"]["trained_preprocessing"] == manifest["meta"]["preprocessing"]
     # UMAP stamps are read again from the data source the way the export read it.
-    from astropt.maps import _stamps_for
+    from astropt.maps import stamps_for
 
-    stamps = _stamps_for(tmp_path / "implicit.parquet", ids[:2], None)
+    stamps = stamps_for(tmp_path / "implicit.parquet", ids[:2], None)
     assert stamps is not None and stamps.shape == (2, 32, 32, 3)
 
     # Without the record (a model folder from elsewhere) the 424-pixel JPEGs do not fit.

@@ -56,6 +56,7 @@ def test_realbench_end_to_end_on_labelled_folders(tmp_path, capsys):
     argv = [
         "realbench", str(suite), f"out={out}", "max_iters=12", "batch_size=8", "folds=2",
         "repeats=1", "n_boot=50", "pretrain_on=without-test,all-images", "model.n_layer=2",
+        'variants={narrow = ["model.n_embd=64"]}',
     ]  # fmt: skip
     assert cli_main(argv) == 0
     result = json.loads((out / "results" / "dev" / "realbench.json").read_text())
@@ -85,6 +86,9 @@ def test_realbench_end_to_end_on_labelled_folders(tmp_path, capsys):
     assert seen_without and seen_without <= dev_ids
     assert seen_all & test_ids and seen_all <= dev_ids | test_ids
     assert result["models"]["model"]["seen_images"] == len(seen_without)
+    # A variant is its own model, trained with its overrides on the same pool.
+    (narrow,) = (out / "models").glob("narrow-without-test-*")
+    assert json.loads((narrow / "config.json").read_text())["model"]["n_embd"] == 64
 
     # The table: every label of every set against every baseline, for both models.
     labels = {"catalogued": {"is_edge_on", "smooth_frac", "galaxy10", "round"},
@@ -92,7 +96,7 @@ def test_realbench_end_to_end_on_labelled_folders(tmp_path, capsys):
     pairs = {(r["set"], r["label"], r["model"], r["baseline"]) for r in result["comparisons"]}
     for name, names in labels.items():
         for label in names:
-            for model in ("model", "model [all-images]"):
+            for model in ("model", "model [all-images]", "narrow", "narrow [all-images]"):
                 for baseline in BASELINES:
                     assert (name, label, model, baseline) in pairs
     assert {r["outcome"] for r in result["comparisons"]} <= {"win", "tie", "loss"}

@@ -447,6 +447,8 @@ class Realbench:
 
         folder = self.out / "sets" / name
         fields = self.data_fields(folder / "images", folder / "catalogue.csv")
+        fields.update(_data_options(self.opts.overrides))
+        runs = self.model_runs()
         layer = self.opts.layer
         if layer is not None and layer.lstrip("-").isdigit():
             layer = int(layer)
@@ -455,8 +457,9 @@ class Realbench:
         first = None
         for tag, run in models.items():
             model = load_model(run)
-            cfg = data_config_for(model, **fields)
-            name_key = run.name if tag in self.model_runs() else f"extra-{_digest(str(run))}"
+            own = _data_options(runs[tag][2]) if tag in runs else {}
+            cfg = data_config_for(model, **{**fields, **own})
+            name_key = run.name if tag in runs else f"extra-{_digest(str(run))}"
             out = exports / f"{name_key}-{layer or 'default'}.parquet"
             _export(export_embeddings, model, cfg, out, split="train", layer=layer)
             sources[tag] = out
@@ -539,6 +542,28 @@ class Realbench:
         (results_dir / "realbench.md").write_text(text)
         print(text, flush=True)
         return result
+
+
+#: Data keys the suite sets itself (the set's folder and catalogue) or an export fixes.
+_SUITE_DATA_KEYS = ("source", "path", "catalogue", "id_column", "augment")
+
+
+def _data_options(overrides: list[str]) -> dict:
+    """The ``data.KEY=VALUE`` training overrides that also shape the images an export reads
+    (``data.resample=lanczos``, ...), typed as :class:`~astropt.data.DataConfig` fields."""
+    import typing
+
+    from astropt.data import DataConfig
+    from astropt.options import coerce
+
+    hints = typing.get_type_hints(DataConfig)
+    found = {}
+    for entry in overrides:
+        key, _, value = entry.partition("=")
+        name = key[len("data.") :]
+        if key.startswith("data.") and name in hints and name not in _SUITE_DATA_KEYS:
+            found[name] = coerce(value, hints[name], key)
+    return found
 
 
 def _export(export, *args, **kwargs) -> Path:

@@ -15,6 +15,7 @@ from astropt.options import ConfigError
 from astropt.realbench import (
     BASELINES,
     RealbenchOptions,
+    _data_options,
     _parse_mapping,
     run_realbench,
     split_of,
@@ -47,6 +48,19 @@ def test_derived_label_mapping_and_option_errors():
         RealbenchOptions(sets={"a": {"images": "x", "catalog": "y.csv"}}).real_sets()
     with pytest.raises(ConfigError, match="pretrain_on"):
         RealbenchOptions(pretrain_on=["everything"])
+    # Data overrides reach the exports too, typed; the suite's own data keys stay its own.
+    assert _data_options(
+        [
+            "data.resample=lanczos",
+            "data.augment=false",
+            "model.n_layer=2",
+            "data.jpeg_reduce=false",
+            "data.path=x",
+        ]
+    ) == {  # fmt: skip
+        "resample": "lanczos",
+        "jpeg_reduce": False,
+    }
 
 
 @pytest.mark.slow

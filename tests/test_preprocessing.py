@@ -219,3 +219,20 @@ def test_finetune_init_from_fills_the_data_keys_the_config_does_not_set(run, jpe
     cfg = load_finetune_config(None, [*base, "data.resample=area", "strict=true"])
     with pytest.raises(ConfigError, match="strict"):
         Finetuner(cfg)._apply_preprocessing(load_trunk(cfg.init_from, cfg.model, 0))
+
+
+def test_a_finetuned_model_folder_keeps_the_record_for_predict(run, jpegs, tmp_path):
+    from astropt.finetune.model import FinetunedGPT, HeadConfig
+    from astropt.predict import read_predictions
+
+    trunk = load_model(run)
+    finetuned = FinetunedGPT.from_gpt(trunk, HeadConfig(n_outputs=2, targets=["folders"]))
+    finetuned.save_pretrained(tmp_path / "ft" / "model", preprocessing=trunk.preprocessing)
+    assert load_model(tmp_path / "ft" / "model").preprocessing == trunk.preprocessing
+    out = tmp_path / "preds.parquet"
+    code = astropt_main(
+        ["predict", f"checkpoint={tmp_path / 'ft'}", f"data.path={jpegs}", f"out={out}",
+         "progress=false", "dtype=float32"]
+    )  # fmt: skip
+    assert code == 0 and len(read_predictions(out)) == 8
+    assert export_preprocessing(out) == trunk.preprocessing

@@ -17,9 +17,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 quickstart: $(VENV)/.installed
 	$(PY) -m astropt.quickstart --out runs/quickstart
 
+# report.py --check: every generated table agrees with its result file, and every
+# docs/results file with its own per-fold rows and digest (a hand edit fails).
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) bench/report.py --check
 	$(PY) -m pytest
 
 # The edit loop: ruff and the tests not marked slow (about a minute); CI runs `make test`.

@@ -353,7 +353,7 @@ class EmbedOptions:
 
     checkpoint: str  # run folder, model folder, AstroPT ckpt.pt or Hub id
     out: str  # output export folder, e.g. emb.parquet
-    split: str = "test"  # data split to embed
+    split: str = "test"  # data split to embed (dev: the validation split, for choosing settings)
     # final | middle | block index, or several joined by + (middle+final: concatenated);
     # default: the model's embed_layer
     layer: str | None = None

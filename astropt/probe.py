@@ -15,26 +15,36 @@ Protocol (``protocol="repeated"``, the default):
 * Inside each training fold, and only there: feature standardisation, the
   PCA of pixel baselines (:class:`PixelSource`), and the hyper-parameter
   (ridge strength, chosen by an inner k-fold CV).
-* Regression targets: ridge; headline R^2 (plus NMAD, MAE, Spearman).
+* Regression targets: ridge; headline R^2 (plus NMAD, MAE, Spearman); a split's
+  R^2 divides its test rows' mean squared error by the target's variance over all
+  labelled galaxies (:func:`split_r2`).
   Classification targets (booleans, small integer columns such as ``galaxy10``,
   vote fractions thresholded at 0.5): class-balanced ridge classifier (one
   column per class, rows weighted by inverse class frequency, as scikit-learn's
   ``RidgeClassifier(class_weight="balanced")``); headline balanced accuracy.
   Circular targets (position angles, period 180 deg): ridge on
   ``(cos 2 theta, sin 2 theta)``; headline mean angular error in degrees.
-* Every galaxy gets one out-of-fold prediction per repeat. A score is computed
-  on the pooled out-of-fold predictions of a repeat and averaged over repeats.
-  Intervals are 95% percentile intervals of a bootstrap over *galaxies* (the
-  same resampled galaxies for every embedding set, target and repeat, so
-  differences are paired); they describe how much the scores would move with
-  another sample of test galaxies of the same size.
+* Every split (a fold of a repeat) scores each set on its test rows. A score
+  is the mean of its per-split scores; its 95% interval is the *corrected
+  resampled t* interval of Nadeau & Bengio (2003) over the J = folds x repeats
+  splits: the variance of the mean is ``(1/J + n_test/n_train) s^2`` with ``s^2``
+  the variance of the per-split scores and ``J - 1`` degrees of freedom. The
+  per-split scores carry the variance of refitting the probe on another
+  training sample as well as that of another test sample; the second term
+  accounts for the splits' overlapping training sets (the plain ``s^2 / J``
+  ignores it and is far too narrow). ``tests/test_probe_coverage.py`` checks
+  by simulation that the intervals cover the expected score of a probe fitted
+  on ``n_train`` galaxies 93-97% of the time.
 * ``improvement`` is model minus baseline for higher-is-better scores and
   baseline minus model for errors, so positive always means the model is
-  better. A *win* is an improvement whose interval lies above zero, a *loss*
-  one whose interval lies below, anything else a *tie*.
+  better; it is the same interval over the *paired* per-split differences (both
+  sets fitted and scored on the same split). A *win* is an improvement whose
+  interval lies above zero, a *loss* one whose interval lies below, anything
+  else a *tie*. Intervals are per comparison; :func:`holm` adjusts a table's
+  family of comparisons for multiplicity (the report states how many there are).
 * Targets that measure the same thing form a *family* (:data:`FAMILIES`); a
-  family's headline is the mean headline score of its members of the family's
-  first task, with its own bootstrap interval.
+  family's per-split score is the mean of the per-split headline scores of its
+  members of the family's first task, with its interval computed the same way.
 
 ``protocol="astropt"`` reproduces AstroPT's probe for comparison with its
 paper: 5-fold (not repeated, not stratified) ridge with a fixed ``alpha = 100``
@@ -94,6 +104,15 @@ CATEGORICAL_COLUMNS = ("galaxy10",)
 #: Angle columns (degrees) and their period: an orientation repeats every 180 deg.
 CIRCULAR_COLUMNS = {"pos_angle": 180.0, "position_angle": 180.0, "pa": 180.0}
 MAX_CLASSES = 10
+#: Evaluation splits: ``dev`` chooses settings, ``test`` is touched once for a published table.
+EVAL_SPLITS = ("dev", "test")
+#: Per-split scores are rounded to this many decimals before any interval is computed,
+#: so a result file's rows reproduce its intervals exactly.
+SPLIT_DIGITS = 6
+INTERVAL = (
+    "95% corrected resampled t intervals (Nadeau & Bengio 2003) over the per-split scores "
+    "of the repeated folds (paired per split for differences)"
+)
 #: Targets that measure the same thing, as the synthetic survey names them. A
 #: family's headline averages its members of the first member's task; targets
 #: not listed are families of their own (a ``col>t`` threshold joins ``col``'s).
@@ -127,7 +146,6 @@ class Protocol:
     stratified: bool = True
     inner_folds: int = 5  # CV inside each training fold to choose the ridge strength
     alpha: float | None = None  # a fixed ridge strength instead of the inner CV
-    n_boot: int = 1000  # bootstrap resamples of the galaxies
 
     @property
     def alphas(self) -> np.ndarray:
@@ -500,6 +518,17 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def split_r2(y: np.ndarray, pred: np.ndarray, variance: float) -> float:
+    """R^2 of one split's test rows: ``1 - mean((y - pred)^2) / variance`` with ``variance``
+    the target's over *all* labelled galaxies.
+
+    Averaged over the splits of a k-fold it is the pooled out-of-fold R^2, and it is
+    not biased by a small test fold's own variance (scikit-learn's R^2 of one fold is
+    low by about ``(1 - R^2) / (n_test - 1)``, which a 30-galaxy fold makes 0.02)."""
+    residual = np.asarray(y, np.float64) - np.asarray(pred, np.float64)
+    return float(1.0 - np.mean(residual**2) / variance) if variance > 0 else math.nan
+
+
 def circular_metrics(y: np.ndarray, pred: np.ndarray, period: float) -> dict[str, float]:
     errors = angular_error(pred, y, period)
     return {
@@ -514,34 +543,6 @@ def _metrics(target: Target, y: np.ndarray, pred: np.ndarray) -> dict[str, float
     if target.task == "circular":
         return circular_metrics(y, pred, target.period or 180.0)
     return classification_metrics(y, pred.astype(np.int64))
-
-
-def weighted_headline(
-    target: Target, y: np.ndarray, pred: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """The headline metric of ``pred`` against ``y`` (``(m,)``) under each row of ``weights``.
-
-    ``weights``: ``(B, m)`` non-negative counts (a bootstrap resample per row;
-    a row of ones gives the plain metric). Returns ``(B,)``: R^2, balanced
-    accuracy (mean recall over the classes present) or mean angular error.
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if target.task == "regression":
-            total = weights.sum(axis=1)
-            mean = weights @ y / total
-            ss_tot = weights @ (y * y) - total * mean * mean
-            ss_res = weights @ ((y - pred) ** 2)
-            return 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, np.nan)
-        if target.task == "circular":
-            return weights @ angular_error(pred, y, target.period or 180.0) / weights.sum(axis=1)
-        classes = np.unique(y)
-        is_class = (y[:, None] == classes[None]).astype(np.float64)
-        hits = is_class * (pred[:, None] == classes[None])
-        recall = (weights @ hits) / (weights @ is_class)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class
-            return np.nanmean(recall, axis=1)
 
 
 # --------------------------------------------------------------------------- probes
@@ -874,6 +875,7 @@ class ProbeRun:
     results: pd.DataFrame  # long: embedding, target, task, metric, value, n, hyper
     label_efficiency: pd.DataFrame  # long: embedding, target, task, metric, n_labels, value
     folds: pd.DataFrame  # id, repeat, fold
+    split_scores: pd.DataFrame  # long: split, repeat, n_train, n_test, embedding, target, value
     info: dict  # protocol and data facts for the report
     files: dict[str, Path]
 
@@ -890,12 +892,13 @@ def run_probes(
     protocol: str | Protocol = "repeated",
     folds: int | None = None,
     repeats: int | None = None,
-    n_boot: int | None = None,
     label_sizes: Iterable[int | None] | None = DEFAULT_LABEL_SIZES,
     label_targets: Sequence[str] | Literal["all"] | None = None,
     progress: bool = False,
     threads: int | None = 1,
     models: int = 1,
+    split: str | None = None,
+    choices: Mapping[str, str] | None = None,
 ) -> ProbeRun:
     """Probe every target with every embedding set on shared folds (no files written).
 
@@ -903,28 +906,41 @@ def run_probes(
     :class:`PixelSource` (reduced by PCA to the first set's dimension inside
     each training fold); the first is the model, the others baselines.
     ``models``: how many of the first sets are models; each is compared with
-    every set after it (paired, on the same folds and resamples), so several
+    every set after it (paired, on the same splits), so several
     models and their differences cost one pass over the folds. The report
     (:func:`write_report`) shows the first model's comparisons.
     ``targets``: specs for :func:`parse_target` (default: :func:`auto_targets`
     of the primary catalogue). ``protocol``: ``"repeated"`` or ``"astropt"``
-    (:data:`PROTOCOLS`); ``folds``/``repeats``/``n_boot`` override its fields.
+    (:data:`PROTOCOLS`); ``folds``/``repeats`` override its fields.
     ``label_sizes``: training-set sizes of the label-efficiency curves (on the
     first fold; ``None`` = all its training rows; nested random subsets from
     ``seed``); ``label_targets``: which targets get curves (default: the
     ``HEADLINE_TARGETS`` present, else the first eight; ``"all"``).
     ``threads``: BLAS threads for the fits (None = the library default; on busy
     or oversubscribed cores OpenBLAS threads make these small fits much slower).
+    ``split``: which evaluation split the galaxies are (``"dev"`` for choosing
+    settings, ``"test"`` for a published table; :data:`EVAL_SPLITS`) and
+    ``choices``: setting -> the split it was chosen on; both are recorded in
+    ``info`` and the headline.
     """
     from threadpoolctl import threadpool_limits
 
-    chosen = resolve_protocol(protocol, folds=folds, repeats=repeats, n_boot=n_boot)
+    chosen = resolve_protocol(protocol, folds=folds, repeats=repeats)
     if not 1 <= models <= len(embeddings):
         raise ValueError(f"models must be between 1 and {len(embeddings)}, got {models}")
+    if split is not None and split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     with threadpool_limits(limits=threads):
-        return _run_probes(
+        run = _run_probes(
             embeddings, targets, seed, chosen, label_sizes, label_targets, progress, models
         )
+    run.info["split"] = split
+    run.info["choices"] = dict(choices or {})
+    return run
+
+
+def _labelled(target: Target, y: np.ndarray) -> np.ndarray:
+    return y >= 0 if target.task == "classification" else ~np.isnan(y)
 
 
 def _run_probes(
@@ -941,52 +957,54 @@ def _run_probes(
     strata, strata_name = _strata(target_list, values, protocol.folds)
     plan = fold_plan(ids, protocol, strata, seed)
 
-    # Out-of-fold predictions: set -> target -> (repeats, n), NaN where never predicted.
-    preds = {
-        name: {t.name: np.full((protocol.repeats, len(ids)), np.nan) for t in target_list}
-        for name in names
-    }
+    # Every set and target scored on every split's test rows: (set, target) -> metrics per split.
+    per_split: dict[tuple[str, str], list[dict[str, float]]] = {}
     hypers: dict[tuple[str, str], list[float]] = {}
     reducers = {name: FoldPCA(features[name], reduce[name], seed) for name in names if reduce[name]}
-    for repeat, train, test in _progress(plan, progress, "probe folds"):
+    spread = {
+        t.name: float(np.var(values[t.name][_labelled(t, values[t.name])]))
+        for t in target_list
+        if t.task == "regression"
+    }
+    for _, train, test in _progress(plan, progress, "probe folds"):
         for name in names:
             x = reducers[name](train) if name in reducers else features[name]
             fitted = fit_predict(x[train], x[test], target_list, values, train, protocol, seed)
-            for target, (pred, alpha) in fitted.items():
-                preds[name][target][repeat, test] = pred
-                hypers.setdefault((name, target), []).append(alpha)
+            for t in target_list:
+                y = values[t.name][test]
+                labelled = _labelled(t, y)
+                if t.name not in fitted or labelled.sum() < 2:
+                    continue
+                pred, alpha = fitted[t.name]
+                metrics = _metrics(t, y[labelled], pred[labelled])
+                if t.task == "regression":
+                    metrics["r2"] = split_r2(y[labelled], pred[labelled], spread[t.name])
+                per_split.setdefault((name, t.name), []).append(metrics)
+                hypers.setdefault((name, t.name), []).append(alpha)
 
-    weights = _bootstrap_weights(len(ids), protocol.n_boot, seed)
-    draws: dict[tuple[str, str], np.ndarray] = {}  # (set, target) -> (1 + n_boot,) scores
+    split_scores: dict[tuple[str, str], np.ndarray] = {}
     records = []
     for t in target_list:
-        y = values[t.name]
-        labelled = y >= 0 if t.task == "classification" else ~np.isnan(y)
         for name in names:
-            pred = preds[name][t.name]
-            if np.isnan(pred[:, labelled]).any() or labelled.sum() < 2:
-                continue  # not every labelled galaxy got a prediction: too few labels to fit
-            draws[name, t.name] = np.mean(
-                [
-                    weighted_headline(t, y[labelled], p[labelled], weights[:, labelled])
-                    for p in pred
-                ],
-                axis=0,
-            )
-            point = pd.DataFrame(
-                [_metrics(t, y[labelled], p[labelled]) for p in pred]
-            ).mean()  # every metric on pooled out-of-fold predictions, averaged over repeats
-            alpha = hypers.get((name, t.name), [math.nan])
+            got = per_split.get((name, t.name), [])
+            if len(got) != len(plan):
+                continue  # some split had too few labels to fit or score
+            frame = pd.DataFrame(got)
+            # Rounded here so a result file's rows recompute its intervals exactly.
+            split_scores[name, t.name] = frame[HEADLINE[t.task]].to_numpy().round(SPLIT_DIGITS)
+            alpha = hypers[name, t.name]
             for metric in METRICS[t.task]:
                 records.append(
                     {"embedding": name, "target": t.name, "task": t.task, "metric": metric,
-                     "value": float(point[metric]), "n": int(labelled.sum()),
+                     "value": float(frame[metric].mean()),
+                     "n": int(_labelled(t, values[t.name]).sum()),
                      "hyper": float(np.nanmedian(alpha)) if np.isfinite(alpha).any() else math.nan}
                 )  # fmt: skip
     results = pd.DataFrame.from_records(
         records, columns=["embedding", "target", "task", "metric", "value", "n", "hyper"]
     )
-    scores, comparisons = _intervals(draws, target_list, names, models)
+    ratio = float(np.mean([len(test) / len(train) for _, train, test in plan]))
+    scores, comparisons = _intervals(split_scores, _levels(target_list), names, ratio, models)
     folds = pd.DataFrame(
         [
             {"id": ids[row], "repeat": repeat, "fold": i % protocol.folds}
@@ -1005,26 +1023,65 @@ def _run_probes(
         "pca_components": {name: k for name, k in reduce.items() if k is not None},
         "stratified_on": strata_name if protocol.stratified else None,
         "seed": seed,
-        "interval": "95% percentile bootstrap over galaxies (paired, same resamples for all sets)",
+        "interval": INTERVAL,
+        "n_splits": len(plan),
+        "test_train_ratio": ratio,
     }
     summary = _wide(scores[scores.level == "target"], names, target_list)
     families = _wide(scores[scores.level == "family"], names, None)
-    return ProbeRun(summary, families, scores, comparisons, results, curves, folds, info, {})
+    sizes = pd.DataFrame(
+        [{"split": j, "repeat": r, "n_train": len(tr), "n_test": len(te)}
+         for j, (r, tr, te) in enumerate(plan)]
+    )  # fmt: skip
+    long = pd.DataFrame(
+        [{"split": j, "embedding": name, "target": target, "value": v}
+         for (name, target), values in split_scores.items() for j, v in enumerate(values)],
+        columns=["split", "embedding", "target", "value"],
+    )  # fmt: skip
+    long = sizes.merge(long, on="split")
+    return ProbeRun(summary, families, scores, comparisons, results, curves, folds, long, info, {})
 
 
-def _bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """``(1 + n_boot, n)`` resampling counts; row 0 is all ones (the plain estimate)."""
-    rng = np.random.default_rng([seed, 2024])
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
-    return np.concatenate([np.ones((1, n)), counts])
+def resampled_t(
+    values: np.ndarray, test_train_ratio: float, confidence: float = 0.95
+) -> tuple[float, float, float, float]:
+    """Nadeau & Bengio's (2003) corrected resampled t interval of a mean over J train/test splits.
+
+    ``values``: ``(J,)`` a score, or a paired difference of two scores, on each
+    split; ``test_train_ratio``: ``n_test / n_train`` of a split (``1/(k-1)`` for
+    k-fold). The variance of the mean is ``(1/J + n_test/n_train) s^2`` with
+    ``s^2`` the sample variance of ``values`` (the second term: the splits share
+    most of their training rows, so their scores are correlated), with ``J - 1``
+    degrees of freedom. Returns ``(mean, low, high, p)``: the two-sided p-value
+    of a zero mean, below ``1 - confidence`` exactly when the interval excludes 0.
+    """
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    j = len(values)
+    mean = float(values.mean())
+    if j < 2:
+        return mean, math.nan, math.nan, math.nan
+    se = math.sqrt((1.0 / j + test_train_ratio) * values.var(ddof=1))
+    if se == 0.0:  # identical on every split (a set against itself)
+        return mean, mean, mean, 1.0 if mean == 0.0 else 0.0
+    half = float(stats.t.ppf(0.5 + confidence / 2, j - 1)) * se
+    p = float(2.0 * stats.t.sf(abs(mean) / se, j - 1))
+    return mean, mean - half, mean + half, p
 
 
-def _interval(draws: np.ndarray) -> tuple[float, float, float]:
-    finite = draws[1:][np.isfinite(draws[1:])]
-    if len(finite) == 0:
-        return float(draws[0]), math.nan, math.nan
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return float(draws[0]), float(low), float(high)
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN): a family of comparisons whose
+    adjusted p-values are below 0.05 has at most a 5% chance of any false win or loss."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(len(p), np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def outcome(low: float, high: float) -> str:
@@ -1036,27 +1093,36 @@ def outcome(low: float, high: float) -> str:
     return "tie"
 
 
-def _intervals(draws, targets: list[Target], names: list[str], models: int = 1):
-    """Scores and model-vs-baseline improvements with intervals, per target and per family.
-
-    Each of the first ``models`` sets is compared with every set after it.
-    """
-    levels = [("target", t.name, t.family, HEADLINE[t.task], [t]) for t in targets]
+def _levels(targets: list[Target]) -> list[tuple[str, str, str, str, list[str]]]:
+    """``(level, name, family, metric, member targets)`` of every target, then every family."""
+    levels = [("target", t.name, t.family, HEADLINE[t.task], [t.name]) for t in targets]
     for family, members in families_of(targets).items():
         headline = family_headline(members)
-        levels.append(("family", family, family, HEADLINE[headline[0].task], headline))
+        levels.append(
+            ("family", family, family, HEADLINE[headline[0].task], [t.name for t in headline])
+        )
+    return levels
+
+
+def _intervals(split_scores, levels, names: list[str], test_train_ratio: float, models: int = 1):
+    """Scores and model-vs-baseline improvements with intervals, per target and per family.
+
+    ``split_scores``: ``(set, target) -> (J,)`` headline scores per split;
+    ``levels``: :func:`_levels`. A family's per-split score is the mean of its
+    members'. Each of the first ``models`` sets is compared with every set after it.
+    """
     score_rows, compare_rows = [], []
     for level, name, family, metric, members in levels:
         per_set = {}
         for emb in names:
-            got = [draws[emb, t.name] for t in members if (emb, t.name) in draws]
+            got = [split_scores[emb, t] for t in members if (emb, t) in split_scores]
             if len(got) != len(members):
                 continue
             per_set[emb] = np.mean(got, axis=0)
-            value, low, high = _interval(per_set[emb])
+            value, low, high, _ = resampled_t(per_set[emb], test_train_ratio)
             score_rows.append(
                 {"level": level, "name": name, "family": family, "metric": metric,
-                 "targets": ", ".join(t.name for t in members), "embedding": emb,
+                 "targets": ", ".join(members), "embedding": emb,
                  "value": value, "ci_low": low, "ci_high": high}
             )  # fmt: skip
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
@@ -1064,17 +1130,20 @@ def _intervals(draws, targets: list[Target], names: list[str], models: int = 1):
             for baseline in names[i + 1 :]:
                 if model not in per_set or baseline not in per_set:
                     continue
-                value, low, high = _interval(sign * (per_set[model] - per_set[baseline]))
+                diff = sign * (per_set[model] - per_set[baseline])
+                value, low, high, p = resampled_t(diff, test_train_ratio)
                 compare_rows.append(
                     {"level": level, "name": name, "family": family, "metric": metric,
                      "model": model, "baseline": baseline, "improvement": value,
-                     "ci_low": low, "ci_high": high, "outcome": outcome(low, high)}
+                     "ci_low": low, "ci_high": high, "p_value": p, "outcome": outcome(low, high)}
                 )  # fmt: skip
     score_cols = ["level", "name", "family", "metric", "targets", "embedding"]
     compare_cols = ["level", "name", "family", "metric", "model", "baseline", "improvement"]
     return (
         pd.DataFrame(score_rows, columns=[*score_cols, "value", "ci_low", "ci_high"]),
-        pd.DataFrame(compare_rows, columns=[*compare_cols, "ci_low", "ci_high", "outcome"]),
+        pd.DataFrame(
+            compare_rows, columns=[*compare_cols, "ci_low", "ci_high", "p_value", "outcome"]
+        ),
     )
 
 
@@ -1181,7 +1250,10 @@ def run_probe_suite(
 
 
 # --------------------------------------------------------------------------- report
-HEADLINE_FORMAT = "astropt-probe-headline/1"
+HEADLINE_FORMAT = "astropt-probe-headline/2"
+#: Result files written before the per-split rows (bootstrap intervals over galaxies): read
+#: and rendered, not recomputable; regenerate them with ``python -m astropt.quickstart --publish``.
+LEGACY_HEADLINE_FORMATS = ("astropt-probe-headline/1",)
 METRIC_LABELS = {
     "r2": "R^2",
     "balanced_accuracy": "bal. acc.",
@@ -1209,39 +1281,54 @@ def _rounded(value: float, digits: int = 4):
 
 def headline_data(run: ProbeRun) -> dict:
     """A :class:`ProbeRun` as JSON-able data: per family and per target, each set's score
-    with its interval and the model's improvement over each baseline with its outcome."""
-    model, baselines = run.info["embeddings"][0], run.info["embeddings"][1:]
+    with its interval and the model's improvement over each baseline with its outcome,
+    the count of comparisons with Holm's adjustment, and the per-split scores (``rows``)
+    that all of it is recomputed from (:func:`recompute_headline`)."""
+    names = run.info["embeddings"]
+    rows: dict[str, dict[str, list[float]]] = {}
+    for (target, emb), group in run.split_scores.groupby(["target", "embedding"], sort=False):
+        rows.setdefault(target, {})[emb] = [float(v) for v in group.sort_values("split").value]
+    order = {t: i for i, t in enumerate(run.summary.get("target", []))}
+    rows = dict(sorted(rows.items(), key=lambda item: order.get(item[0], len(order))))
+    levels = [
+        (level, name, group.family.iloc[0], group.metric.iloc[0], group.targets.iloc[0].split(", "))
+        for (level, name), group in run.scores.groupby(["level", "name"], sort=False)
+    ]
+    return _headline(dict(run.info), names[0], names[1:], levels, rows, run.scores, run.comparisons)
+
+
+def _headline(info, model, baselines, levels, rows, scores, comparisons) -> dict:
+    """The headline dict from its parts (shared by :func:`headline_data` and the check)."""
+    compare = comparisons[comparisons.model == model]
 
     def entries(level: str) -> list[dict]:
-        rows = []
-        scores = run.scores[run.scores.level == level]
-        compare = run.comparisons[
-            (run.comparisons.level == level) & (run.comparisons.model == model)
-        ]
-        for name, group in scores.groupby("name", sort=False):
-            entry = {
+        out = []
+        for lvl, name, family, metric, members in levels:
+            if lvl != level:
+                continue
+            mine = scores[(scores.level == level) & (scores.name == name)]
+            versus = compare[(compare.level == level) & (compare.name == name)]
+            out.append({
                 "name": name,
-                "family": group.family.iloc[0],
-                "metric": group.metric.iloc[0],
-                "targets": group.targets.iloc[0].split(", "),
+                "family": family,
+                "metric": metric,
+                "targets": list(members),
                 "scores": {
                     r.embedding: [_rounded(r.value), _rounded(r.ci_low), _rounded(r.ci_high)]
-                    for r in group.itertuples()
+                    for r in mine.itertuples()
                 },
                 "vs": {
                     r.baseline: {
                         "improvement": [
-                            _rounded(r.improvement),
-                            _rounded(r.ci_low),
-                            _rounded(r.ci_high),
+                            _rounded(r.improvement), _rounded(r.ci_low), _rounded(r.ci_high)
                         ],
+                        "p": _rounded(r.p_value, 6),
                         "outcome": r.outcome,
                     }
-                    for r in compare[compare.name == name].itertuples()
+                    for r in versus.itertuples()
                 },
-            }
-            rows.append(entry)
-        return rows
+            })  # fmt: skip
+        return out
 
     families = entries("family")
     tally = {
@@ -1249,23 +1336,93 @@ def headline_data(run: ProbeRun) -> dict:
             for k in ("win", "tie", "loss")}
         for b in baselines
     }  # fmt: skip
+    table = [(f, b) for f in families for b in baselines if b in f["vs"]]
+    adjusted = holm([f["vs"][b]["p"] if f["vs"][b]["p"] is not None else math.nan
+                     for f, b in table])  # fmt: skip
+    for (f, b), p in zip(table, adjusted):
+        f["vs"][b]["holm"] = f["vs"][b]["outcome"] if p < 0.05 else "tie"
     return {
         "format": HEADLINE_FORMAT,
-        "info": run.info,
+        "info": info,
         "model": model,
-        "baselines": baselines,
+        "baselines": list(baselines),
         "families": families,
         "targets": entries("target"),
         "tally": tally,
+        "comparisons": {
+            "count": len(table),
+            "families": len(families),
+            "baselines": len(baselines),
+            "confidence": 0.95,
+            "adjustment": "none: each interval is a per-comparison 95% interval; 'holm' "
+            "gives each outcome after Holm's adjustment over the table's comparisons",
+            "wins_after_holm": sum(f["vs"][b]["holm"] == "win" for f, b in table),
+            "losses_after_holm": sum(f["vs"][b]["holm"] == "loss" for f, b in table),
+        },
+        "rows": rows,
     }
+
+
+def recompute_headline(data: dict) -> dict:
+    """The headline a result file's per-split ``rows`` give: intervals, outcomes, tallies and
+    Holm's adjustment recomputed with the same code that wrote them (:func:`check_headline`)."""
+    info = data["info"]
+    model, baselines = data["model"], data["baselines"]
+    levels = [
+        ("family", f["name"], f["family"], f["metric"], f["targets"]) for f in data["families"]
+    ]
+    levels = [
+        *(("target", t["name"], t["family"], t["metric"], t["targets"]) for t in data["targets"]),
+        *levels,
+    ]
+    split_scores = {
+        (emb, target): np.asarray(values, dtype=np.float64)
+        for target, per_set in data["rows"].items()
+        for emb, values in per_set.items()
+    }
+    scores, comparisons = _intervals(
+        split_scores, levels, [model, *baselines], info["test_train_ratio"]
+    )
+    return _headline(info, model, baselines, levels, data["rows"], scores, comparisons)
+
+
+def check_headline(data: dict) -> list[str]:
+    """What in a probe result file disagrees with its own rows (empty: it is consistent)."""
+    if data.get("format") != HEADLINE_FORMAT:
+        return [f"not a {HEADLINE_FORMAT} file"]
+    fresh = recompute_headline(data)
+    problems = []
+    for key in ("families", "targets", "tally", "comparisons", "baselines", "model"):
+        if json.loads(json.dumps(fresh[key])) != data.get(key):
+            problems.append(f"{key!r} differs from what its per-split rows give")
+    return problems
 
 
 def read_headline(path: str | Path) -> dict:
     """A headline JSON file written by :func:`write_report` (``headline.json``)."""
     data = json.loads(Path(path).read_text())
-    if data.get("format") != HEADLINE_FORMAT:
+    if data.get("format") not in (HEADLINE_FORMAT, *LEGACY_HEADLINE_FORMATS):
         raise ValueError(f"{path} is not a probe headline file ({HEADLINE_FORMAT})")
     return data
+
+
+def comparisons_note(data: dict) -> str:
+    """How many comparisons a headline's family table makes, and what its intervals claim."""
+    n_families, baselines = len(data["families"]), len(data["baselines"])
+    count = sum(len(f["vs"]) for f in data["families"])
+    text = (
+        f"{n_families} families x {baselines} baselines = {count} comparisons; each interval "
+        "is a per-comparison 95% interval, not adjusted for multiplicity"
+    )
+    if "comparisons" not in data:  # a legacy file
+        return text + "."
+    wins = sum(t["win"] for t in data["tally"].values())
+    losses = sum(t["loss"] for t in data["tally"].values())
+    after = data["comparisons"]
+    return (
+        text + f" (with Holm's adjustment over the {count}: {after['wins_after_holm']} of the "
+        f"{wins} wins and {after['losses_after_holm']} of the {losses} losses remain)."
+    )
 
 
 def _cell(triple: list) -> str:
@@ -1326,6 +1483,7 @@ def write_report(
         "results": out / "probe_results.csv",
         "label_efficiency": out / "label_efficiency.csv",
         "folds": out / "folds.csv",
+        "split_scores": out / "split_scores.csv",
         "summary_png": out / "probe_summary.png",
         "label_efficiency_png": out / "label_efficiency.png",
     }
@@ -1336,6 +1494,7 @@ def write_report(
     run.results.to_csv(files["results"], index=False)
     run.label_efficiency.to_csv(files["label_efficiency"], index=False)
     run.folds.to_csv(files["folds"], index=False)
+    run.split_scores.to_csv(files["split_scores"], index=False)
     names = run.info["embeddings"]
     plot_improvements(run.comparisons, files["summary_png"])
     plot_label_efficiency(run.label_efficiency, files["label_efficiency_png"])
@@ -1370,11 +1529,13 @@ def write_report(
         "",
         "Embedding sets: " + ", ".join(described) + ". The first is the model.",
         "",
-        f"Scores are computed on each repeat's pooled out-of-fold predictions and averaged "
-        f"over repeats; intervals: {info['interval']}, {protocol['n_boot']} resamples. "
+        f"Galaxies: the `{info.get('split') or 'unstated'}` split"
+        + "".join(f"; {k} was chosen on `{v}`" for k, v in info.get("choices", {}).items())
+        + ". Scores are the mean over the splits (folds x repeats) of each split's score on "
+        f"its test rows (`split_scores.csv`); intervals: {info['interval']}. "
         "A baseline's cell gives its score, then the model's improvement over it (positive = "
         "the model is better) with its interval: **win** if the interval is above zero, "
-        "*loss* if below, else tie.",
+        "*loss* if below, else tie. " + comparisons_note(data),
         "",
         "## Headline: one row per target family",
         "",
@@ -1513,17 +1674,34 @@ def readme_block(data: dict) -> str:
         if settings
         else ""
     )
+    if data["format"] in LEGACY_HEADLINE_FORMATS:
+        how = (
+            "95% bootstrap intervals over galaxies (a legacy result file: those intervals leave "
+            "out the variance of refitting the probe and are too narrow; regenerate it with "
+            "`python -m astropt.quickstart --publish`)"
+        )
+    else:
+        split = info.get("split") or "unstated"
+        choices = ", ".join(f"{k} on {v}" for k, v in info.get("choices", {}).items())
+        provenance = data.get("provenance", {})
+        commit = provenance.get("commit", "")[:12] + (" (dirty)" if provenance.get("dirty") else "")
+        how = (
+            f"95% corrected resampled t intervals over the {info['n_splits']} splits (they "
+            f"include refitting the probe); split `{split}`"
+            + (f"; choices made: {choices}" if choices else "")
+            + (f"; code {commit}" if commit else "")
+        )
     lines = [
         f"From `{run.get('command', 'the probe suite')}` "
         f"({json.dumps(run.get('machine', {}))}): {trained}{info['n_galaxies']} test galaxies, "
-        f"{protocol['folds']} folds x {protocol['repeats']} repeats, 95% bootstrap intervals "
-        "over galaxies. Cells: score; model minus baseline [interval] and the outcome "
+        f"{protocol['folds']} folds x {protocol['repeats']} repeats, {how}. Cells: score; "
+        "model minus baseline [interval] and the outcome "
         "(for angle errors, baseline minus model: positive is always better).",
         "",
         headline_table(data),
         "",
         f"The model wins against every baseline on {len(won)} of {len(data['families'])} "
-        "target families.",
+        f"target families. {comparisons_note(data)}",
         "",
     ]
     return "\n".join(lines)
@@ -1560,13 +1738,16 @@ class ProbeOptions:
     baselines: bool = True  # false: probe the model's embeddings only
     # columns, 'col>0.5' thresholds, 'col:regression', 'col:circular=180' (default: all numeric)
     targets: list[str] | None = None
-    seed: int = 0  # folds, bootstrap and label subsets
+    seed: int = 0  # folds and label subsets
     # repeated: stratified 5-fold x 3 repeats, CV-chosen ridge strength;
     # astropt: AstroPT's 5-fold ridge with alpha = 100
     protocol: str = "repeated"
     folds: int | None = None  # k of the k-fold (default: the protocol's)
     repeats: int | None = None  # repeats of the k-fold (default: the protocol's)
-    n_boot: int | None = None  # bootstrap resamples of the galaxies (default 1000)
+    # dev (choosing settings) or test (the published table); recorded in the report
+    split: str | None = None
+    # settings chosen before this run, as name:split (e.g. embed_layer:dev); recorded
+    choices: list[str] = field(default_factory=list)
     # training-set sizes of the label-efficiency curves, e.g. 30,100,all ('' to skip)
     label_sizes: list[str] = field(
         default_factory=lambda: ["30", "100", "300", "1000", "3000", "all"]
@@ -1580,6 +1761,27 @@ class ProbeOptions:
                 raise ValueError(f"label_sizes: {size!r} is neither a count nor 'all'")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
+        if self.split is not None and self.split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {self.split!r}")
+        for choice in self.choices:
+            if choice.partition(":")[2] not in EVAL_SPLITS:
+                raise ValueError(f"choices: {choice!r} is not name:dev or name:test")
+
+
+def eval_split(export: str | Path, split: str | None) -> str | None:
+    """The evaluation split (``dev``/``test``) of an export: ``split`` checked against the
+    data split its manifest records (dev = ``validation``, test = ``test``), else that record's."""
+    from astropt.data.sources import canonical_split
+    from astropt.embed import read_manifest
+
+    manifest = read_manifest(export) or {}
+    recorded = (manifest.get("settings") or {}).get("split") or manifest.get("split")
+    recorded = {"validation": "dev", "test": "test"}.get(canonical_split(recorded or ""))
+    if split is not None and recorded is not None and split != recorded:
+        from astropt.errors import UserError
+
+        raise UserError(f"split={split} but {export} was exported from the {recorded} split")
+    return split or recorded
 
 
 def run_probe(opts: ProbeOptions) -> int:
@@ -1623,12 +1825,13 @@ def run_probe(opts: ProbeOptions) -> int:
     run = run_probe_suite(
         sets,
         opts.out,
+        split=eval_split(opts.embeddings, opts.split),
         targets=opts.targets,
         seed=opts.seed,
         protocol=opts.protocol,
         folds=opts.folds,
         repeats=opts.repeats,
-        n_boot=opts.n_boot,
+        choices=dict(choice.split(":", 1) for choice in opts.choices),
         label_sizes=[s for s in sizes if s != 0] or None,
         label_targets=label_targets,
         threads=opts.threads,

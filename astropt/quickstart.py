@@ -6,7 +6,7 @@ runs) does, in order:
 1. ``survey``: write a synthetic DESI Legacy Survey-like survey (train /
    validation / test parquet shards of 64x64 grz JPEG stamps with their truth);
 2. ``train``: pretrain ``configs/quickstart.toml`` on the train split;
-3. ``embed``: export embeddings of the test split for the trained model and
+3. ``embed``: export embeddings of the evaluation split for the trained model and
    the baselines (a randomly initialised model of the same shape, the scaled
    pixels as patches, and morphometrics measured on every stamp);
 4. ``probe``: linear probes of every truth column against the four baselines
@@ -20,6 +20,12 @@ runs) does, in order:
 Each finished step leaves a marker in ``OUT/.steps/``; running again skips
 finished steps (a half-done training run resumes from its last checkpoint).
 ``--fast`` shrinks every step for the test suite.
+
+``--split dev`` runs steps 3-7 on the survey's ``validation`` split (into
+``embeddings/validation.parquet``, ``probes-dev/``, ``REPORT-dev.md``): that
+is where the quickstart's settings are chosen (:data:`CHOICES` records which
+split chose each). The default ``--split test`` evaluates the ``test`` split,
+touched once for the published table (``--publish`` refuses a dev run).
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ PUBLISHED_RESULT = Path("docs/results/quickstart-probes.json")
 #: The page whose probe-table block ``--publish`` regenerates (paths in it are relative to it).
 PROBE_PAGE = Path("docs/embeddings.md")
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when run from a checkout
+#: Settings chosen by looking at probe results, and the evaluation split each was chosen on
+#: (recorded in every probe report and the published result). ``embed_layer`` was picked
+#: after seeing the test table (issue 22): re-choose it with ``--split dev`` and record "dev".
+CHOICES = {"embed_layer": "test"}
+#: Evaluation split -> the survey split it reads (dev chooses settings, test publishes).
+DATA_SPLITS = {"dev": "validation", "test": "test"}
 DEFAULT_THREADS = 2  # the CI and quickstart machine's cores
 
 
@@ -86,8 +98,12 @@ class Quickstart:
         config: Path,
         overrides: list[str],
         threads: int = DEFAULT_THREADS,
+        split: str = "test",
+        command: str = "python -m astropt.quickstart",
     ):
         self.out = out
+        self.split = split
+        self.command = command
         self.threads = threads
         self.machine: dict = {}
         self.settings = settings
@@ -106,8 +122,20 @@ class Quickstart:
         return self.out / "model"
 
     @property
+    def data_split(self) -> str:
+        return DATA_SPLITS[self.split]
+
+    @property
     def embeddings(self) -> Path:
-        return self.out / "embeddings" / "test.parquet"
+        return self.out / "embeddings" / f"{self.data_split}.parquet"
+
+    def _named(self, name: str) -> str:
+        """A step or file name of this split: ``probes`` (test) or ``probes-dev`` (dev)."""
+        return name if self.split == "test" else f"{name}-{self.split}"
+
+    @property
+    def probes_dir(self) -> Path:
+        return self.out / self._named("probes")
 
     def _step(self, name: str, action: Callable[[], dict | None]) -> dict:
         marker = self.steps_dir / f"{name}.json"
@@ -171,40 +199,40 @@ class Quickstart:
 
         model = self._load_model()
         data_cfg = self._data_config()
-        export_embeddings(model, data_cfg, self.embeddings, split="test", thumbnails=16)
-        baselines = export_baselines(model, data_cfg, self.embeddings, split="test")
+        split = self.data_split
+        export_embeddings(model, data_cfg, self.embeddings, split=split, thumbnails=16)
+        baselines = export_baselines(model, data_cfg, self.embeddings, split=split)
         return {"model": str(self.embeddings), **{k: str(v) for k, v in baselines.items()}}
 
     def probe(self) -> dict:
         from astropt.probe import discover_embeddings, headline_table, run_probe_suite
+        from astropt.results import stamp, write_result
 
         options = {}
         if self.settings.label_sizes is not None:
             options["label_sizes"] = self.settings.label_sizes
         run = run_probe_suite(
-            discover_embeddings(self.embeddings), self.out / "probes", seed=0, progress=True,
-            **options,
+            discover_embeddings(self.embeddings), self.probes_dir, seed=0, progress=True,
+            split=self.split, choices=CHOICES, **options,
         )  # fmt: skip
         headline = run.headline()
         headline["run"] = {
-            "command": "python -m astropt.quickstart"
-            + (" --fast" if self.settings is FAST else "")
-            + (f" --threads {self.threads}" if self.threads != DEFAULT_THREADS else "")
-            + "".join(f" {override}" for override in self.overrides),
+            "command": self.command,
             "settings": dataclasses.asdict(self.settings),
             "machine": self.machine,
         }
-        run.files["headline"].write_text(json.dumps(headline, indent=1) + "\n")
+        outputs = [run.files[k] for k in ("split_scores", "folds", "results")]
+        stamp(headline, self.command, outputs, root=self.out)
+        write_result(run.files["headline"], headline)
         print(headline_table(headline), flush=True)
         return scientific_bar(headline)
 
     def maps(self) -> dict:
         from astropt.maps import make_maps
 
-        make_maps(
-            self.embeddings, self.out / "umap.png", seed=0, max_points=self.settings.map_points
-        )
-        return {"png": "umap.png"}
+        png = self._named("umap") + ".png"
+        make_maps(self.embeddings, self.out / png, seed=0, max_points=self.settings.map_points)
+        return {"png": png}
 
     def complete(self) -> dict:
         from astropt.generate import check_can_complete, completion_grid
@@ -216,10 +244,11 @@ class Quickstart:
             print(f"[quickstart] complete: skipped ({why})", flush=True)
             return {"skipped": str(why)}
         prefix = max(1, (self.settings.image_size // model.config.patch_size) ** 2 // 4)
+        png = self._named("completions") + ".png"
         completion_grid(
-            model, self._data_config(), self.out / "completions.png", n=8, prefix=prefix
+            model, self._data_config(), self.out / png, n=8, prefix=prefix, split=self.data_split
         )
-        return {"png": "completions.png", "prefix": prefix}
+        return {"png": png, "prefix": prefix}
 
     def run(self) -> dict:
         start = time.perf_counter()
@@ -227,12 +256,12 @@ class Quickstart:
         results = {
             "survey": self._step("survey", self.survey),
             "train": self._step("train", self.train),
-            "embed": self._step("embed", self.embed),
-            "probe": self._step("probe", self.probe),
-            "maps": self._step("maps", self.maps),
-            "complete": self._step("complete", self.complete),
+            "embed": self._step(self._named("embed"), self.embed),
+            "probe": self._step(self._named("probe"), self.probe),
+            "maps": self._step(self._named("maps"), self.maps),
+            "complete": self._step(self._named("complete"), self.complete),
         }
-        report = write_report(self.out, results, self.machine)
+        report = write_report(self.out, results, self.machine, self.split)
         elapsed = time.perf_counter() - start
         bar = results["probe"]
         print(
@@ -308,9 +337,13 @@ def _not_won_lines(bar: dict) -> list[str]:
     return lines
 
 
-def write_report(out: Path, results: dict, machine: dict | None = None) -> Path:
-    """``OUT/REPORT.md``: what ran, the probe table and every figure."""
-    probe_report = out / "probes" / "report.md"
+def write_report(
+    out: Path, results: dict, machine: dict | None = None, split: str = "test"
+) -> Path:
+    """``OUT/REPORT.md`` (``REPORT-dev.md`` for the dev split): what ran, the probe table
+    and every figure."""
+    probes = "probes" if split == "test" else f"probes-{split}"
+    probe_report = out / probes / "report.md"
     table = probe_report.read_text() if probe_report.is_file() else "(no probe report)"
     train, bar = results["train"], results["probe"]
     lines = [
@@ -324,7 +357,9 @@ def write_report(out: Path, results: dict, machine: dict | None = None) -> Path:
         f"- survey: `{out / 'survey'}` (splits {results['survey'].get('splits')})",
         f"- model: `{out / 'model'}`: {train.get('n_params')} parameters, "
         f"{train.get('steps')} steps, best validation loss {train.get('best_val_loss')}",
-        f"- embeddings of the test split: `{out / 'embeddings'}`",
+        f"- embeddings of the {DATA_SPLITS[split]} split (evaluation split `{split}`): "
+        f"`{out / 'embeddings'}`; settings chosen on a split: "
+        + ", ".join(f"{k} on {v}" for k, v in CHOICES.items()),
         f"- machine: {json.dumps(machine or {})} (a rerun with these settings gives identical "
         "numbers; another CPU kernel set, bfloat16 support or torch version changes them)",
         "",
@@ -343,23 +378,23 @@ def write_report(out: Path, results: dict, machine: dict | None = None) -> Path:
         "",
         "## Figures",
         "",
-        "- Improvement over each baseline per family: ![improvements](probes/probe_summary.png)",
-        "- Label efficiency: ![label efficiency](probes/label_efficiency.png)",
-        "- UMAP maps: ![umap](umap.png)",
+        f"- Improvement over each baseline per family: ![improvements]({probes}/probe_summary.png)",
+        f"- Label efficiency: ![label efficiency]({probes}/label_efficiency.png)",
+        f"- UMAP maps: ![umap]({results['maps']['png']})",
         (
-            "- Completions from the centre: ![completions](completions.png)"
+            f"- Completions from the centre: ![completions]({results['complete']['png']})"
             if "png" in results["complete"]
             else f"- Completions from the centre: skipped ({results['complete'].get('skipped')})"
         ),
         "",
         "## Probe report",
         "",
-        _embed_markdown(table, "probes/"),
+        _embed_markdown(table, f"{probes}/"),
         "",
         "Step timings (s): " + ", ".join(f"{k} {v.get('seconds')}" for k, v in results.items()),
         "",
     ]
-    path = out / "REPORT.md"
+    path = out / ("REPORT.md" if split == "test" else f"REPORT-{split}.md")
     path.write_text("\n".join(lines))
     return path
 
@@ -387,15 +422,36 @@ class QuickstartOptions:
     overrides: list[str] = field(default_factory=list)
     threads: int = DEFAULT_THREADS  # torch CPU threads, pinned so reruns give identical numbers
     # after the run, copy its probe headline to docs/results/quickstart-probes.json and
-    # regenerate the probe table of docs/embeddings.md from it (in a checkout)
+    # regenerate the probe table of docs/embeddings.md from it (in a checkout; split test only)
     publish: bool = False
+    # dev: embed and probe the survey's validation split (for choosing settings);
+    # test: its test split (the published table)
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in DATA_SPLITS:
+            raise ValueError(f"split must be one of {sorted(DATA_SPLITS)}, got {self.split!r}")
 
 
 def run_quickstart(opts: QuickstartOptions) -> int:
     """Run (or finish) the science loop into ``opts.out``."""
+    from astropt.errors import UserError
+
+    if opts.publish and opts.split != "test":
+        raise UserError("--publish publishes the test split's table: run it with --split test")
     settings = FAST if opts.fast else FULL
     config = resolve_config_path(opts.config)
-    Quickstart(Path(opts.out), settings, config, opts.overrides, opts.threads).run()
+    command = (
+        "python -m astropt.quickstart"
+        + (" --fast" if opts.fast else "")
+        + (f" --threads {opts.threads}" if opts.threads != DEFAULT_THREADS else "")
+        + (f" --split {opts.split}" if opts.split != "test" else "")
+        + (" --publish" if opts.publish else "")
+        + "".join(f" {override}" for override in opts.overrides)
+    )
+    Quickstart(
+        Path(opts.out), settings, config, opts.overrides, opts.threads, opts.split, command
+    ).run()
     if opts.publish:
         publish(Path(opts.out))
     return 0
@@ -415,6 +471,7 @@ COMMAND = Command(
     examples=(
         "astropt quickstart out=runs/quickstart",
         "python -m astropt.quickstart --out runs/quickstart --fast model.n_layer=2",
+        "python -m astropt.quickstart --out runs/quickstart --split dev",
     ),
 )
 
@@ -425,14 +482,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def publish(out: Path, repo: Path = CHECKOUT) -> Path:
-    """Copy ``out``'s probe headline into the repository and regenerate the docs' probe table."""
+    """Copy ``out``'s probe headline into the repository and regenerate the docs' probe table.
+
+    The headline must be a stamped test-split result (:mod:`astropt.results`) whose tables
+    agree with its per-split rows."""
     import shutil
 
-    from astropt.probe import update_readme
+    from astropt.errors import UserError
+    from astropt.probe import read_headline, update_readme
+    from astropt.results import check_result
 
+    source = out / "probes" / "headline.json"
+    data = read_headline(source)
+    problems = check_result(data)
+    if data["info"].get("split") != "test":
+        problems.append(f"it is from the {data['info'].get('split')!r} split, not test")
+    if problems:
+        raise UserError(
+            f"not publishing {source}: " + "; ".join(problems)
+            + f" (a run from older code: delete {out / '.steps' / 'probe.json'} and rerun)"
+        )  # fmt: skip
     target = repo / PUBLISHED_RESULT
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "probes" / "headline.json", target)
+    shutil.copyfile(source, target)
     update_readme(repo / PROBE_PAGE)
     print(f"[quickstart] published {target} and the probe table of {PROBE_PAGE}")
     return target

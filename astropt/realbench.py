@@ -113,7 +113,6 @@ class RealbenchOptions:
     layer: str | None = None  # embedding layer (final, middle, an index, a+b; None: the model's)
     folds: int | None = None  # probe folds (None: astropt.probe's protocol)
     repeats: int | None = None  # probe repeats (None: the protocol's)
-    n_boot: int | None = None  # bootstrap resamples (None: the protocol's)
     threads: int = 1  # torch and BLAS threads (one is kindest to a shared machine)
     chosen_on: str = ""  # where the settings were chosen, recorded in the table (e.g. "dev")
     seed: int = 0  # training, fold and resampling seed
@@ -155,7 +154,7 @@ class RealbenchOptions:
         keep = (
             "test_fraction", "pretrain_on", "config", "variants", "overrides", "extra_models",
             "max_iters",
-            "batch_size", "crop_fraction", "resize", "layer", "folds", "repeats", "n_boot", "seed",
+            "batch_size", "crop_fraction", "resize", "layer", "folds", "repeats", "seed",
         )  # fmt: skip
         return {k: getattr(self, k) for k in keep}
 
@@ -485,8 +484,8 @@ class Realbench:
             seed=self.opts.seed,
             folds=self.opts.folds,
             repeats=self.opts.repeats,
-            n_boot=self.opts.n_boot,
             label_sizes=None,
+            split=self.opts.split,
             threads=self.opts.threads,
             models=n_models,
         )

@@ -7,12 +7,21 @@ such) and replaces the table between the ``bench-table`` markers of
 ``docs/benchmarks.md``, so no figure there is typed by hand.
 
     python bench/report.py [--results bench/results] [--page docs/benchmarks.md] [--check]
+
+``--check`` (run by ``make test``) changes nothing and fails if any generated
+text disagrees with its source: this table with ``bench/results``, every
+generated block of README.md and ``docs/**/*.md`` (probe and finetune tables)
+with the result file it cites, and every ``docs/results/*.json`` with itself
+(:func:`astropt.results.check_result`: its digest, and intervals, tallies and
+outcomes recomputed from its per-fold or per-seed rows). Result files written
+before provenance stamps (legacy) are listed, and fail only with ``--strict``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -161,11 +170,65 @@ def render(folder: Path) -> str:
     return "\n".join(lines)
 
 
+#: Generated blocks: (module, its block regex, its file reader, its block renderer).
+BLOCKS = (
+    ("astropt.probe", "README_BLOCK", "read_headline", "readme_block"),
+    ("astropt.finetune.sweep", "README_BLOCK", "read_published", "readme_block"),
+)
+#: The command that regenerates a legacy result file, by file name prefix.
+REGENERATE = {
+    "quickstart-probes": "python -m astropt.quickstart --publish",
+    "finetune-": "python -m astropt.finetune.sweep --out SWEEP --publish ...",
+}
+
+
+def check_published(repo: Path, strict: bool = False) -> list[str]:
+    """Problems of the generated blocks and result files of ``repo`` (empty: all agree)."""
+    import importlib
+    import json
+
+    from astropt.results import check_result, is_stamped
+
+    problems = []
+    pages = [repo / "README.md", *sorted((repo / "docs").rglob("*.md"))]
+    for module_name, pattern, reader, renderer in BLOCKS:
+        module = importlib.import_module(module_name)
+        for page in pages:
+            text = page.read_text() if page.is_file() else ""
+            for block in getattr(module, pattern).finditer(text):
+                path = page.parent / block["path"]
+                if not path.is_file():
+                    problems.append(f"{page.relative_to(repo)} cites {block['path']}: no such file")
+                    continue
+                expected = getattr(module, renderer)(getattr(module, reader)(path))
+                if block["body"] != expected:
+                    problems.append(
+                        f"{page.relative_to(repo)}: the block citing {block['path']} differs "
+                        "from what that file renders (edited by hand, or not regenerated)"
+                    )
+    for path in sorted((repo / "docs" / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        name = path.relative_to(repo)
+        if not is_stamped(data):
+            command = next((c for k, c in REGENERATE.items() if path.stem.startswith(k)), "")
+            note = f"{name}: legacy result file (no provenance); regenerate with `{command}`"
+            print(note, file=sys.stderr)
+            if strict:
+                problems.append(note)
+            continue
+        problems += [f"{name}: {problem}" for problem in check_result(data)]
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--page", dest="readme", default=str(HERE.parent / PAGE))
-    parser.add_argument("--check", action="store_true", help="fail if the page is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if any generated table or result file is off"
+    )
+    parser.add_argument("--strict", action="store_true", help="with --check: legacy files fail")
+    parser.add_argument("--repo", default=str(HERE.parent), help="the checkout --check reads")
     args = parser.parse_args()
     readme = Path(args.readme)
     text = readme.read_text()
@@ -175,7 +238,12 @@ def main() -> int:
     after = rest.split(END, 1)[1]
     updated = before + render(Path(args.results)) + after
     if args.check:
-        return 0 if updated == text else 1
+        problems = check_published(Path(args.repo), args.strict)
+        if updated != text:
+            problems.insert(0, f"{readme}: the benchmark table differs from {args.results}")
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
     readme.write_text(updated)
     print(render(Path(args.results)))
     return 0

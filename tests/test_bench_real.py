@@ -54,7 +54,7 @@ def test_real_bench_compares_survey_models_beside_the_real_one(tmp_path, monkeyp
     out = tmp_path / "work"
     argv = [
         str(folder), "--catalogue", str(catalogue), "--label", "spiral", "--out", str(out),
-        "--iters", "2", "--batch-size", "8", "folds=2", "repeats=1", "n_boot=50",
+        "--iters", "2", "--batch-size", "8", "folds=2", "repeats=1",
     ]  # fmt: skip
     assert real.main(argv) == 0
     (model,) = (out / "models").iterdir()

@@ -15,22 +15,20 @@ from astropt.probe import (
     RIDGE_ALPHAS,
     FoldPCA,
     PixelSource,
-    Target,
     angular_error,
     auto_targets,
-    classification_metrics,
     fold_plan,
     headline_table,
+    holm,
     nmad,
     parse_target,
     reduce_features,
-    regression_metrics,
+    resampled_t,
     resolve_protocol,
     ridge_classifier_cv,
     ridge_cv,
     run_probe_suite,
     run_probes,
-    weighted_headline,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +56,7 @@ def planted(n: int = 400, d: int = 24, seed: int = 0):
     return ids, x.astype(np.float32), catalogue
 
 
-FAST = {"n_boot": 200, "label_sizes": None}
+FAST = {"label_sizes": None}
 
 
 def test_planted_linear_signal_noise_and_separable_class():
@@ -94,7 +92,7 @@ def test_baselines_are_probed_on_the_same_folds():
         "near": (ids[order], x[order] + 0.1 * random_features[order], catalogue.iloc[order]),
         "random": (ids[::-1], random_features[::-1], catalogue.iloc[::-1]),
     }
-    run = run_probes(sets, label_sizes=(30, 100, None), n_boot=200)
+    run = run_probes(sets, label_sizes=(30, 100, None))
     # Each set alone gets the same folds: they depend on the set of ids only.
     for name, source in sets.items():
         alone = run_probes({name: source}, targets=["linear", "separable"], **FAST)
@@ -254,26 +252,29 @@ def test_several_models_are_each_compared_with_every_later_set():
         run_probes(sets, targets=["linear"], models=5, **FAST)
 
 
-def test_bootstrap_weights_score_like_resampled_galaxies():
-    rng = np.random.default_rng(4)
-    n = 90
-    y = rng.normal(size=n)
-    pred = y + rng.normal(scale=0.7, size=n)
-    labels = rng.integers(0, 3, n)
-    guess = np.where(rng.random(n) < 0.6, labels, rng.integers(0, 3, n))
-    angles, angle_pred = rng.uniform(0, 180, n), rng.uniform(0, 180, n)
-    draws = rng.multinomial(n, np.full(n, 1 / n), size=5)
-    weights = np.concatenate([np.ones((1, n)), draws])
-    regression = weighted_headline(Target("y", "y", "regression"), y, pred, weights)
-    classes = weighted_headline(Target("c", "c", "classification"), labels, guess, weights)
-    circular = weighted_headline(Target("a", "a", "circular", period=180.0), angles, angle_pred,
-                                 weights)  # fmt: skip
-    for row, counts in enumerate(weights.astype(int)):
-        take = np.repeat(np.arange(n), counts)  # the resample, galaxy by galaxy
-        assert regression[row] == pytest.approx(regression_metrics(y[take], pred[take])["r2"])
-        expected = classification_metrics(labels[take], guess[take])["balanced_accuracy"]
-        assert classes[row] == pytest.approx(expected)
-        assert circular[row] == pytest.approx(angular_error(angle_pred[take], angles[take]).mean())
+def test_resampled_t_interval_and_holm_by_hand():
+    from scipy import stats
+
+    values = np.array([0.10, 0.14, 0.08, 0.12, 0.11, 0.15, 0.09, 0.13, 0.10, 0.12])
+    ratio = 0.25  # 5-fold: n_test / n_train
+    mean, low, high, p = resampled_t(values, ratio)
+    se = np.sqrt((1 / 10 + ratio) * values.var(ddof=1))  # Nadeau & Bengio's correction
+    assert mean == pytest.approx(0.114)
+    assert high - mean == pytest.approx(mean - low) == pytest.approx(stats.t.ppf(0.975, 9) * se)
+    assert p == pytest.approx(2 * stats.t.sf(mean / se, 9))
+    # The uncorrected interval (s / sqrt(J)) would be sqrt(1 + J * ratio) = 1.87x narrower.
+    assert (high - low) / (2 * stats.t.ppf(0.975, 9) * values.std(ddof=1) / np.sqrt(10)) == (
+        pytest.approx(np.sqrt(1 + 10 * ratio))
+    )
+    # The interval excludes zero exactly when p < 0.05; no spread: a point.
+    shifted = values - 0.114 + 0.0245
+    _, low, _, p = resampled_t(shifted, ratio)
+    assert (low > 0) == (p < 0.05)
+    assert resampled_t(np.zeros(15), ratio) == (0.0, 0.0, 0.0, 1.0)
+    # Holm: sorted p-values times (m, m-1, ...), running maximum, capped at 1.
+    adjusted = holm([0.01, 0.04, 0.03, np.nan, 0.005])
+    np.testing.assert_allclose(adjusted[[4, 0, 2, 1]], [0.02, 0.03, 0.06, 0.06])
+    assert np.isnan(adjusted[3])
 
 
 def test_circular_target_is_scored_by_angle():
@@ -446,9 +447,9 @@ def test_report_files(tmp_path):
     ids, x, catalogue = planted(n=300)
     rng = np.random.default_rng(2)
     sets = {"model": (ids, x, catalogue), "random": (ids, rng.normal(size=x.shape), None)}
-    run = run_probe_suite(sets, tmp_path, label_sizes=(30, None), label_targets="all", n_boot=200)
+    run = run_probe_suite(sets, tmp_path, label_sizes=(30, None), label_targets="all")
     for name in ("report.md", "headline.json", "scores.csv", "comparisons.csv",
-                 "probe_results.csv", "label_efficiency.csv", "folds.csv",
+                 "probe_results.csv", "label_efficiency.csv", "folds.csv", "split_scores.csv",
                  "probe_summary.png", "label_efficiency.png"):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 0, name
     report = (tmp_path / "report.md").read_text()
@@ -488,8 +489,6 @@ def test_command_line_finds_baselines_beside_the_export(tmp_path, capsys):
         str(out),
         "--label-sizes",
         "30",
-        "--n-boot",
-        "100",
     ]
     assert cli["main"](argv) == 0
     printed = capsys.readouterr()

@@ -2,13 +2,19 @@
 
 import json
 import re
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from astropt.quickstart import main
+from astropt.errors import UserError
+from astropt.probe import eval_split
+from astropt.quickstart import PROBE_PAGE, main, publish
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -64,3 +70,35 @@ def test_fast_quickstart_writes_a_complete_report_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     for step in ("survey", "train", "embed", "probe", "maps", "complete"):
         assert f"{step}: already done" in printed
+
+    # The test run's headline records its split, choices and provenance; published into a
+    # checkout it passes `bench/report.py --check`, and its generated table names its
+    # comparisons.
+    assert headline["info"]["split"] == "test" and "embed_layer" in headline["info"]["choices"]
+    assert headline["provenance"]["command"] == "python -m astropt.quickstart --fast"
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "README.md").write_text("# readme\n")
+    (repo / PROBE_PAGE).write_text(
+        "<!-- probe-table: results/quickstart-probes.json -->\n<!-- /probe-table -->\n"
+    )
+    publish(out, repo)
+    report = runpy.run_path(str(REPO / "bench" / "report.py"), run_name="report")
+    assert report["check_published"](repo) == []
+    page = (repo / PROBE_PAGE).read_text()
+    assert re.search(r"\d+ families x 4 baselines = \d+ comparisons", page)
+
+    # The dev split: the same loop on the validation galaxies, beside the test run.
+    assert main(["--out", str(out), "--fast", "--split", "dev"]) == 0
+    dev = json.loads((out / "probes-dev" / "headline.json").read_text())
+    assert dev["info"]["split"] == "dev"
+    assert dev["run"]["command"] == "python -m astropt.quickstart --fast --split dev"
+    dev_ids, _, _ = read_embeddings(out / "embeddings" / "validation.parquet")
+    assert len(dev_ids) == survey["splits"]["validation"] and not set(dev_ids) & set(ids)
+    assert "probes-dev/probe_summary.png" in (out / "REPORT-dev.md").read_text()
+    capsys.readouterr()
+    assert main(["--out", str(out), "--fast", "--split", "dev", "--publish"]) == 1
+    assert "run it with --split test" in capsys.readouterr().err
+    with pytest.raises(UserError, match="exported from the dev split"):
+        eval_split(out / "embeddings" / "validation.parquet", "test")
+    assert eval_split(out / "embeddings" / "validation.parquet", None) == "dev"

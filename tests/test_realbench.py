@@ -69,7 +69,7 @@ def test_realbench_end_to_end_on_labelled_folders(tmp_path, capsys):
     out = tmp_path / "out"
     argv = [
         "realbench", str(suite), f"out={out}", "max_iters=12", "batch_size=8", "folds=2",
-        "repeats=1", "n_boot=50", "pretrain_on=without-test,all-images", "model.n_layer=2",
+        "repeats=1", "pretrain_on=without-test,all-images", "model.n_layer=2",
         'variants={narrow = ["model.n_embd=64"]}',
     ]  # fmt: skip
     assert cli_main(argv) == 0
@@ -139,7 +139,7 @@ def test_realbench_end_to_end_on_labelled_folders(tmp_path, capsys):
     test_opts = RealbenchOptions(
         sets={}, images=str(tmp_path / "example" / "by_folder"), folders=["no_spiral", "spiral"],
         out=str(out / "t"), split="test", max_iters=2, batch_size=8, folds=2, repeats=1,
-        n_boot=20, overrides=["model.n_layer=1"],
+        overrides=["model.n_layer=1"],
     )  # fmt: skip
     assert run_realbench(test_opts) == 0
     with pytest.raises(UserError, match="run once"):

@@ -55,6 +55,7 @@ from .sources import (
     Rows,
     SyntheticSource,
     TableReader,
+    canonical_split,
     open_hf,
 )
 
@@ -719,6 +720,7 @@ def make_loader(
     Reads (and decodes) the first usable sample to learn the image shape, so a
     misconfigured source fails here rather than in a worker.
     """
+    split = canonical_split(split)  # "dev" is the validation split
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if batch_size < 1:

@@ -258,6 +258,15 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
+def canonical_split(name: str) -> str:
+    """The split a spelling names (:data:`SPLIT_ALIASES`): ``"dev"`` and ``"val"`` are
+    ``"validation"``, ``"testing"`` is ``"test"``; an unknown name is returned unchanged."""
+    for split, aliases in SPLIT_ALIASES.items():
+        if name.lower() in aliases:
+            return split
+    return name
+
+
 def _split_of(name: str) -> str | None:
     lowered = name.lower()
     for split, aliases in SPLIT_ALIASES.items():

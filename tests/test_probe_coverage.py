@@ -134,7 +134,7 @@ def test_intervals_cover_the_expected_score_and_difference_95_percent_of_the_tim
     # 1000 independent data sets of 120 galaxies with 30 features (features per training
     # galaxy as in the quickstart's 256 values for 960): the binomial standard error is
     # 0.7 points, so a true 95% lands in 93-97% (2.9 standard errors each side) but the
-    # old bootstrap over galaxies (about 89% here) would not.
+    # old bootstrap over galaxies (84% for the score, 85% for the difference) does not.
     coverage = simulate(draws=1000)
     assert 0.93 <= coverage["score"] <= 0.97, coverage
     assert 0.93 <= coverage["difference"] <= 0.97, coverage

@@ -61,6 +61,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
         raise
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write the matplotlib figure ``fig`` to ``path`` as PNG, atomically (folders made), and
+    close it. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through :func:`atomic_write`."""
 

@@ -681,6 +681,33 @@ def group_help(group: CommandGroup, prog: str) -> str:
     return "\n".join(lines)
 
 
+def run_and_print_summary(
+    name: str, work: Callable[[], dict], expected: tuple[type[BaseException], ...] = ()
+) -> int:
+    """The tail of a training command: run ``work`` (every ``torchrun`` process does) and
+    print the summary it returns as JSON on rank 0; returns the exit status.
+
+    Ctrl-C prints ``NAME: interrupted`` and returns 130; an ``expected`` error (other than a
+    :class:`ConfigError`) prints ``NAME: error`` and returns 1. Errors of
+    :data:`astropt.errors.EXPECTED_ERRORS` reach :func:`run_command`, which prints them.
+    """
+    import os
+
+    try:
+        summary = work()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except expected as error:
+        if isinstance(error, ConfigError):
+            raise
+        print(f"{name}: {error}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2, default=float))
+    return 0
+
+
 def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: str) -> int:
     """Parse ``argv`` for ``command`` and run it; returns the exit status.
 

@@ -136,3 +136,22 @@ def tiny_survey(tmp_path_factory) -> Survey:
 def hf_cache(tmp_path_factory) -> str:
     """A private ``datasets`` cache folder, so tests write nothing under the home directory."""
     return str(tmp_path_factory.mktemp("hf_cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: small ops on a shared 2-core machine otherwise wait
+    on OpenMP spin contention. Modules use it with ``pytestmark = pytest.mark.usefixtures``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def training_survey(tmp_path_factory) -> Survey:
+    """32x32 JPEG survey for tiny training runs: train 48, validation 16, test 4 (one per module)."""
+    root = str(tmp_path_factory.mktemp("training_survey"))
+    return write_parquet_survey(root, sizes={"train": 48, "validation": 16, "test": 4})

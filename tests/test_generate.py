@@ -31,13 +31,7 @@ def random_prefix(batch: int, k: int, dim: int = 192, seed: int = 1) -> torch.Te
     return normalise_patches(torch.randn(batch, k, dim, generator=g))[0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # ------------------------------------------------------------------ cache vs none

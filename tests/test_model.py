@@ -18,13 +18,7 @@ from astropt.tokens import images_to_tokens
 DIM = 16 * 16 * 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny(**overrides) -> GPT:

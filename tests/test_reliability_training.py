@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_parquet_survey
 from safetensors.torch import load_file
 
 from astropt.config import ConfigError, load_config
@@ -32,18 +31,12 @@ from astropt.train.checkpoint import TRAINER_STATE_NAME, UnsafeCheckpointError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
-def survey(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability_survey")
-    return write_parquet_survey(str(root), sizes={"train": 48, "validation": 16, "test": 4})
+def survey(training_survey):
+    return training_survey
 
 
 def _overrides(survey, hf_cache, out: Path, *extra: str) -> list[str]:

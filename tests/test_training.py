@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_parquet_survey
 from safetensors.torch import load_file
 
 from astropt import hub
@@ -35,19 +34,12 @@ from astropt.train.optim import lr_at, make_optimizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
-def survey(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_survey")
-    return write_parquet_survey(str(root), sizes={"train": 48, "validation": 16, "test": 4})
+def survey(training_survey):
+    return training_survey
 
 
 @pytest.fixture

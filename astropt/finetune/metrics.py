@@ -91,7 +91,7 @@ def plot_confusion(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from astropt.io import atomic_write
+    from astropt.io import save_figure
 
     rows = matrix.sum(1, keepdims=True)
     shares = matrix / np.maximum(rows, 1)
@@ -113,11 +113,7 @@ def plot_confusion(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:

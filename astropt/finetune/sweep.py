@@ -47,7 +47,7 @@ import numpy as np
 
 from astropt.finetune.config import load_finetune_config
 from astropt.finetune.metrics import HEADLINE, mean_interval
-from astropt.io import atomic_write, atomic_write_text
+from astropt.io import atomic_write, atomic_write_text, save_figure
 
 log = logging.getLogger("astropt.finetune")
 
@@ -237,9 +237,7 @@ def plot_label_efficiency(frame, metric: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def report(frame, diffs, metric: str) -> str:

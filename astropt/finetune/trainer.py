@@ -39,9 +39,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -62,7 +60,7 @@ from astropt.finetune.model import FinetunedGPT, outputs_to_predictions
 from astropt.finetune.modes import head_config, load_trunk, make_optimizer, prepare_for_mode
 from astropt.io import atomic_write, atomic_write_dir, atomic_write_text
 from astropt.model import GPT
-from astropt.options import Command, run_command
+from astropt.options import Command, run_and_print_summary, run_command
 from astropt.preprocessing import Preprocessing, data_fields
 from astropt.train.checkpoint import (
     CHECKPOINTS,
@@ -572,19 +570,8 @@ def finetune(cfg: FinetuneConfig, *, on_step=None) -> dict:
 def run_finetune(cfg: FinetuneConfig) -> int:
     """Run ``cfg``; print the summary (rank 0); returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summary = finetune(cfg)
-    except (FinetuneDiverged, FileNotFoundError, ValueError) as error:
-        if isinstance(error, ConfigError):
-            raise
-        print(f"finetune: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("finetune: interrupted", file=sys.stderr)
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2, default=float))
-    return 0
+    expected = (FinetuneDiverged, FileNotFoundError, ValueError)
+    return run_and_print_summary("finetune", lambda: finetune(cfg), expected)
 
 
 COMMAND = Command(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from astropt.config import RunConfig
-from astropt.io import atomic_write, atomic_write_text
+from astropt.io import atomic_write_text, save_figure
 from astropt.model import GPT, mae_mask
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,4 @@ def render_preview(
             if column == 0:
                 ax.set_ylabel(title, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)

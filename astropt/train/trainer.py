@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from
 from astropt.errors import UserError
 from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
-from astropt.options import Command, run_command
+from astropt.options import Command, run_and_print_summary, run_command
 from astropt.preprocessing import Preprocessing
 from astropt.train.checkpoint import (
     CHECKPOINTS,
@@ -700,14 +699,7 @@ def run_training(cfg: RunConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_TqdmHandler()])
     # Expected failures (TrainingDiverged, a busy folder, a bad file) are astropt.errors
     # UserErrors: run_command prints them in one line, with a traceback under --debug.
-    try:
-        summary = train(cfg)
-    except KeyboardInterrupt:
-        print("train: interrupted", file=sys.stderr)
-        return 130
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-    return 0
+    return run_and_print_summary("train", lambda: train(cfg))
 
 
 COMMAND = Command(

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
         "astropt.options",
         "astropt.morphometrics",
         "astropt.preprocessing",
+        "astropt.results",
     ),  # leaves: no astropt imports
     ("astropt.tokens",),
     ("astropt.model",),

@@ -27,7 +27,7 @@ DISTRIBUTION = {
     "faiss": "faiss-cpu",
 }
 #: Imports that are optional by design (guarded where they are used), with where they are declared.
-OPTIONAL = {"flash_attn": "gpu", "peft": "lora", "wandb": None}
+OPTIONAL = {"flash_attn": "gpu", "peft": "lora", "wandb": None, "selenium": "view"}
 #: Floors set by features the code uses (raise them when the code needs more):
 #: torch 2.6 made FSDP2 public as ``torch.distributed.fsdp.fully_shard``;
 #: datasets 5.0 added ``IterableDataset.shuffle(max_buffer_input_shards=...)``.

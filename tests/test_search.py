@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,13 @@ from astropt.model import GPT, GPTConfig
 from astropt.search import SearchError, anomaly_scores, build_index, open_index, search
 from astropt.search.anomalies import anomalies_path, precision_at, wilson_interval
 from astropt.search.index import iter_vectors
-from astropt.search.view import serve_in_thread, write_view
+from astropt.search.view import (
+    chromium_driver,
+    screenshot,
+    serve_in_thread,
+    system_chromium,
+    write_view,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 N, DIM, CLASSES, ODD = 400, 24, 4, 12
@@ -270,35 +275,24 @@ def test_view_data_holds_the_index_neighbours(export):
     assert (site / "thumbs-000.png").is_file() and len(data["anomalies"]) == 10
 
 
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
+def _require_browser() -> None:
+    if system_chromium() is None:
         pytest.skip(
             "no Chromium and chromedriver from the system packages "
             "(apt-get install chromium chromium-driver; .ci/run installs them)"
         )
-    return browser, driver
 
 
 @pytest.mark.slow
 def test_page_in_a_real_browser_shows_the_neighbours_of_a_clicked_galaxy(export, tmp_path):
-    browser, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    _require_browser()
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     ids, *_ = planted()
     site = write_view(export, projection="pca", k=8, top=10)
     server, url = serve_in_thread(site)
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--window-size=1300,900", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver = chromium_driver(tmp_path / "profile")
     try:
         driver.get(url)
         assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true"
@@ -362,3 +356,62 @@ def test_anomaly_scores_reuse_an_open_index(export):
     scores = anomaly_scores(export, index=opened, k=5)
     assert list(scores.columns) == ["id", "anomaly", "anomaly_knn", "anomaly_iforest"]
     assert scores["anomaly"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_screenshot_is_a_png_of_the_page(export, tmp_path):
+    _require_browser()
+    from PIL import Image
+
+    site = write_view(export, projection="pca", k=8, top=10)
+    png = screenshot(site, tmp_path / "view.png", select=5000003)
+    with Image.open(png) as image:
+        grey = np.asarray(image.convert("L"))
+        assert image.size[0] == 1180 and len(np.unique(grey)) > 50
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_a_small_export(export, monkeypatch):
+    import nbclient  # test extras: a missing one is an error, not a skip
+    import nbformat
+
+    notebook = nbformat.read(ROOT / "probe" / "search.ipynb", as_version=4)
+    monkeypatch.setenv("ASTROPT_EMBEDDINGS", str(export))
+    monkeypatch.setenv("ASTROPT_NOTEBOOK_PROJECTION", "pca")  # UMAP has its own tests
+    monkeypatch.chdir(export.parent)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    outputs = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
+    assert f"{N} galaxies, exact index" in outputs
+    assert "precision at 50 for is_artefact" in outputs
+    assert (export.parent / "emb.view" / "index.html").is_file()
+
+
+def test_neighbour_agreement_against_the_class_prior(export):
+    from astropt.search.evaluate import neighbour_agreement
+
+    _, _, labels, truth, _ = planted()
+    result = neighbour_agreement(open_index(export, build=True), labels, k=5, n_boot=200)
+    _, counts = np.unique(labels, return_counts=True)
+    assert result["chance"] == pytest.approx(np.sum(counts * (counts - 1)) / (N * (N - 1)))
+    # Clusters are far apart: only the planted odd rows have foreign neighbours.
+    assert result["agreement"] > 0.9 and result["interval"][0] < result["agreement"]
+    shuffled = np.random.default_rng(0).permutation(labels)
+    random = neighbour_agreement(open_index(export), shuffled, k=5, n_boot=200)
+    assert random["interval"][0] < random["chance"] < random["interval"][1]
+
+
+def test_search_page_results_come_from_the_committed_file():
+    from astropt.search.evaluate import BLOCK, results_block
+
+    page = (ROOT / "docs" / "search.md").read_text()
+    match = BLOCK.search(page)
+    assert match, "docs/search.md lost its generated results block"
+    result = json.loads((ROOT / match["file"]).read_text())
+    assert match.group(0) == results_block(result, match["file"]), (
+        "docs/search.md is out of date: rerun the evaluate command it gives with page="
+    )

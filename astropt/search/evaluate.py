@@ -16,6 +16,7 @@ Written as JSON (the figures of ``docs/search.md`` come from such a file).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class EvaluateOptions:
     standardise: bool = False  # index option when (re)building
     seed: int = 0  # bootstrap and isolation forest seed
     out: str | None = None  # JSON result file
+    page: str | None = None  # rewrite this page's results block from the JSON (needs out)
     threads: int | None = None  # faiss threads
 
 
@@ -107,7 +109,60 @@ def run_evaluate(opts: EvaluateOptions) -> int:
     if opts.out:
         Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(opts.out, json.dumps(result, indent=1))
+    if opts.page:
+        if not opts.out:
+            raise SearchError("page= rewrites a page from the result file: give out= too")
+        update_page(opts.page, opts.out)
+        print(f"rewrote the results block of {opts.page} from {opts.out}", file=sys.stderr)
     return 0
+
+
+# --------------------------------------------------------------------------- publishing
+BLOCK = re.compile(r"<!-- search-results: (?P<file>\S+) -->\n.*?<!-- /search-results -->", re.S)
+
+
+def results_block(result: dict, source: str) -> str:
+    """The markdown block of a result file (``source``: its repo-relative path, cited)."""
+    lines = [f"<!-- search-results: {source} -->"]
+    index = result["index"]
+    lines.append(
+        f"From `{source}` ({result['rows']} galaxies, {index['kind']} cosine index, "
+        f"standardise={str(index['standardise']).lower()}; 95% intervals):"
+    )
+    lines += ["", "| measure | value | chance | lift |", "|---|---|---|---|"]
+    if "neighbours" in result:
+        a = result["neighbours"]
+        low, high = a["interval"]
+        lines.append(
+            f"| neighbours sharing the `{a['label']}` class, k={a['k']} (bootstrap over "
+            f"galaxies) | {a['agreement']:.3f} [{low:.3f}, {high:.3f}] | {a['chance']:.3f} "
+            f"(class prior) | {a['lift']:.1f}x |"
+        )
+    anomalies = result["anomalies"]
+    truth = "+".join(anomalies["truth"])
+    for name, value in anomalies["scores"].items():
+        low, high = value["interval"]
+        lines.append(
+            f"| `{name}`: precision at {value['top']} for {truth} (Wilson) | "
+            f"{value['precision']:.2f} [{low:.2f}, {high:.2f}] | {value['base_rate']:.3f} "
+            f"(base rate) | {value['lift']:.1f}x |"
+        )
+    lines.append("<!-- /search-results -->")
+    return "\n".join(lines)
+
+
+def update_page(page: str | Path, result_file: str | Path) -> bool:
+    """Rewrite the block of ``page`` citing ``result_file``; True when the text changed."""
+    page = Path(page)
+    text = page.read_text()
+    source = Path(result_file).as_posix()
+    result = json.loads(Path(result_file).read_text())
+    new, count = BLOCK.subn(lambda _: results_block(result, source), text)
+    if count == 0:
+        raise SearchError(f"{page} has no <!-- search-results: ... --> block to rewrite")
+    if new != text:
+        atomic_write_text(page, new)
+    return new != text
 
 
 COMMAND = Command(

@@ -221,6 +221,79 @@ def serve_in_thread(folder: str | Path, host: str = "127.0.0.1", port: int = 0):
     return server, f"http://{host}:{server.server_address[1]}/index.html"
 
 
+# --------------------------------------------------------------------------- a real browser
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def system_chromium() -> tuple[str, str] | None:
+    """``(chromium, chromedriver)`` from the system packages, or None when either is missing."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def chromium_driver(user_data_dir: str | Path, width: int = 1300, height: int = 900):
+    """A Selenium driver of headless Chromium from the system packages (never a download).
+
+    Raises :class:`SearchError` when Chromium or chromedriver is not installed
+    (Debian: ``apt-get install chromium chromium-driver``).
+    """
+    found = system_chromium()
+    if found is None:
+        raise SearchError(
+            "no Chromium and chromedriver on PATH: apt-get install chromium chromium-driver"
+        )
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as error:
+        raise SearchError("screenshots need selenium: pip install 'astropt[view]'") from error
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in (*BROWSER_FLAGS, f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={user_data_dir}")
+    # An explicit driver path: Selenium Manager (which downloads drivers) is never asked.
+    return webdriver.Chrome(options=options, service=Service(executable_path=found[1]))
+
+
+def screenshot(site: str | Path, png: str | Path, select=None) -> Path:
+    """A PNG of the page in ``site`` as headless Chromium draws it, with galaxy ``select``
+    (default: the oddest) clicked."""
+    import tempfile
+
+    server, url = serve_in_thread(site)
+    try:
+        with tempfile.TemporaryDirectory(prefix="astropt-browser-") as profile:
+            driver = chromium_driver(profile, 1180, 1060)
+            try:
+                driver.get(url)
+                if select is None:
+                    driver.execute_script("document.querySelector('#anomalies li').click();")
+                else:
+                    driver.execute_script("window.astroptView.select(arguments[0]);", str(select))
+                png = Path(png)
+                png.parent.mkdir(parents=True, exist_ok=True)
+                driver.save_screenshot(str(png))
+            finally:
+                driver.quit()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return png
+
+
 # --------------------------------------------------------------------------- command line
 @dataclass
 class ViewOptions:
@@ -237,6 +310,8 @@ class ViewOptions:
     min_dist: float = 0.1  # UMAP minimum distance
     projection: Literal["umap", "pca"] = "umap"  # map: UMAP, or the first two principal components
     serve: bool = True  # serve the page until interrupted (false: only write it)
+    screenshot: str | None = None  # also save a PNG of the page (headless Chromium, system package)
+    select: str | None = None  # galaxy clicked in the screenshot (default: the oddest)
     host: str = "127.0.0.1"  # address to bind (127.0.0.1: this machine only)
     port: int = 8765  # port (0: any free one)
     threads: int | None = None  # faiss threads (None: all cores)
@@ -251,6 +326,8 @@ def run_view(opts: ViewOptions) -> int:
         projection=opts.projection,
     )  # fmt: skip
     print(f"wrote the page to {out / 'index.html'}", file=sys.stderr)
+    if opts.screenshot:
+        print(f"screenshot: {screenshot(out, opts.screenshot, opts.select)}", file=sys.stderr)
     if not opts.serve:
         return 0
     server = serve(out, opts.host, opts.port)

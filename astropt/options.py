@@ -200,96 +200,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     Raises :class:`ConfigError` naming ``key``, the expected type and the value.
     """
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        members = [a for a in args if a is not type(None)]
-        if type(None) in args and (
-            value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))
-        ):
-            return None
-        errors = []
-        for member in members:
-            try:
-                return coerce(value, member, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: cannot use {value!r} as {tp}")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
-        choices = args
-        candidate = value
-        if isinstance(value, str) and not all(isinstance(c, str) for c in choices):
-            try:
-                candidate = _parse_literal_text(value)
-            except Exception:
-                candidate = value
-        if candidate in choices and type(candidate) is type(
-            next(c for c in choices if c == candidate)
-        ):
-            return candidate
-        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        raise ConfigError(f"{key} must be {type_name(tp)}, got {value!r}{suggestion}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            text = value.strip().replace("_", "")
-            try:
-                return int(text)
-            except ValueError:
-                pass
-            try:  # "1e6" is a fine way to write a step count
-                number = float(text)
-                if number.is_integer():
-                    return int(number)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip().replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        return _coerce_literal(value, tp, key)
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     if origin in (list, tuple, dict) or tp in (list, tuple, dict):
-        container = origin or tp
-        if isinstance(value, str) and container is not dict and not value.lstrip().startswith("["):
-            # Comma-separated text: "a,b" is ["a", "b"]; "" is the empty list.
-            value = [part.strip() for part in value.split(",")] if value.strip() else []
-        elif isinstance(value, str):
-            try:
-                value = _parse_literal_text(value)
-            except Exception as error:
-                raise ConfigError(
-                    f"{key} must be a {container.__name__} written as TOML, got {value!r}"
-                ) from error
-        if container is dict:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key} must be a table, got {value!r}")
-            return dict(value)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        item_types = [a for a in args if a is not Ellipsis]
-        items = [
-            coerce(v, item_types[0], f"{key}[{i}]") if item_types else v
-            for i, v in enumerate(value)
-        ]
-        return container(items)
+        return _coerce_container(value, tp, key)
     if tp is Path:
         if isinstance(value, (str, Path)):
             return Path(value)
@@ -297,6 +215,118 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """``X | None`` takes none/null; otherwise the first member type that accepts ``value``."""
+    args = typing.get_args(tp)
+    members = [a for a in args if a is not type(None)]
+    if type(None) in args and (
+        value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))
+    ):
+        return None
+    errors = []
+    for member in members:
+        try:
+            return coerce(value, member, key)
+        except ConfigError as error:
+            errors.append(str(error))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: cannot use {value!r} as {tp}")
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    """One of the ``Literal`` choices (of the same type), or an error naming the nearest."""
+    choices = typing.get_args(tp)
+    candidate = value
+    if isinstance(value, str) and not all(isinstance(c, str) for c in choices):
+        try:
+            candidate = _parse_literal_text(value)
+        except Exception:
+            candidate = value
+    if candidate in choices and type(candidate) is type(next(c for c in choices if c == candidate)):
+        return candidate
+    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise ConfigError(f"{key} must be {type_name(tp)}, got {value!r}{suggestion}")
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:  # "1e6" is a fine way to write a step count
+            number = float(text)
+            if number.is_integer():
+                return int(number)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be an integer, got {value!r}")
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().replace("_", ""))
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be a number, got {value!r}")
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} must be a string, got {value!r}")
+
+
+_SCALARS: dict[type, Callable[[Any, str], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+}
+
+
+def _coerce_container(value: Any, tp: Any, key: str) -> Any:
+    """A list, tuple or dict: from TOML text, comma-separated text (lists) or a value."""
+    container = typing.get_origin(tp) or tp
+    if isinstance(value, str) and container is not dict and not value.lstrip().startswith("["):
+        # Comma-separated text: "a,b" is ["a", "b"]; "" is the empty list.
+        value = [part.strip() for part in value.split(",")] if value.strip() else []
+    elif isinstance(value, str):
+        try:
+            value = _parse_literal_text(value)
+        except Exception as error:
+            raise ConfigError(
+                f"{key} must be a {container.__name__} written as TOML, got {value!r}"
+            ) from error
+    if container is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    item_types = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    items = [
+        coerce(v, item_types[0], f"{key}[{i}]") if item_types else v for i, v in enumerate(value)
+    ]
+    return container(items)
 
 
 # ------------------------------------------------------------------ files

@@ -329,6 +329,58 @@ def _plot_grid(panels: list[tuple[str, np.ndarray]], title: str, ids: list, out_
     atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+def _fold_completion(cfg, tokens, completion, mean, std, images, prefix: int) -> dict:
+    """The grid's images ``(n, C, H, W)``: true tokens and completion folded back, normalised and
+    in pixel units (each patch unnormalised with the original's own statistics), the original
+    pixels, and ``kept`` ``(n, H, W)``: the pixels of the ``prefix`` patches the model was given."""
+    image_hw = (images.shape[-2], images.shape[-1])
+
+    def fold(seq: torch.Tensor, **pixel_units) -> np.ndarray:
+        return tokens_to_images(
+            seq, image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw, **pixel_units
+        ).numpy()
+
+    kept_tokens = torch.zeros(tokens.shape)
+    kept_tokens[:, :prefix] = 1.0
+    return {
+        "kept": fold(kept_tokens).max(axis=1) > 0.5,
+        "normalised": fold(tokens),
+        "completion_normalised": fold(completion),
+        "completion_pixels": fold(completion, mean=mean, std=std),
+        "originals": images.numpy(),
+    }
+
+
+def _grid_panels(folded: dict) -> list[tuple[str, np.ndarray]]:
+    """The six rows of the grid: original, kept centre and completion, normalised then pixels."""
+    originals, kept = folded["originals"], folded["kept"]
+    rgb = _is_display_rgb(originals)
+
+    def show_pixels(x: np.ndarray) -> np.ndarray:
+        return _to_display(x, "pixel", rgb, reference=originals)
+
+    normalised = _to_display(folded["normalised"], "normalised", rgb)
+    return [
+        ("original\n(normalised)", normalised),
+        ("kept centre\n(normalised)", _blank_outside(normalised, kept)),
+        (
+            "completion\n(normalised)",
+            _to_display(folded["completion_normalised"], "normalised", rgb),
+        ),
+        ("original\n(pixels)", show_pixels(originals)),
+        ("kept centre\n(pixels)", _blank_outside(show_pixels(originals), kept)),
+        ("completion\n(pixels)", show_pixels(folded["completion_pixels"])),
+    ]
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file handle: numpy would append ".npz" to a name
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(path, write)
+
+
 def completion_grid(
     model: GPT,
     data_cfg,
@@ -387,36 +439,7 @@ def completion_grid(
     hidden_true, hidden_pred = tokens[:, prefix:], completion[:, prefix:]
     mse_completion = (hidden_pred - hidden_true).pow(2).mean(dim=(1, 2))
     mse_blank = hidden_true.pow(2).mean(dim=(1, 2))
-
-    image_hw = (images.shape[-2], images.shape[-1])
-
-    def fold(seq: torch.Tensor, **pixel_units) -> np.ndarray:
-        return tokens_to_images(
-            seq, image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw, **pixel_units
-        ).numpy()
-
-    kept_tokens = torch.zeros(n_got, n_patches, tokens.shape[-1])
-    kept_tokens[:, :prefix] = 1.0
-    kept = fold(kept_tokens).max(axis=1) > 0.5
-    norm_true, norm_completion = fold(tokens), fold(completion)
-    pixel_completion = fold(completion, mean=mean, std=std)
-    originals = images.numpy()
-    rgb = _is_display_rgb(originals)
-
-    def show_pixels(x: np.ndarray) -> np.ndarray:
-        return _to_display(x, "pixel", rgb, reference=originals)
-
-    panels = [
-        ("original\n(normalised)", _to_display(norm_true, "normalised", rgb)),
-        (
-            "kept centre\n(normalised)",
-            _blank_outside(_to_display(norm_true, "normalised", rgb), kept),
-        ),
-        ("completion\n(normalised)", _to_display(norm_completion, "normalised", rgb)),
-        ("original\n(pixels)", show_pixels(originals)),
-        ("kept centre\n(pixels)", _blank_outside(show_pixels(originals), kept)),
-        ("completion\n(pixels)", show_pixels(pixel_completion)),
-    ]
+    folded = _fold_completion(cfg, tokens, completion, mean, std, images, prefix)
     noise = "deterministic" if temperature == 0 else f"temperature {temperature:g}, seed {seed}"
     title = (
         f"Completion from the central {prefix} of {n_patches} patches ({cfg.order} order, "
@@ -426,31 +449,26 @@ def completion_grid(
         f"MSE on hidden patches (normalised): completion {mse_completion.mean():.3f}, "
         f"blank {mse_blank.mean():.3f}"
     )
-    _plot_grid(panels, title, ids, out_png)
+    _plot_grid(_grid_panels(folded), title, ids, out_png)
 
     npz_path = out_png.with_suffix(".npz")
-    arrays = {
-        "ids": np.asarray([str(i) for i in ids]),
-        "prefix": np.asarray(prefix),
-        "temperature": np.asarray(temperature),
-        "seed": np.asarray(seed),
-        "tokens": tokens.numpy(),
-        "completion": completion.numpy(),
-        "mean": mean.numpy(),
-        "std": std.numpy(),
-        "images": originals,
-        "completion_pixels": pixel_completion,
-        "completion_normalised": norm_completion,
-        "kept": kept,
-        "mse_completion": mse_completion.numpy(),
-        "mse_blank": mse_blank.numpy(),
-    }
-
-    def write_npz(tmp: str) -> None:
-        with open(tmp, "wb") as handle:  # a file handle: numpy would append ".npz" to a name
-            np.savez_compressed(handle, **arrays)
-
-    atomic_write(npz_path, write_npz)
+    _write_npz(
+        npz_path,
+        ids=np.asarray([str(i) for i in ids]),
+        prefix=np.asarray(prefix),
+        temperature=np.asarray(temperature),
+        seed=np.asarray(seed),
+        tokens=tokens.numpy(),
+        completion=completion.numpy(),
+        mean=mean.numpy(),
+        std=std.numpy(),
+        images=folded["originals"],
+        completion_pixels=folded["completion_pixels"],
+        completion_normalised=folded["completion_normalised"],
+        kept=folded["kept"],
+        mse_completion=mse_completion.numpy(),
+        mse_blank=mse_blank.numpy(),
+    )
     return CompletionGrid(
         png=out_png,
         npz=npz_path,

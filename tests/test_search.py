@@ -415,3 +415,24 @@ def test_search_page_results_come_from_the_committed_file():
     assert match.group(0) == results_block(result, match["file"]), (
         "docs/search.md is out of date: rerun the evaluate command it gives with page="
     )
+
+
+def test_view_takes_stamps_from_the_export_or_its_data_source(model_export, tiny_survey, tmp_path):
+    """Thumbnails of the export when it has them (its own rows), else the survey's images."""
+    from PIL import Image
+
+    _, out = model_export  # exported without thumbnails
+    site = write_view(out, tmp_path / "site", projection="pca", k=3, top=3)
+    text = (site / "data.js").read_text()
+    data = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    assert data["tile"] == 32 and data["ids"] == [str(i) for i in tiny_survey.ids["test"]]
+    with Image.open(site / "thumbs-000.png") as sheet:
+        first = np.asarray(sheet)[:32, :32]
+    assert first.std() > 5  # a galaxy, not an empty tile
+
+    ids, x, labels, truth, thumbs = planted()
+    export = write_plain(tmp_path / "own.parquet", ids, x, labels, truth, thumbs)
+    site = write_view(export, tmp_path / "own", projection="pca", k=3, top=3)
+    with Image.open(site / "thumbs-000.png") as sheet:
+        tiles = np.asarray(sheet)
+    np.testing.assert_array_equal(tiles[:8, 8:16], thumbs[1])

@@ -104,22 +104,23 @@ def _pieces(export: Path, manifest: dict | None) -> list[tuple[Path, bool]]:
     return pieces
 
 
-def _as_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def _as_matrix(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> np.ndarray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_fixed_size_list(array.type):
         flat = array.flatten().to_numpy(zero_copy_only=False)
-        return flat.astype(np.float32, copy=False).reshape(len(array), array.type.list_size)
-    return np.asarray(array.to_pylist(), dtype=np.float32)  # variable-length lists
+        return flat.astype(dtype, copy=False).reshape(len(array), array.type.list_size)
+    return np.asarray(array.to_pylist(), dtype=dtype)  # variable-length lists
 
 
 def iter_vectors(
-    export: str | Path, column: str = "embedding", batch_rows: int = BATCH_ROWS
+    export: str | Path, column: str = "embedding", batch_rows: int = BATCH_ROWS, dtype=np.float32
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(positions (b,) int64, vectors (b, d) float32)`` of an export, one part at a time.
+    """``(positions (b,) int64, vectors (b, d) dtype)`` of an export, one part at a time.
 
     Positions are rows of the export in the order :func:`read_embeddings` returns
     them (a sharded export's ``_position``; else the running row number). A plain
     parquet file is read in slices of ``batch_rows``. Memory: one part or slice.
+    ``column``: any fixed-size list column (``embedding``, ``thumbnail`` as uint8).
     """
     export = Path(export)
     manifest = _check_export(export)
@@ -130,7 +131,7 @@ def iter_vectors(
             raise SearchError(f"{export} has no {column!r} column")
         columns = [column, POSITION] if positioned else [column]
         for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
-            vectors = _as_matrix(batch.column(column))
+            vectors = _as_matrix(batch.column(column), dtype)
             if positioned:
                 positions = batch.column(POSITION).to_numpy().astype(np.int64)
             else:

@@ -35,11 +35,17 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from astropt.export import has_thumbnails, read_table, read_thumbnails
+from astropt.export import has_thumbnails, read_table
 from astropt.io import atomic_write, atomic_write_text
 from astropt.options import Command, run_command
 from astropt.search.anomalies import SCORES, anomaly_scores, read_anomalies
-from astropt.search.index import SearchError, column_names, open_index, set_threads
+from astropt.search.index import (
+    SearchError,
+    column_names,
+    iter_vectors,
+    open_index,
+    set_threads,
+)
 
 TILES_PER_ROW = 32  # a thumbnail sheet is 32 x 32 tiles
 TILES_PER_SHEET = TILES_PER_ROW * TILES_PER_ROW
@@ -72,10 +78,22 @@ def _column_payload(values: pd.Series) -> dict | None:
     return None
 
 
-def _thumbnails(export: Path, ids: np.ndarray) -> np.ndarray | None:
-    """``(n, S, S, 3)`` uint8 thumbnails of ``ids``: the export's, else its data source's."""
+def _thumbnails(export: Path, positions: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    """``(n, S, S, 3)`` uint8 thumbnails of the rows ``positions`` (ids ``ids``): the export's
+    (read one part at a time, keeping only these rows), else its data source's images."""
     if has_thumbnails(export):
-        return read_thumbnails(export, ids)[1]
+        slot = {int(p): i for i, p in enumerate(positions)}
+        out = None
+        for rows, flat in iter_vectors(export, "thumbnail", dtype=np.uint8):
+            hit = [(j, slot[int(r)]) for j, r in enumerate(rows) if int(r) in slot]
+            if not hit:
+                continue
+            if out is None:
+                side = int(round(math.sqrt(flat.shape[1] // 3)))
+                out = np.zeros((len(positions), side, side, 3), dtype=np.uint8)
+            source, target = (list(x) for x in zip(*hit))
+            out[target] = flat[source].reshape(len(source), *out.shape[1:])
+        return out
     from astropt.maps import stamps_for
 
     return stamps_for(export, ids, None)
@@ -169,7 +187,7 @@ def write_view(
 
     ids = opened.ids[galaxies]
     out.mkdir(parents=True, exist_ok=True)
-    thumbs = _thumbnails(export, ids)
+    thumbs = _thumbnails(export, galaxies, ids)
     sheets = _write_sheets(thumbs, out) if thumbs is not None else []
     data = {
         "title": export.name,

@@ -734,82 +734,91 @@ def make_loader(
     augment = (cfg.augment and is_train) if augment is None else augment
     drop_last = is_train if drop_last is None else drop_last
     device = torch.device(device)
-    prep = Prep.from_config(cfg)
-
-    # Tokens are made where the batch is used: on a CPU target inside the
-    # workers (the work spreads over them), on an accelerator after the copy.
-    worker_spec = (
-        _TokenSpec(cfg.patch_size, cfg.order, cfg.transpose_hw) if device.type == "cpu" else None
-    )
     streaming = cfg.streaming and cfg.source != "folder" and bool(cfg.path)
     if cfg.streaming and not streaming:
         log.info(
             "data.streaming applies to parquet/arrow/Hub sources only: reading %s in place",
             cfg.source,
         )
-
+    options = dict(batch_size=batch_size, shuffle=shuffle, augment=augment, seed=seed,
+                   rank=rank, world_size=world_size, device=device, drop_last=drop_last,
+                   repeat=repeat)  # fmt: skip
     if streaming:
-        _check_survey_folder(cfg)
-        stream, label = open_hf(cfg, split, streaming=True)
-        if stream.features is not None:
-            schema = stream.features.arrow_schema
-        else:
-            schema = next(iter(stream.with_format("arrow").iter(batch_size=1))).schema
-        reader = TableReader(schema, cfg, label)
-        shape = _probe_stream(stream, reader, prep, cfg.strict, label, cfg.channels)
-        if max_samples is not None:
-            stream = stream.take(max_samples)
-        if world_size > 1:
-            from datasets.distributed import split_dataset_by_node
+        return _stream_loader(cfg, split, max_samples, **options)
+    source, label = _map_source(cfg, split, max_samples)
+    return map_loader(source, cfg, label, split=split, **options)
 
-            stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-        if shuffle:
-            # One input shard at a time: with several, ``datasets`` interleaves
-            # them through a thread pool and sleeps 5 s whenever a pass ends or
-            # is abandoned (an Arrow shutdown workaround), in every worker.
-            # Shard order is still shuffled per epoch, rows through the buffer.
-            stream = stream.shuffle(
-                seed=seed, buffer_size=cfg.shuffle_buffer, max_buffer_input_shards=1
-            )
-        prep = _with_shape(prep, shape, cfg)
-        dataset: _MapBatches | _StreamBatches = _StreamBatches(
-            stream.with_format("arrow"),
-            reader,
-            prep,
-            cfg.strict,
-            batch_size,
-            drop_last,
-            augment,
-            seed,
-            rank,
-            worker_spec,
-        )
+
+def _map_source(cfg: DataConfig, split: str, max_samples: int | None) -> tuple[Any, str]:
+    """The random-access source of ``split`` (folder, synthetic survey, parquet) and its label."""
+    if cfg.source == "folder":
+        source = FolderSource(cfg, split, max_samples)
+        return source, source.label
+    if cfg.source == "synthetic" and not cfg.path:
+        label = f"synthetic survey (seed {cfg.synthetic_seed}) [{split}]"
+        return SyntheticSource(cfg, split, max_samples), label
+    _check_survey_folder(cfg)
+    ds, label = open_hf(cfg, split, streaming=False)
+    return HFMapSource(ds, cfg, label, max_samples), label
+
+
+def _stream_loader(
+    cfg: DataConfig,
+    split: str,
+    max_samples: int | None,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool,
+    seed: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    drop_last: bool,
+    repeat: bool,
+) -> TokenLoader:
+    """The loader of a streamed parquet/arrow/Hub split (see :func:`make_loader`)."""
+    prep = Prep.from_config(cfg)
+    # Tokens are made where the batch is used: on a CPU target inside the
+    # workers (the work spreads over them), on an accelerator after the copy.
+    worker_spec = (
+        _TokenSpec(cfg.patch_size, cfg.order, cfg.transpose_hw) if device.type == "cpu" else None
+    )
+    _check_survey_folder(cfg)
+    stream, label = open_hf(cfg, split, streaming=True)
+    if stream.features is not None:
+        schema = stream.features.arrow_schema
     else:
-        if cfg.source == "folder":
-            source: Any = FolderSource(cfg, split, max_samples)
-            label = source.label
-        elif cfg.source == "synthetic" and not cfg.path:
-            source = SyntheticSource(cfg, split, max_samples)
-            label = f"synthetic survey (seed {cfg.synthetic_seed}) [{split}]"
-        else:
-            _check_survey_folder(cfg)
-            ds, label = open_hf(cfg, split, streaming=False)
-            source = HFMapSource(ds, cfg, label, max_samples)
-        return map_loader(
-            source,
-            cfg,
-            label,
-            split=split,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            augment=augment,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            drop_last=drop_last,
-            repeat=repeat,
+        schema = next(iter(stream.with_format("arrow").iter(batch_size=1))).schema
+    reader = TableReader(schema, cfg, label)
+    shape = _probe_stream(stream, reader, prep, cfg.strict, label, cfg.channels)
+    if max_samples is not None:
+        stream = stream.take(max_samples)
+    if world_size > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    if shuffle:
+        # One input shard at a time: with several, ``datasets`` interleaves
+        # them through a thread pool and sleeps 5 s whenever a pass ends or
+        # is abandoned (an Arrow shutdown workaround), in every worker.
+        # Shard order is still shuffled per epoch, rows through the buffer.
+        stream = stream.shuffle(
+            seed=seed, buffer_size=cfg.shuffle_buffer, max_buffer_input_shards=1
         )
+    prep = _with_shape(prep, shape, cfg)
+    dataset = _StreamBatches(
+        stream.with_format("arrow"),
+        reader,
+        prep,
+        cfg.strict,
+        batch_size,
+        drop_last,
+        augment,
+        seed,
+        rank,
+        worker_spec,
+    )
     return TokenLoader(
         dataset=dataset,
         keys=None,

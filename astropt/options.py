@@ -741,12 +741,22 @@ def run_and_print_summary(
 def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: str) -> int:
     """Parse ``argv`` for ``command`` and run it; returns the exit status.
 
+    A torchrun rank that joined a process group does not return: it leaves with
+    its status through :func:`astropt.distributed.exit_launched` (no
+    interpreter teardown, where gloo threads can abort a finished rank).
+
     ``--help`` prints every key; a config problem prints one line
     ``PROG: error: ...`` and returns 2; an expected failure (a missing or corrupt
     file, a busy folder: :data:`astropt.errors.EXPECTED_ERRORS`) one line and 1.
     ``--debug`` lets every error raise with its traceback. A :class:`CommandGroup` takes the
     command's name first.
     """
+    status = _parse_and_run(command, argv, prog)
+    launcher = sys.modules.get("astropt.distributed")  # not imported: no process group joined
+    return status if launcher is None else launcher.exit_launched(status)
+
+
+def _parse_and_run(command: Command | CommandGroup, argv: list[str] | None, prog: str) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if isinstance(command, CommandGroup):
         if not argv or argv[0] in ("-h", "--help"):
@@ -758,7 +768,7 @@ def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: s
             suggestion = f"; did you mean '{hint}'?" if hint else ""
             print(f"{prog}: error: unknown command '{name}'{suggestion}", file=sys.stderr)
             return 2
-        return run_command(command.commands[name], rest, f"{prog} {name}")
+        return _parse_and_run(command.commands[name], rest, f"{prog} {name}")
     if "-h" in argv or "--help" in argv:
         print(command_help(command, prog))
         return 0

@@ -17,6 +17,7 @@ import sys
 import torch
 
 from astropt.config import load_config
+from astropt.distributed import exit_launched
 from astropt.train import train
 
 
@@ -74,9 +75,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Work done and files written: skip interpreter teardown, where torch 2.13's gloo
-    # threads now and then abort a finished rank ("terminate called without an active
-    # exception", SIGABRT), which torchrun reports as a failed run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Work done and files written: leave as the command lines do (no interpreter
+    # teardown, where a gloo thread can abort a finished rank; astropt.distributed).
+    raise SystemExit(exit_launched(0))

@@ -9,7 +9,6 @@ run. Each rank writes how many batches it embedded to ``OUT.calls.RANK``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from astropt import embed
 from astropt.data import DataConfig
+from astropt.distributed import exit_launched
 from astropt.export import process_group
 from astropt.model import GPT
 
@@ -47,9 +47,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Work done and files written: skip interpreter teardown, where torch 2.13's gloo
-    # threads now and then abort a finished rank ("terminate called without an active
-    # exception", SIGABRT), which torchrun reports as a failed run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Work done and files written: leave as the command lines do (no interpreter
+    # teardown, where a gloo thread can abort a finished rank; astropt.distributed).
+    raise SystemExit(exit_launched(0))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from astropt.display import percentile_stretch, survey_colour_order
+from astropt.distributed import process_group
 from astropt.io import atomic_write, atomic_write_text
 
 FORMAT = "astropt-embeddings/1"
@@ -158,41 +159,6 @@ def export_loader(
     return _export_sharded(
         encoder, open_loader, out, settings, rank, world_size, overwrite, progress, common
     )
-
-
-def process_group() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a distributed run.
-
-    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) with no
-    initialised group, one is started: NCCL when CUDA is available, else gloo,
-    and destroyed when the interpreter exits.
-    """
-    import atexit
-    import os
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if torch.cuda.is_available():
-        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl", device_id=local)
-    else:
-        dist.init_process_group("gloo")
-    # A group left alive at exit can abort the process while its C++ threads are torn down
-    # ("terminate called without an active exception", SIGABRT after a finished export).
-    atexit.register(_destroy_process_group)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _agree(rank: int, action: Callable[[], Any]) -> Any:

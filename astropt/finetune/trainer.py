@@ -52,6 +52,7 @@ import torch.nn as nn
 from astropt import hub
 from astropt.config import ConfigError
 from astropt.data import map_loader
+from astropt.distributed import setup_distributed, teardown_distributed
 from astropt.finetune import data as fdata
 from astropt.finetune import lora
 from astropt.finetune.config import FinetuneConfig, finetune_config_from_entries
@@ -72,7 +73,7 @@ from astropt.train.checkpoint import (
 )
 from astropt.train.metrics import MetricsLog
 from astropt.train.optim import lr_at
-from astropt.train.parallel import autocast_dtype, setup_distributed, teardown_distributed
+from astropt.train.parallel import autocast_dtype
 
 log = logging.getLogger("astropt.finetune")
 

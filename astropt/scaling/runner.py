@@ -19,7 +19,7 @@ from astropt.scaling.probing import ProbeFn, default_probe, probe_score
 from astropt.scaling.results import append_result, read_results
 
 if TYPE_CHECKING:
-    from astropt.train.parallel import DistInfo
+    from astropt.distributed import DistInfo
 
 log = logging.getLogger("astropt.scaling")
 
@@ -262,7 +262,7 @@ def run_study(
     # torchrun sets MASTER_ADDR for the env:// rendezvous; tests that only fake
     # RANK/WORLD_SIZE (with a stub training) get no group.
     if world_size > 1 and not dry_run and specs and "MASTER_ADDR" in os.environ:
-        from astropt.train.parallel import setup_distributed
+        from astropt.distributed import setup_distributed
 
         # One process group for the whole study: training joins it and leaves it
         # up, since a group destroyed and created again in the same processes
@@ -274,7 +274,7 @@ def run_study(
         return study.run(specs)
     finally:
         if study.group is not None:
-            from astropt.train.parallel import teardown_distributed
+            from astropt.distributed import teardown_distributed
 
             teardown_distributed(study.group)
 

@@ -32,6 +32,7 @@ import torch.nn as nn
 from astropt import hub
 from astropt.config import ConfigError
 from astropt.data.config import convention_mismatches
+from astropt.distributed import DistInfo
 from astropt.errors import UserError
 from astropt.io import (
     CorruptFileError,
@@ -44,7 +45,6 @@ from astropt.io import (
 )
 from astropt.model import GPT, GPTConfig
 from astropt.preprocessing import Preprocessing
-from astropt.train.parallel import DistInfo
 
 if TYPE_CHECKING:
     from astropt.data import DataConfig

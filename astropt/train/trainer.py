@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from_entries
+from astropt.distributed import setup_distributed, teardown_distributed
 from astropt.errors import UserError
 from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
@@ -52,13 +53,7 @@ from astropt.train.checkpoint import (
 )
 from astropt.train.metrics import MetricsLog, Throughput, measure_matmul_peak, render_preview
 from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer, make_scheduler
-from astropt.train.parallel import (
-    autocast_dtype,
-    no_sync,
-    setup_distributed,
-    teardown_distributed,
-    wrap_model,
-)
+from astropt.train.parallel import autocast_dtype, no_sync, wrap_model
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("astropt.quickstart", "the whole science loop on the synthetic survey"),
     "finetune": ("astropt.finetune.trainer", "finetune on labels: probe, lora or full (torchrun)"),
     "predict": ("astropt.predict", "per-galaxy predictions of a finetuned model (resumable)"),
+    "sweep": ("astropt.finetune.sweep", "label-efficiency sweeps of finetuning (resumable)"),
     "index": ("astropt.search.index", "nearest-neighbour index of an embedding export (faiss)"),
     "search": ("astropt.search.query", "neighbours of a galaxy id or an image file"),
     "anomalies": ("astropt.search.anomalies", "rank galaxies by oddity (k-NN, isolation forest)"),

@@ -32,7 +32,6 @@ typed by hand.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import logging
@@ -41,13 +40,16 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from astropt.config import ConfigError
 from astropt.finetune.config import load_finetune_config
 from astropt.finetune.metrics import HEADLINE, mean_interval
 from astropt.io import atomic_write, atomic_write_text, save_figure
+from astropt.options import Command, run_command
 
 log = logging.getLogger("astropt.finetune")
 
@@ -443,81 +445,97 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m astropt.finetune.sweep",
-        description="Label-efficiency sweep: finetune over mode x init x label_fraction x seed "
-        "and plot the test score against labels used, with intervals over seeds. Rerun the "
-        "same command to resume.",
-    )
-    parser.add_argument("config", nargs="?", help="finetune config TOML")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    parser.add_argument("--out", required=True, help="sweep folder")
-    parser.add_argument("--modes", default="full", help="comma-separated: probe,lora,full")
-    parser.add_argument(
-        "--inits", default="scratch", help="comma-separated init_from values; 'scratch' = fresh"
-    )
-    parser.add_argument("--fractions", default="0.01,0.1,1", help="label fractions")
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds")
-    parser.add_argument(
-        "--combo",
-        action="append",
-        default=[],
-        metavar="MODE:INIT:FRACTION",
-        help="run only these combinations (repeatable) instead of the full grid",
-    )
-    parser.add_argument("--report-only", action="store_true", help="redraw from finished runs")
-    parser.add_argument(
-        "--publish",
-        metavar="JSON",
-        help="copy the finished sweep into this result file (e.g. docs/results/NAME.json), "
-        "draw its figure under docs/finetune/ and rewrite the docs page blocks citing it",
-    )
-    parser.add_argument("--title", default="", help="name of the task in the published figure")
-    parser.add_argument(
-        "--page", dest="readme", default=str(PAGE), help="docs page rewritten by --publish"
-    )
-    parser.add_argument(
-        "--print-config", action="store_true", help="print the config every run starts from"
-    )
-    args = parser.parse_args(argv)
-    if args.print_config:
-        cfg = load_finetune_config(args.config, list(args.overrides))
-        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-        return 0
+@dataclass
+class SweepOptions:
+    """Options of ``astropt sweep`` (``python -m astropt.finetune.sweep``)."""
+
+    config: str | None = None  # finetune config TOML every run starts from
+    out: str = ""  # sweep folder (required)
+    modes: str = "full"  # comma-separated: probe,lora,full
+    inits: str = "scratch"  # comma-separated init_from values; 'scratch' = fresh
+    fractions: str = "0.01,0.1,1"  # comma-separated label fractions
+    seeds: str = "0,1,2"  # comma-separated training seeds
+    # run only these MODE:INIT:FRACTION combinations instead of the full grid
+    combo: list[str] = field(default_factory=list)
+    report_only: bool = False  # redraw from finished runs
+    # copy the finished sweep into this result file (e.g. docs/results/NAME.json), draw its
+    # figure under docs/finetune/ and rewrite the docs page blocks citing it
+    publish: str | None = None
+    title: str = ""  # name of the task in the published figure
+    page: str = str(PAGE)  # docs page rewritten by publish
+    # finetune key=value overrides for every run (any finetune key given here lands in it)
+    overrides: list[str] = field(default_factory=list)
+
+
+def run_sweep_command(opts: SweepOptions) -> int:
+    """Run, report or publish the sweep ``opts`` describes; returns the exit status."""
+    if not opts.out:
+        raise ConfigError("out is required: the sweep folder (out=runs/sweep)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.publish:
-        write_results(Path(args.out), collect(Path(args.out)))
-        root = Path(args.readme).resolve().parent.parent  # the page sits in docs/
-        publish(args.out, args.publish, args.title or Path(args.publish).stem, root)
-        changed = update_readme(args.readme)
-        print(f"wrote {args.publish}; {args.readme} {'updated' if changed else 'unchanged'}")
+    out = Path(opts.out)
+    if opts.publish:
+        write_results(out, collect(out))
+        root = Path(opts.page).resolve().parent.parent  # the page sits in docs/
+        publish(opts.out, opts.publish, opts.title or Path(opts.publish).stem, root)
+        changed = update_readme(opts.page)
+        print(f"wrote {opts.publish}; {opts.page} {'updated' if changed else 'unchanged'}")
         return 0
-    if args.report_only:
-        write_results(Path(args.out), collect(Path(args.out)))
+    if opts.report_only:
+        write_results(out, collect(out))
         return 0
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    record_command(Path(args.out), list(sys.argv[1:] if argv is None else argv))
-    inits = [v.strip() for v in args.inits.split(",") if v.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    argv = sys.argv[1:]
+    record_command(out, argv[1:] if argv[:1] == ["sweep"] else argv)  # astropt sweep ...
+    inits = [v.strip() for v in opts.inits.split(",") if v.strip()]
     combos = None
-    if args.combo:
+    if opts.combo:
         combos = []
-        for text in args.combo:
+        for text in opts.combo:
             mode, init, fraction = text.rsplit(":", 2)
             combos.append((mode, init, float(fraction)))
         inits = list(dict.fromkeys([*(c[1] for c in combos), *inits]))
     run_sweep(
-        args.config,
-        args.out,
-        [m.strip() for m in args.modes.split(",") if m.strip()],
+        opts.config,
+        opts.out,
+        [m.strip() for m in opts.modes.split(",") if m.strip()],
         inits,
-        _floats(args.fractions),
-        [int(s) for s in args.seeds.split(",") if s.strip()],
-        list(args.overrides),
+        _floats(opts.fractions),
+        [int(s) for s in opts.seeds.split(",") if s.strip()],
+        list(opts.overrides),
         combos,
     )
-    print((Path(args.out) / "report.md").read_text())
+    print((out / "report.md").read_text())
     return 0
+
+
+def _finetune_keys():
+    from astropt.finetune.config import FinetuneConfig
+    from astropt.options import option_keys
+
+    return option_keys(FinetuneConfig)
+
+
+COMMAND = Command(
+    SweepOptions,
+    run_sweep_command,
+    "Label-efficiency sweep: finetune over mode x init x label_fraction x seed and plot the "
+    "test score against labels used, with intervals over seeds. Rerun the same command to "
+    "resume.",
+    positional=("config",),
+    toml_is_positional=True,
+    forward=("overrides", _finetune_keys),
+    examples=(
+        "astropt sweep configs/finetune-quickstart.toml --out runs/sweep --modes full,probe "
+        "--inits runs/quickstart,scratch --fractions 0.01,0.1,1 --seeds 0,1,2",
+        "python -m astropt.finetune.sweep --out runs/sweep --publish docs/results/NAME.json "
+        "--title 'Galaxy10-style class'",
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m astropt.finetune.sweep`` (the same as ``astropt sweep``)."""
+    return run_command(COMMAND, argv, "python -m astropt.finetune.sweep")
 
 
 if __name__ == "__main__":

@@ -9,26 +9,39 @@ The file has the layout of ``Galaxy10_DECals.h5`` (``images`` uint8 ``(N, S, S, 
 absent. The work is :func:`astropt.finetune.data.write_galaxy10_like`.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from astropt.finetune.data import write_galaxy10_like  # noqa: E402
+from astropt.options import Command, run_command  # noqa: E402
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="HDF5 file to write")
-    parser.add_argument("--n", type=int, default=2000, help="galaxies")
-    parser.add_argument("--image-size", type=int, default=256, help="stamp side in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="survey seed")
-    args = parser.parse_args()
-    path = write_galaxy10_like(args.out, args.n, args.image_size, args.seed)
-    print(f"wrote {args.n} galaxies of {args.image_size}x{args.image_size} to {path}")
+@dataclass
+class Galaxy10LikeOptions:
+    """Options of ``python data/make_galaxy10_like.py``."""
+
+    out: str  # HDF5 file to write
+    n: int = 2000  # galaxies
+    image_size: int = 256  # stamp side in pixels
+    seed: int = 0  # survey seed
+
+
+def write(opts: Galaxy10LikeOptions) -> int:
+    from astropt.finetune.data import write_galaxy10_like
+
+    path = write_galaxy10_like(opts.out, opts.n, opts.image_size, opts.seed)
+    print(f"wrote {opts.n} galaxies of {opts.image_size}x{opts.image_size} to {path}")
     return 0
 
 
+COMMAND = Command(
+    Galaxy10LikeOptions,
+    write,
+    __doc__.splitlines()[0],
+    examples=("python data/make_galaxy10_like.py --out g10-synthetic.h5 --n 2000",),
+)
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(COMMAND, None, "python data/make_galaxy10_like.py"))

@@ -15,3 +15,8 @@ class UserError(Exception):
 
 #: What a command line reports in one line (the rest are bugs: traceback).
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """A non-finite loss or gradient (pretraining or finetuning): the run stopped before
+    applying the update; lower the learning rate or use float32, then resume."""

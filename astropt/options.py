@@ -717,9 +717,10 @@ def run_and_print_summary(
     """The tail of a training command: run ``work`` (every ``torchrun`` process does) and
     print the summary it returns as JSON on rank 0; returns the exit status.
 
-    Ctrl-C prints ``NAME: interrupted`` and returns 130; an ``expected`` error (other than a
-    :class:`ConfigError`) prints ``NAME: error`` and returns 1. Errors of
-    :data:`astropt.errors.EXPECTED_ERRORS` reach :func:`run_command`, which prints them.
+    Ctrl-C prints ``NAME: interrupted`` and returns 130; an ``expected`` error becomes a
+    :class:`~astropt.errors.UserError`: like the errors of
+    :data:`astropt.errors.EXPECTED_ERRORS` it reaches :func:`run_command`, which prints it
+    in one line and returns 2.
     """
     import os
 
@@ -729,10 +730,9 @@ def run_and_print_summary(
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except expected as error:
-        if isinstance(error, ConfigError):
+        if isinstance(error, UserError):
             raise
-        print(f"{name}: {error}", file=sys.stderr)
-        return 1
+        raise UserError(str(error)) from error
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2, default=float))
     return 0

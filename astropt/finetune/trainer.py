@@ -53,6 +53,7 @@ from astropt import hub
 from astropt.config import ConfigError
 from astropt.data import map_loader
 from astropt.distributed import setup_distributed, teardown_distributed
+from astropt.errors import TrainingDiverged
 from astropt.finetune import data as fdata
 from astropt.finetune import lora
 from astropt.finetune.config import FinetuneConfig, finetune_config_from_entries
@@ -81,10 +82,6 @@ log = logging.getLogger("astropt.finetune")
 STATE_NAME = TRAINER_STATE_NAME
 MODEL_DIR = "model"
 STATE_VERSION = 1
-
-
-class FinetuneDiverged(RuntimeError):
-    """A non-finite loss: the run stopped before applying the update."""
 
 
 class _TaskLoss(nn.Module):
@@ -376,7 +373,7 @@ class Finetuner:
         mean_loss = float(stats[0]) / self.dist.world_size
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
-            raise FinetuneDiverged(
+            raise TrainingDiverged(
                 f"non-finite loss at step {self.step + 1}: lower optim.lr or use dtype=float32, "
                 f"then resume=true from {self.ckpt_root / 'latest'}"
             )
@@ -571,8 +568,8 @@ def finetune(cfg: FinetuneConfig, *, on_step=None) -> dict:
 def run_finetune(cfg: FinetuneConfig) -> int:
     """Run ``cfg``; print the summary (rank 0); returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    expected = (FinetuneDiverged, FileNotFoundError, ValueError)
-    return run_and_print_summary("finetune", lambda: finetune(cfg), expected)
+    # A bad label column or split (ValueError) is the user's to fix, like the UserErrors.
+    return run_and_print_summary("finetune", lambda: finetune(cfg), (ValueError,))
 
 
 COMMAND = Command(

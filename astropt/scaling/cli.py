@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from astropt.errors import UserError
 from astropt.options import Command, CommandGroup, resolve_config_path, run_command
 from astropt.scaling.fit import fit_study, format_report
 from astropt.scaling.ladder import Sweep, load_ladder
@@ -121,8 +121,7 @@ def run_fit(opts: FitOptions) -> int:
     _logging(None)
     rows = read_results(opts.results)
     if not rows:
-        print(f"no rows in {opts.results}", file=sys.stderr)
-        return 1
+        raise UserError(f"no rows in {opts.results}")
     out = Path(opts.out) if opts.out else Path(opts.results).parent
     fit = fit_study(
         rows,

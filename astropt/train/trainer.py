@@ -30,7 +30,7 @@ import torch
 
 from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from_entries
 from astropt.distributed import setup_distributed, teardown_distributed
-from astropt.errors import UserError
+from astropt.errors import TrainingDiverged
 from astropt.io import FolderBusyError, atomic_write_text, folder_lock
 from astropt.model import GPT
 from astropt.options import Command, run_and_print_summary, run_command
@@ -59,10 +59,6 @@ log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, dict], None]
 LoaderFactory = Callable[..., Any]
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """A non-finite loss or gradient: the run stopped before applying the update."""
 
 
 _deferring = False

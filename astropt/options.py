@@ -540,7 +540,8 @@ class Command:
     ``keys()`` are collected as ``key=value`` strings into the list field
     ``field`` (the training overrides of ``astropt quickstart``). ``load``
     replaces :func:`build_options` for option classes with their own rules
-    (the run config). ``examples`` are shown by ``--help``.
+    (the run config). ``examples`` are shown by ``--help``. A list key given by
+    the same flag twice collects both (``--combo A --combo B``).
     """
 
     options: type
@@ -553,6 +554,9 @@ class Command:
     keys: Callable[[], Mapping[str, Any]] | None = None
     skip_keys: tuple[str, ...] = ()
     examples: tuple[str, ...] = ()
+    #: a bare ``X.toml`` fills the first positional key instead of being this command's
+    #: options file (``astropt sweep FINETUNE.toml``: the config every run starts from)
+    toml_is_positional: bool = False
 
     def option_keys(self) -> Mapping[str, Any]:
         return self.keys() if self.keys is not None else option_keys(self.options)
@@ -580,6 +584,7 @@ def parse_command_line(command: Command, argv: list[str]) -> tuple[Path | None, 
     flag without its value, or more bare arguments than positional keys.
     """
     keys = command.option_keys()
+    aliases = key_aliases(command)
     config: Path | None = None
     entries: list[Entry] = []
     positional = list(command.positional)
@@ -591,6 +596,11 @@ def parse_command_line(command: Command, argv: list[str]) -> tuple[Path | None, 
             name, eq, value = token[2:].partition("=")
             spelled = f"--{name}"
             key = command.flags.get(spelled, name.replace("-", "_"))
+            alias = aliases.get(key, "")
+            if alias.startswith("!"):  # --quiet: an inverted boolean, resolved later
+                entries.append((key, value if eq else True, spelled))
+                continue
+            key = alias or key
             if key.endswith("."):  # --data-opt KEY=VALUE
                 if not eq:
                     if i >= len(argv):
@@ -617,6 +627,11 @@ def parse_command_line(command: Command, argv: list[str]) -> tuple[Path | None, 
                     i += 1
                 if not values:
                     raise ConfigError(f"{spelled} needs at least one value")
+                earlier = [e for e in entries if e[0] == key and e[2] == spelled]
+                if earlier:  # a repeated flag adds to its list
+                    before = earlier[-1][1]
+                    values = [*(before if isinstance(before, list) else [before]), *values]
+                    entries.remove(earlier[-1])
                 entries.append((key, values if len(values) > 1 else values[0], spelled))
             else:
                 if i >= len(argv):
@@ -626,7 +641,7 @@ def parse_command_line(command: Command, argv: list[str]) -> tuple[Path | None, 
         elif _looks_like_override(token):
             key, value = parse_override(token)
             entries.append((key, value, "command line"))
-        elif config is None and token.endswith(".toml"):
+        elif config is None and token.endswith(".toml") and not command.toml_is_positional:
             config = Path(token)
         elif positional:
             entries.append((positional.pop(0), token, "command line"))
@@ -639,12 +654,57 @@ def parse_command_line(command: Command, argv: list[str]) -> tuple[Path | None, 
     return config, entries
 
 
+#: One name per concept across commands, each with the other commands' spelling kept
+#: as an alias: ``(shared, old)``. A command that has one of the two keys accepts the
+#: other as the same key (``astropt train out=runs/x``, ``astropt embed
+#: init_from=runs/x``); ``quiet=true`` is ``progress=false``.
+SHARED_KEYS: tuple[tuple[str, str], ...] = (
+    ("out_dir", "out"),
+    ("out", "out_dir"),
+    ("init_from", "checkpoint"),
+    ("checkpoint", "init_from"),
+)
+INVERTED_ALIASES: dict[str, str] = {"quiet": "progress"}
+
+
+def key_aliases(command: Command) -> dict[str, str]:
+    """``{alias: key}`` of ``command``: the spellings of :data:`SHARED_KEYS` it lacks.
+
+    A key another command has under the alias stays that command's own, and a
+    key forwarded to another config (``astropt sweep out_dir=...``) is not aliased.
+    """
+    own = command.option_keys()
+    forwarded = command.forward[1]() if command.forward is not None else {}
+    aliases = {}
+    for key, alias in SHARED_KEYS:
+        if key in own and alias not in own and alias not in forwarded:
+            aliases[alias] = key
+    for alias, key in INVERTED_ALIASES.items():
+        if key in own and alias not in own and alias not in forwarded:
+            aliases[alias] = "!" + key
+    return aliases
+
+
+def _resolve_aliases(command: Command, entries: list[Entry]) -> list[Entry]:
+    aliases = key_aliases(command)
+    resolved = []
+    for key, value, origin in entries:
+        target = aliases.get(key)
+        if target is None:
+            resolved.append((key, value, origin))
+        elif target.startswith("!"):  # quiet=true is progress=false
+            resolved.append((target[1:], not coerce(value, bool, key), origin))
+        else:
+            resolved.append((target, value, origin))
+    return resolved
+
+
 def options_from_command_line(command: Command, argv: list[str]) -> Any:
     """The resolved options of ``command`` for ``argv`` (file, then entries in order)."""
     config, entries = parse_command_line(command, argv)
     table_names = sections(command.options)
     all_entries = [] if config is None else read_file(config, table_names)
-    all_entries += entries
+    all_entries = _resolve_aliases(command, all_entries + entries)
     if command.forward is not None:
         target, forward_keys = command.forward
         own, extra = command.option_keys(), forward_keys()
@@ -671,7 +731,8 @@ def command_help(command: Command, prog: str) -> str:
         spellings.setdefault(key.rstrip("."), []).append(flag)
     spelled = {key: "also " + ", ".join(flags) for key, flags in spellings.items()}
     lines = [
-        f"usage: {prog} [CONFIG.toml] {positional + ' ' if positional else ''}[key=value ...]",
+        f"usage: {prog} {'' if command.toml_is_positional else '[CONFIG.toml] '}"
+        f"{positional + ' ' if positional else ''}[key=value ...]",
         "",
         command.description,
         "",
@@ -682,6 +743,13 @@ def command_help(command: Command, prog: str) -> str:
     for key, flags in spellings.items():
         if key not in command.option_keys():  # a section spelling such as --data-opt
             lines.append(f"{', '.join(flags)} KEY=VALUE is {key}.KEY=VALUE.")
+    aliases = key_aliases(command)
+    if aliases:
+        named = [
+            f"{alias} (= not {key[1:]})" if key.startswith("!") else f"{alias} (= {key})"
+            for alias, key in aliases.items()
+        ]
+        lines.append("Also spelled as in other commands: " + ", ".join(named) + ".")
     lines += ["", "keys:", _describe(command, spelled)]
     if command.examples:
         lines += ["", "examples:", *(f"  {example}" for example in command.examples)]
@@ -746,8 +814,8 @@ def run_command(command: Command | CommandGroup, argv: list[str] | None, prog: s
     interpreter teardown, where gloo threads can abort a finished rank).
 
     ``--help`` prints every key; a config problem prints one line
-    ``PROG: error: ...`` and returns 2; an expected failure (a missing or corrupt
-    file, a busy folder: :data:`astropt.errors.EXPECTED_ERRORS`) one line and 1.
+    ``PROG: error: ...`` and returns 2, and so does an expected failure (a missing
+    or corrupt file, a busy folder: :data:`astropt.errors.EXPECTED_ERRORS`).
     ``--debug`` lets every error raise with its traceback. A :class:`CommandGroup` takes the
     command's name first.
     """
@@ -794,4 +862,4 @@ def _parse_and_run(command: Command | CommandGroup, argv: list[str] | None, prog
         if debug:
             raise
         print(f"{prog}: error: {error} (--debug shows the traceback)", file=sys.stderr)
-        return 1
+        return 2

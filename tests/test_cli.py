@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import pytest
 
-from astropt import cli
+from astropt import cli, options
+from astropt.errors import UserError
 from astropt.options import (
     Command,
     CommandGroup,
@@ -80,6 +81,47 @@ def test_unknown_key_is_one_line_naming_the_nearest_key(name, capsys):
             assert err.count("\n") == 1, err
             assert f"unknown config key '{wrong}'" in err
             assert f"did you mean '{key}'?" in err, err
+
+
+# ------------------------------------------------------------ user errors
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_user_error_exits_2_from_every_command(name, capsys, monkeypatch, tmp_path):
+    # The same failures from every command: a config file that is not there (parsing),
+    # and a user error or a missing file raised while the command runs.
+    command = COMMANDS[name]
+    if not command.toml_is_positional:
+        assert run_command(command, [str(tmp_path / "missing.toml")], f"astropt {name}") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "missing.toml" in err, err
+    monkeypatch.setattr(options, "options_from_command_line", lambda command, argv: None)
+    for error in (UserError("the folder is busy"), FileNotFoundError("no such file: x.fits")):
+
+        def fail(_options, error=error):
+            raise error
+
+        failing = dataclasses.replace(command, run=fail)
+        assert run_command(failing, [], f"astropt {name}") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(error) in err, err
+
+
+def test_shared_key_names_accept_the_other_commands_spelling():
+    # out_dir/out, init_from/checkpoint, progress/quiet: one concept, both spellings everywhere.
+    seen = set()
+    for name, command in COMMANDS.items():
+        for alias, key in options.key_aliases(command).items():
+            seen.add(alias)
+            flag = [f"--{alias}"] if key.startswith("!") else [f"--{alias}", "true"]
+            for argv in ([f"{alias}=true"], flag):
+                _, entries = options.parse_command_line(command, argv)
+                resolved = options._resolve_aliases(command, entries)
+                expected = (key[1:], False) if key.startswith("!") else (key, "true")
+                assert [e[:2] for e in resolved] == [expected], (name, argv, resolved)
+    assert {"out", "out_dir", "checkpoint", "init_from", "quiet"} <= seen
+    train = options_from_command_line(COMMANDS["train"], ["out=runs/a", "checkpoint=runs/b"])
+    assert (train.out_dir, train.init_from) == ("runs/a", "runs/b")
+    survey = options_from_command_line(COMMANDS["survey"], ["out=s", "--quiet"])
+    assert survey.progress is False
 
 
 def test_console_script_names_the_nearest_command(capsys):

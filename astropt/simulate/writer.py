@@ -336,7 +336,7 @@ class SurveyOptions:
     shard_size: int | None = None  # galaxies per shard (None: 1000)
     overwrite: bool = False  # replace an existing survey
     montage: str | None = None  # also write a labelled PNG grid of galaxies 0-63 here
-    quiet: bool = False  # no progress bar
+    progress: bool = True  # progress bar (quiet=true: none)
 
     def __post_init__(self) -> None:
         if self.out is None and self.montage is None:
@@ -370,7 +370,7 @@ def run_survey(opts: SurveyOptions) -> int:
                 float_bands=opts.float_bands,
                 shard_size=opts.shard_size,
                 overwrite=opts.overwrite,
-                progress=not opts.quiet,
+                progress=opts.progress,
                 framing=opts.framing,
                 zoom_fill=opts.zoom_fill,
             )

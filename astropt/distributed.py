@@ -24,7 +24,7 @@ alive, flushes and leaves with ``os._exit``, skipping finalisation. (Destroying
 the group at exit narrows the window but does not close it: exports did so and
 still aborted now and then.)
 
-A leaf of the import order (torch, :mod:`astropt.device`, :mod:`astropt.config`).
+Just above the leaves of the import order (torch, :mod:`astropt.device`, :mod:`astropt.options`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from astropt.config import ConfigError
 from astropt.device import resolve_device
+from astropt.options import ConfigError
 
 
 @dataclasses.dataclass

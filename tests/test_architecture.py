@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
         "astropt.preprocessing",
         "astropt.results",
     ),  # leaves: no astropt imports
+    ("astropt.distributed",),  # the torchrun process group every command joins
     ("astropt.tokens",),
     ("astropt.model",),
     ("astropt.interop",),

@@ -210,6 +210,7 @@ BLOCKS = (
 REGENERATE = {
     "quickstart-probes": "python -m astropt.quickstart --publish",
     "finetune-": "python -m astropt.finetune.sweep --out SWEEP --publish ...",
+    "search-": "python -m astropt.search.evaluate EXPORT out=docs/results/NAME.json page=...",
 }
 
 
@@ -241,7 +242,9 @@ def check_published(repo: Path, strict: bool = False) -> list[str]:
         data = json.loads(path.read_text())
         name = path.relative_to(repo)
         if not is_stamped(data):
-            command = next((c for k, c in REGENERATE.items() if path.stem.startswith(k)), "")
+            command = next(
+                (c for k, c in REGENERATE.items() if path.stem.startswith(k)), "its publisher"
+            )
             note = f"{name}: legacy result file (no provenance); regenerate with `{command}`"
             print(note, file=sys.stderr)
             if strict:

@@ -387,7 +387,9 @@ def _pool_from_values(
         labels = np.asarray([index[v] for v in values.tolist()], dtype=np.int64)
         names = [str(c) for c in classes]
         if columns[0] == "galaxy10" and all(isinstance(c, int) for c in classes):
-            names = [GALAXY10_CLASSES[c] if 0 <= c < 10 else str(c) for c in classes]
+            names = [
+                GALAXY10_CLASSES[c] if 0 <= c < len(GALAXY10_CLASSES) else str(c) for c in classes
+            ]
         if len(classes) < 2:
             raise ValueError(f"label_column {columns[0]!r} of {text} has fewer than two classes")
         if len(classes) > 1000:

@@ -41,6 +41,7 @@ from astropt.export import (
 )
 from astropt.model import Pool
 from astropt.options import Command, run_command
+from astropt.tokens import GALAXY_PREFIXES, galaxy_statistics
 
 
 # --------------------------------------------------------------------------- encoders
@@ -60,9 +61,12 @@ class ModelEncoder:
         prefix: int | None = None,
         device: str | torch.device = "cpu",
         dtype: str = "auto",
+        hybrid: bool | None = None,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # "hybrid": the galaxy's aperture photometry appended (default: the model's config)
+        self.hybrid = bool(model.config.embed_hybrid if hybrid is None else hybrid)
         self.layers = model.resolve_layers(layer)  # validates; None = final LayerNorm
         if pool not in get_args(Pool):
             raise ValueError(f"pool must be 'mean', 'prefix' or 'last', got {pool!r}")
@@ -72,6 +76,8 @@ class ModelEncoder:
         self.prefix = prefix if pool == "prefix" else None
         self.dtype = resolve_dtype(dtype, self.device)
         self.dim = model.config.n_embd * len(self.layers)
+        if self.hybrid:
+            self.dim += 2 * model.config.n_chan * (len(GALAXY_PREFIXES) + 1)
 
     @property
     def layer_name(self) -> str:
@@ -80,8 +86,9 @@ class ModelEncoder:
 
     @property
     def reads_stats(self) -> bool:
-        """Whether it needs the batch's normalisation statistics (flux-aware models)."""
-        return bool(self.model.config.flux_tokens)
+        """Whether it needs the batch's normalisation statistics (any model not in
+        AstroPT's format: flux-aware inputs or survey-wide token units)."""
+        return self.hybrid or not self.model.config.astropt_format
 
     def __call__(
         self,
@@ -91,11 +98,16 @@ class ModelEncoder:
     ) -> torch.Tensor:
         """``mean``/``std``: the tokens' ``(B, N, 1)`` statistics, needed when :attr:`reads_stats`."""
         tokens = tokens.to(self.device, non_blocking=True)
-        stats = None
+        stats = photometry = None
         if self.reads_stats:
             if mean is None or std is None:
-                raise ValueError("a flux-aware model needs the tokens' mean and std")
-            stats = self.model.token_stats(tokens, mean.to(self.device), std.to(self.device))
+                raise ValueError(
+                    "a flux-aware model or hybrid embedding needs the tokens' mean and std"
+                )
+            mean, std = mean.to(self.device), std.to(self.device)
+            if self.hybrid:
+                photometry = galaxy_statistics(tokens, mean, std, self.model.config.n_chan)
+            tokens, stats = self.model.prepare(tokens, mean, std)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.dtype == "bfloat16"
@@ -105,6 +117,8 @@ class ModelEncoder:
             out = self.model.embed(
                 tokens, layer=self.layers, pool=self.pool, prefix=self.prefix, stats=stats
             )
+        if photometry is not None:
+            out = torch.cat([out.float(), photometry.float()], dim=-1)
         return out.float().cpu()
 
     def fingerprint(self) -> str:
@@ -198,6 +212,7 @@ def export_embeddings(
     checkpoint: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    hybrid: bool | None = None,
 ) -> Path:
     """Embed every galaxy of ``split`` of ``data_cfg`` with ``model``; write the export ``out``.
 
@@ -207,11 +222,14 @@ def export_embeddings(
     tokens) or ``"last"``; ``dtype``: ``"auto"`` (bfloat16 autocast where the
     device has native bfloat16 matmuls, see :func:`resolve_dtype`), ``"float32"``
     or ``"bfloat16"``; ``thumbnails``: side in
-    pixels of RGB thumbnails stored per galaxy for UMAP stamp panels (0 = none).
+    pixels of RGB thumbnails stored per galaxy for UMAP stamp panels (0 = none);
+    ``hybrid``: append each galaxy's aperture photometry
+    (:func:`astropt.tokens.galaxy_statistics`, 18 values for 3 bands) to its
+    vector (default: the model's ``config.embed_hybrid``).
     Rerunning the same call resumes an interrupted export. Returns ``out``.
     """
     device = model_export_device(model, data_cfg, device)
-    encoder = ModelEncoder(model, layer, pool, prefix, device, dtype)
+    encoder = ModelEncoder(model, layer, pool, prefix, device, dtype, hybrid)
     return export_outputs(
         encoder,
         data_cfg,
@@ -220,12 +238,18 @@ def export_embeddings(
         kind=kind,
         batch_size=batch_size,
         max_samples=max_samples,
-        settings={"layer": encoder.layer_name, "pool": pool, "prefix": encoder.prefix},
+        settings={
+            "layer": encoder.layer_name,
+            "pool": pool,
+            "prefix": encoder.prefix,
+            **({"hybrid": True} if encoder.hybrid else {}),
+        },
         meta={
             "checkpoint": checkpoint,
             "model_config": model.config.to_dict(),
             "layer": encoder.layer_name,
             "pool": pool,
+            **({"hybrid": True} if encoder.hybrid else {}),
         },
         rows_per_part=rows_per_part,
         thumbnail_size=thumbnails,
@@ -359,6 +383,9 @@ class EmbedOptions:
     layer: str | None = None
     pool: Pool = "mean"  # how token outputs become one vector
     prefix: int | None = None  # tokens averaged by pool=prefix
+    # append each galaxy's aperture photometry (band means and log-stds of its central
+    # patches and of the stamp) to its vector; default: the model's embed_hybrid
+    hybrid: bool | None = None
     batch_size: int = 256  # galaxies per forward pass
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where native
@@ -392,6 +419,7 @@ def run_embed(opts: EmbedOptions) -> int:
         "layer": opts.layer,
         "pool": opts.pool,
         "prefix": opts.prefix,
+        "hybrid": opts.hybrid,
         "batch_size": opts.batch_size,
         "device": opts.device,
         "dtype": opts.dtype,

@@ -40,7 +40,7 @@ from astropt.export import MODEL_DATA_FLAGS, data_config_from_options, model_dat
 from astropt.io import atomic_write
 from astropt.model import GPT, KVCache
 from astropt.options import Command, run_command
-from astropt.tokens import tokens_to_images
+from astropt.tokens import survey_unstretch, tokens_to_images
 
 # Display stretch of per-patch normalised values: +-NORM_CLIP std maps to [0, 1].
 NORM_CLIP = 3.0
@@ -63,10 +63,10 @@ def check_can_complete(model: GPT) -> None:
             "completion needs causal or prefix attention; an 'ar' model with attn_type='full' "
             "lets every token see the future, so its next-patch predictions are meaningless"
         )
-    if cfg.flux_tokens:
+    if cfg.flux_tokens and not cfg.flux_targets:
         raise ValueError(
             "completion needs each new patch's brightness, which a flux-aware model "
-            "(flux_tokens=True) reads but does not predict"
+            "with flux_tokens=True reads but does not predict (flux_targets=True predicts it)"
         )
 
 
@@ -118,8 +118,10 @@ def complete(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     residual_scale: float | None = None,
-) -> torch.Tensor:
-    """Continue normalised patch sequences by ``n_new`` patches.
+    prefix_stats: torch.Tensor | None = None,
+    return_stats: bool = False,
+):
+    """Continue patch sequences (in the model's units) by ``n_new`` patches.
 
     ``prefix_patches``: ``(B, K, patch_dim)`` per-patch normalised tokens in
     the model's order (the first ``K`` of a spiral sequence: the galaxy's
@@ -147,6 +149,13 @@ def complete(
     complete; a prefix-attention model attends bidirectionally over the ``K``
     given patches. ``K + n_new - 1`` must not exceed ``block_size``.
     Dropout is off during generation and the model's train/eval mode is restored.
+
+    Flux-aware models: ``prefix_stats`` ``(B, K, 2 * n_chan)`` are the prefix's
+    band statistics (:meth:`GPT.prepare`), which a ``flux_tokens`` model reads;
+    a ``flux_targets`` model predicts each new patch's statistics and, with
+    ``return_stats``, returns ``(sequence, stats)`` where ``stats`` is
+    ``(B, K + n_new, 2 * n_chan)``: the prefix's given ones (zeros when not
+    given) then the predicted ones (:func:`astropt.tokens.band_statistics` units).
     """
     if prefix_patches.ndim != 3:
         raise ValueError(
@@ -161,7 +170,19 @@ def complete(
         )
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    cfg = model.config
+    if cfg.flux_tokens and prefix_stats is None:
+        raise ValueError("a flux_tokens model needs prefix_stats (GPT.prepare) to complete")
+    if return_stats and not cfg.flux_targets:
+        raise ValueError("return_stats needs a model that predicts statistics (flux_targets)")
     if n_new == 0:
+        if return_stats:
+            given = (
+                prefix_stats
+                if prefix_stats is not None
+                else prefix_patches.new_zeros(batch, n_prefix, cfg.stats_dim)
+            )
+            return prefix_patches.clone(), given.clone()
         return prefix_patches.clone()
 
     param = next(model.parameters())
@@ -176,7 +197,18 @@ def complete(
         # prefix_len only matters for attn_type="prefix": the known patches see each other.
         # The residual scale needs predictions over the whole prefix; else the last one does.
         need_all = temperature > 0 and residual_scale is None
-        predictions, _ = model(sequence, cache=cache, prefix_len=n_prefix, last_only=not need_all)
+        with_stats = cfg.flux_targets
+        stats_in = None
+        if cfg.flux_tokens:
+            stats_in = prefix_stats.to(device=device, dtype=torch.float32)
+
+        def run(patches, stats, **kwargs):
+            """(patch predictions, predicted stats or None) of a forward pass."""
+            out = model(patches, stats=stats, prefix_len=n_prefix, with_stats=with_stats, **kwargs)
+            return (out[0], out[1]) if with_stats else (out[0], None)
+
+        predictions, next_stats = run(sequence, stats_in, cache=cache, last_only=not need_all)
+        new_stats: list[torch.Tensor] = []
         scale = None
         if temperature > 0:
             scale = (
@@ -192,19 +224,34 @@ def complete(
                     (batch, 1, dim), generator, device, dtype
                 )
             new.append(patch)
+            patch_stats = None if next_stats is None else next_stats[:, -1:]
+            if patch_stats is not None:
+                new_stats.append(patch_stats)
             if step == n_new - 1:
                 break  # the last patch is returned, never fed back
+            step_stats = patch_stats if cfg.flux_tokens else None
             if use_cache:
-                predictions, _ = model(patch, cache=cache, prefix_len=n_prefix)
+                predictions, next_stats = run(patch, step_stats, cache=cache)
             else:
                 # Without a cache the whole sequence runs again; only its last
                 # position needs the head.
                 sequence = torch.cat([sequence, patch], dim=1)
-                predictions, _ = model(sequence, prefix_len=n_prefix, last_only=True)
+                if cfg.flux_tokens:
+                    stats_in = torch.cat([stats_in, step_stats], dim=1)
+                predictions, next_stats = run(sequence, stats_in, last_only=True)
     finally:
         model.train(was_training)
     generated = torch.cat(new, dim=1).to(device=prefix_patches.device, dtype=prefix_patches.dtype)
-    return torch.cat([prefix_patches, generated], dim=1)
+    full = torch.cat([prefix_patches, generated], dim=1)
+    if not return_stats:
+        return full
+    given = (
+        prefix_stats.float()
+        if prefix_stats is not None
+        else prefix_patches.new_zeros(batch, n_prefix, cfg.stats_dim, dtype=torch.float32)
+    )
+    predicted = torch.cat(new_stats, dim=1).float().to(given.device)
+    return full, torch.cat([given, predicted], dim=1)
 
 
 # --------------------------------------------------------------- completion grid
@@ -217,8 +264,12 @@ class CompletionGrid:
     n: int  # galaxies completed
     prefix: int  # patches kept from the centre
     n_patches: int  # patches per galaxy
-    mse_completion: float  # normalised units, over hidden patches of all galaxies
+    mse_completion: float  # the model's token units, over hidden patches of all galaxies
     mse_blank: float  # the same for a blank (all-zero) completion
+    # pixel units, over hidden patches: the completion (for per-patch models without a flux
+    # head, unnormalised with the true mean/std) and a blank at the survey-wide mean level
+    mse_pixels_completion: float = float("nan")
+    mse_pixels_blank: float = float("nan")
 
 
 def _read_galaxies(data_cfg, split: str, n: int, seed: int):
@@ -329,10 +380,11 @@ def _plot_grid(panels: list[tuple[str, np.ndarray]], title: str, ids: list, out_
     atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def _fold_completion(cfg, tokens, completion, mean, std, images, prefix: int) -> dict:
-    """The grid's images ``(n, C, H, W)``: true tokens and completion folded back, normalised and
-    in pixel units (each patch unnormalised with the original's own statistics), the original
-    pixels, and ``kept`` ``(n, H, W)``: the pixels of the ``prefix`` patches the model was given."""
+def _fold_completion(cfg, tokens, completion, completion_pixels, images, prefix: int) -> dict:
+    """The grid's images ``(n, C, H, W)``: true tokens and completion folded back in the model's
+    units, the completion in pixel units (``completion_pixels``: patches ``(n, N, D)``), the
+    original pixels, and ``kept`` ``(n, H, W)``: the pixels of the ``prefix`` patches the model
+    was given."""
     image_hw = (images.shape[-2], images.shape[-1])
 
     def fold(seq: torch.Tensor, **pixel_units) -> np.ndarray:
@@ -346,7 +398,7 @@ def _fold_completion(cfg, tokens, completion, mean, std, images, prefix: int) ->
         "kept": fold(kept_tokens).max(axis=1) > 0.5,
         "normalised": fold(tokens),
         "completion_normalised": fold(completion),
-        "completion_pixels": fold(completion, mean=mean, std=std),
+        "completion_pixels": fold(completion_pixels),
         "originals": images.numpy(),
     }
 
@@ -428,26 +480,58 @@ def completion_grid(
         model = model.to(device)
     run_device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    completion = complete(
+    inputs, stats = model.prepare(tokens, mean, std)  # the model's units
+    completed = complete(
         model,
-        tokens[:, :prefix].to(run_device),
+        inputs[:, :prefix].to(run_device),
         n_patches - prefix,
         temperature=temperature,
         generator=generator,
-    ).cpu()
+        prefix_stats=None if stats is None else stats[:, :prefix].to(run_device),
+        return_stats=cfg.flux_targets,
+    )
+    completion, completion_stats = (
+        (completed[0].cpu(), completed[1].cpu()) if cfg.flux_targets else (completed.cpu(), None)
+    )
+    true_pixels = model.tokens_to_pixels(tokens, mean, std)
+    if cfg.token_scale == "survey":
+        completion_pixels = model.tokens_to_pixels(completion)
+    elif completion_stats is not None:  # the model's own brightness for the hidden patches
+        hidden = model.tokens_to_pixels(completion[:, prefix:], stats=completion_stats[:, prefix:])
+        completion_pixels = torch.cat([true_pixels[:, :prefix], hidden], dim=1)
+    else:
+        completion_pixels = model.tokens_to_pixels(completion, mean, std)
 
-    hidden_true, hidden_pred = tokens[:, prefix:], completion[:, prefix:]
+    hidden_true, hidden_pred = inputs[:, prefix:], completion[:, prefix:]
     mse_completion = (hidden_pred - hidden_true).pow(2).mean(dim=(1, 2))
     mse_blank = hidden_true.pow(2).mean(dim=(1, 2))
-    folded = _fold_completion(cfg, tokens, completion, mean, std, images, prefix)
+    hidden_pixels = true_pixels[:, prefix:]
+    mse_pixels_completion = (completion_pixels[:, prefix:] - hidden_pixels).pow(2).mean((1, 2))
+    blank_level = survey_unstretch(
+        torch.zeros(()), cfg.survey_softening, cfg.survey_offset, cfg.survey_scale
+    )
+    mse_pixels_blank = (hidden_pixels - blank_level).pow(2).mean(dim=(1, 2))
+    folded = _fold_completion(cfg, inputs, completion, completion_pixels, images, prefix)
     noise = "deterministic" if temperature == 0 else f"temperature {temperature:g}, seed {seed}"
+    if cfg.token_scale == "survey":
+        units = "survey-wide stretch"
+        brightness = "the model predicts each patch's brightness (survey-wide token units)"
+    elif cfg.flux_targets:
+        units = "per-patch normalised"
+        brightness = "each hidden patch given the band means and stds the flux head predicts"
+    else:
+        units = "per-patch normalised"
+        brightness = (
+            "each patch unnormalised with the original's own per-patch mean/std (the model "
+            "predicts shape within a patch, not its brightness)"
+        )
     title = (
         f"Completion from the central {prefix} of {n_patches} patches ({cfg.order} order, "
-        f"{noise}). Rows 1-3: per-patch normalised, as AstroPT shows them (+-{NORM_CLIP:g} std); "
-        f"rows 4-6: pixel units,\neach patch unnormalised with the original's own per-patch "
-        f"mean/std (the model predicts shape within a patch, not its brightness). "
-        f"MSE on hidden patches (normalised): completion {mse_completion.mean():.3f}, "
-        f"blank {mse_blank.mean():.3f}"
+        f"{noise}). Rows 1-3: model units ({units}, +-{NORM_CLIP:g}); "
+        f"rows 4-6: pixel units,\n{brightness}. "
+        f"MSE on hidden patches (model units): completion {mse_completion.mean():.3f}, "
+        f"blank {mse_blank.mean():.3f}; (pixels): completion {mse_pixels_completion.mean():.4f}, "
+        f"survey-mean blank {mse_pixels_blank.mean():.4f}"
     )
     _plot_grid(_grid_panels(folded), title, ids, out_png)
 
@@ -468,6 +552,8 @@ def completion_grid(
         kept=folded["kept"],
         mse_completion=mse_completion.numpy(),
         mse_blank=mse_blank.numpy(),
+        mse_pixels_completion=mse_pixels_completion.numpy(),
+        mse_pixels_blank=mse_pixels_blank.numpy(),
     )
     return CompletionGrid(
         png=out_png,
@@ -477,6 +563,8 @@ def completion_grid(
         n_patches=n_patches,
         mse_completion=float(mse_completion.mean()),
         mse_blank=float(mse_blank.mean()),
+        mse_pixels_completion=float(mse_pixels_completion.mean()),
+        mse_pixels_blank=float(mse_pixels_blank.mean()),
     )
 
 
@@ -524,8 +612,10 @@ def run_sample(opts: SampleOptions) -> int:
     )
     print(
         f"completed {result.n} galaxies from {result.prefix} of {result.n_patches} patches; "
-        f"MSE on hidden patches (normalised): completion {result.mse_completion:.4f}, "
-        f"blank {result.mse_blank:.4f}; wrote {result.png} and {result.npz}",
+        f"MSE on hidden patches (model units): completion {result.mse_completion:.4f}, "
+        f"blank {result.mse_blank:.4f}; (pixels): completion "
+        f"{result.mse_pixels_completion:.5f}, survey-mean blank {result.mse_pixels_blank:.5f}; "
+        f"wrote {result.png} and {result.npz}",
         file=sys.stderr,
     )
     return 0

@@ -470,10 +470,10 @@ def astropt_checkpoint_dict(
             "only causal next-patch models have an AstroPT counterpart; this one is "
             f"objective={cfg.objective!r}, attn_type={cfg.attn_type!r}"
         )
-    if cfg.flux_tokens:
+    if not cfg.astropt_format:
         raise ValueError(
-            "a flux-aware model (flux_tokens=True) has no AstroPT counterpart: AstroPT "
-            "reads normalised patches only"
+            "a flux-aware model (flux_tokens, flux_targets or token_scale='survey') has no "
+            "AstroPT counterpart: AstroPT reads and predicts per-patch normalised patches only"
         )
     modality = AstroPTModality(
         name=IMAGE_MODALITY,

@@ -31,7 +31,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from astropt.preprocessing import Preprocessing
-from astropt.tokens import Order
+from astropt.tokens import (
+    BAND_STD_FLOOR,
+    NORM_EPS,
+    SURVEY_OFFSET,
+    SURVEY_SCALE,
+    SURVEY_SOFTENING,
+    Order,
+    band_statistic_targets,
+    band_statistics,
+    denormalise_patches,
+    survey_stretch,
+    survey_unstretch,
+)
 
 try:  # optional: only used on CUDA in half precision
     from flash_attn import flash_attn_func as _flash_attn_func
@@ -41,6 +53,7 @@ except Exception:  # ImportError, or a build that does not match the installed t
 AttnType = Literal["causal", "prefix", "full"]
 Objective = Literal["ar", "mae"]
 Tokeniser = Literal["aim", "affine"]
+TokenScale = Literal["patch", "survey"]
 Pool = Literal["mean", "prefix", "last"]
 
 
@@ -67,6 +80,19 @@ class GPTConfig:
     # normalisation removes, astropt.tokens.band_statistics) projected and added to its
     # embedding. False keeps the AstroPT architecture (no extra weights).
     flux_tokens: bool = False
+    # Flux targets: a linear head on the final output also predicts the next patch's
+    # per-band mean and log-std (astropt.tokens.band_statistic_targets), Huber loss
+    # weighted by flux_loss_weight, so the representation must carry the photometry.
+    # False keeps the AstroPT architecture.
+    flux_targets: bool = False
+    flux_loss_weight: float = 1.0
+    # Token units: "patch" (AstroPT: each patch normalised to zero mean, unit std) or
+    # "survey" (one fixed stretch for the whole survey, astropt.tokens.survey_stretch:
+    # tokens keep their brightness and colour, so predictions are pixels).
+    token_scale: TokenScale = "patch"
+    survey_softening: float = SURVEY_SOFTENING  # survey_stretch's parameters (pixel units)
+    survey_offset: float = SURVEY_OFFSET
+    survey_scale: float = SURVEY_SCALE
     # Data conventions (not architecture):
     patch_size: int = 16
     n_chan: int = 3  # image channels (bands)
@@ -74,6 +100,9 @@ class GPTConfig:
     transpose_hw: bool = False  # True for AstroPT's released weights (images seen as (C, W, H))
     # default layer(s) of `GPT.embed`: "final", "middle", a block index or several joined by "+"
     embed_layer: str = "final"
+    # "hybrid" embeddings by default: exports append each galaxy's aperture photometry
+    # (astropt.tokens.galaxy_statistics) to the model's vector
+    embed_hybrid: bool = False
 
     @property
     def patch_dim(self) -> int:
@@ -96,12 +125,36 @@ class GPTConfig:
             ("attn_type", get_args(AttnType)),
             ("objective", get_args(Objective)),
             ("order", get_args(Order)),
+            ("token_scale", get_args(TokenScale)),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.survey_softening <= 0 or self.survey_scale <= 0:
+            raise ValueError("survey_softening and survey_scale must be positive")
+
+    @property
+    def reads_stats(self) -> bool:
+        """Whether the model needs the patches' band statistics (inputs or targets)."""
+        return self.flux_tokens or self.flux_targets
+
+    @property
+    def astropt_format(self) -> bool:
+        """True when weights and tokens are exactly AstroPT's (no flux-aware option)."""
+        return not self.reads_stats and self.token_scale == "patch"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except flux options left at their defaults: a model in AstroPT's
+        format saves the same ``config.json`` as before those options existed."""
+        values = asdict(self)
+        if not self.flux_targets:
+            for name in ("flux_targets", "flux_loss_weight"):
+                values.pop(name)
+        if not self.embed_hybrid:
+            values.pop("embed_hybrid")
+        if self.token_scale == "patch":
+            for name in ("token_scale", "survey_softening", "survey_offset", "survey_scale"):
+                values.pop(name)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
@@ -328,6 +381,8 @@ class GPT(nn.Module):
         self.head = PatchCodec(
             config.n_embd, config.patch_dim, hidden, config.tokeniser, config.bias
         )
+        if config.flux_targets:
+            self.flux_head = nn.Linear(config.n_embd, config.stats_dim, bias=config.bias)
         if config.objective == "mae":
             self.mask_token = nn.Parameter(torch.zeros(config.n_embd))
         self.reset_parameters()
@@ -444,16 +499,83 @@ class GPT(nn.Module):
     def token_stats(
         self, tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     ) -> torch.Tensor | None:
-        """The ``stats`` input of a flux-aware model (None for any other model).
+        """The ``stats`` of a flux-aware model (None for a model that reads none).
 
         ``tokens (B, N, patch_dim)`` with their ``mean``/``std`` ``(B, N, 1)`` from
-        the data loader: :func:`astropt.tokens.band_statistics`, ``(B, N, 2 * n_chan)``.
+        the data loader: :func:`astropt.tokens.band_statistics`, ``(B, N, 2 * n_chan)``,
+        the input of ``flux_tokens`` models and the target of ``flux_targets`` models.
         """
-        if not self.config.flux_tokens:
+        if not self.config.reads_stats:
             return None
-        from astropt.tokens import band_statistics
-
         return band_statistics(tokens, mean, std, self.config.n_chan)
+
+    def prepare(
+        self, tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's inputs from the data loader's per-patch normalised tokens.
+
+        ``tokens (B, N, patch_dim)`` with ``mean``/``std`` ``(B, N, 1)``. Returns
+        ``(inputs, stats)``: ``inputs`` are ``tokens`` themselves for AstroPT's
+        per-patch units (the same tensor, untouched) or their pixels in the
+        survey-wide stretch (``token_scale="survey"``); ``stats`` is
+        :meth:`token_stats` (None unless the model reads statistics).
+        """
+        stats = self.token_stats(tokens, mean, std)
+        if self.config.token_scale == "patch":
+            return tokens, stats
+        pixels = denormalise_patches(tokens.float(), mean.float(), std.float())
+        return self.pixels_to_tokens(pixels), stats
+
+    def pixels_to_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch pixels ``(..., patch_dim)`` in this model's survey-wide units
+        (``token_scale="survey"`` only; per-patch units come from :func:`normalise_patches`)."""
+        cfg = self.config
+        if cfg.token_scale != "survey":
+            raise ValueError("pixels_to_tokens needs a model with token_scale='survey'")
+        return survey_stretch(pixels, cfg.survey_softening, cfg.survey_offset, cfg.survey_scale)
+
+    def tokens_to_pixels(
+        self,
+        tokens: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+        stats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Model-unit patches ``(B, N, patch_dim)`` (inputs or predictions) in pixel units.
+
+        Survey-wide tokens invert the stretch and need nothing else. Per-patch
+        tokens need each patch's brightness: its ``mean``/``std`` ``(B, N, 1)``
+        (the data's), or per-band ``stats`` ``(B, N, 2 * n_chan)`` in
+        :func:`astropt.tokens.band_statistics` units (what a ``flux_targets``
+        model predicts): each band of the patch is then standardised and given
+        that band's mean and std.
+        """
+        cfg = self.config
+        if cfg.token_scale == "survey":
+            return survey_unstretch(
+                tokens, cfg.survey_softening, cfg.survey_offset, cfg.survey_scale
+            )
+        if mean is not None and std is not None:
+            return denormalise_patches(tokens.float(), mean.float(), std.float())
+        if stats is None:
+            raise ValueError(
+                "per-patch normalised tokens need their mean and std (or band statistics) "
+                "to become pixels"
+            )
+        bands = tokens.float().unflatten(-1, (-1, cfg.n_chan))  # (B, N, P*P, C)
+        band_std, band_mean = torch.std_mean(bands, dim=-2, keepdim=True)
+        shape = (*stats.shape[:-1], 1, cfg.n_chan)
+        target_mean = stats[..., : cfg.n_chan].float().reshape(shape)
+        target_std = (stats[..., cfg.n_chan :].float().exp() - BAND_STD_FLOOR).clamp_min(0)
+        standard = (bands - band_mean) / (band_std + NORM_EPS)
+        return (standard * target_std.reshape(shape) + target_mean).flatten(-2)
+
+    def predict_stats(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The flux head's band statistics ``(B, T, 2 * n_chan)`` for final outputs
+        ``(B, T, n_embd)``, in :func:`astropt.tokens.band_statistics` units."""
+        return band_statistic_targets(
+            self.flux_head(hidden).float(), self.config.n_chan, 1 / self.config.survey_scale
+        )
 
     def forward(
         self,
@@ -465,22 +587,30 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         stats: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        stat_targets: torch.Tensor | None = None,
+        with_stats: bool = False,
+    ):
         """Predict patches; return ``(predictions, loss)``.
 
-        ``patches``: ``(B, T, patch_dim)`` normalised tokens. ``targets``: same
-        shape (for ``ar``, the inputs shifted by one). ``positions``: ``(T,)``
-        or ``(B, T)`` sequence positions, default ``0..T-1`` (after any
-        cached tokens). ``mask``: ``(B, T)`` bool, True where a patch is hidden
-        (``mae`` only; the loss then counts masked patches only). ``cache``: a
-        :class:`KVCache` for incremental decoding. ``last_only``: apply the
-        head to the last position only, predictions ``(B, 1, patch_dim)``
-        (all decoding needs; no targets). ``stats``: ``(B, T, 2 * n_chan)``
-        per-band statistics of the patches (:meth:`token_stats`), required by
-        flux-aware models (``flux_tokens``) and ignored by others. ``loss`` is
-        None without targets.
+        ``patches``: ``(B, T, patch_dim)`` tokens in the model's units
+        (:meth:`prepare`). ``targets``: same shape (for ``ar``, the inputs
+        shifted by one). ``positions``: ``(T,)`` or ``(B, T)`` sequence
+        positions, default ``0..T-1`` (after any cached tokens). ``mask``:
+        ``(B, T)`` bool, True where a patch is hidden (``mae`` only; the loss
+        then counts masked patches only). ``cache``: a :class:`KVCache` for
+        incremental decoding. ``last_only``: apply the head to the last
+        position only, predictions ``(B, 1, patch_dim)`` (all decoding needs;
+        no targets). ``stats``: ``(B, T, 2 * n_chan)`` per-band statistics of
+        the patches (:meth:`token_stats`), required by flux-aware models
+        (``flux_tokens``) and ignored by others. ``stat_targets``: the band
+        statistics each position's flux head must predict (``flux_targets``
+        models: that Huber loss, weighted by ``flux_loss_weight``, is added).
+        ``with_stats``: return ``(predictions, predicted_stats, loss)``, the
+        flux head's output in :meth:`predict_stats` units (None for a model
+        without one). ``loss`` is None without targets.
         """
-        if mask is not None and self.config.objective != "mae":
+        cfg = self.config
+        if mask is not None and cfg.objective != "mae":
             raise ValueError("a patch mask needs a model built with objective='mae'")
         prefix = self._resolve_prefix(prefix_len, patches.shape[1])
         hidden = self._trunk(patches, positions, mask, prefix, cache, stats=stats)
@@ -489,19 +619,30 @@ class GPT(nn.Module):
                 raise ValueError("last_only predicts one position: it takes no targets")
             hidden = hidden[:, -1:]
         predictions = self.head(hidden)
-        if targets is None:
-            return predictions, None
-        # The loss in float32 whatever the autocast dtype: a bf16 mean over
-        # millions of values would lose the digits that show progress.
-        if mask is not None:
-            per_value = F.huber_loss(
-                predictions.float(), targets.float(), delta=1.0, reduction="none"
-            )
-            weights = mask[..., None].to(per_value.dtype)
-            loss = (per_value * weights).sum() / (weights.sum() * per_value.shape[-1]).clamp_min(1)
-        else:
-            loss = F.huber_loss(predictions.float(), targets.float(), delta=1.0)
+        loss = None
+        if targets is not None:
+            loss = self._patch_loss(predictions, targets, mask)
+            if stat_targets is not None and cfg.flux_targets:
+                wanted = band_statistic_targets(stat_targets, cfg.n_chan, cfg.survey_scale)
+                stat_loss = self._patch_loss(self.flux_head(hidden), wanted, mask)
+                loss = loss + cfg.flux_loss_weight * stat_loss
+        if with_stats:
+            predicted = self.predict_stats(hidden) if cfg.flux_targets else None
+            return predictions, predicted, loss
         return predictions, loss
+
+    @staticmethod
+    def _patch_loss(
+        predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Huber loss (delta 1) averaged over values (over masked positions' values with
+        ``mask``), in float32 whatever the autocast dtype: a bf16 mean over millions of
+        values would lose the digits that show progress."""
+        if mask is None:
+            return F.huber_loss(predictions.float(), targets.float(), delta=1.0)
+        per_value = F.huber_loss(predictions.float(), targets.float(), delta=1.0, reduction="none")
+        weights = mask[..., None].to(per_value.dtype)
+        return (per_value * weights).sum() / (weights.sum() * per_value.shape[-1]).clamp_min(1)
 
     def compute_loss(
         self,
@@ -516,24 +657,38 @@ class GPT(nn.Module):
         the loss counts positions ``k-1..N-2`` only: inside the prefix the next
         patch is visible to bidirectional attention, so predicting it there
         would teach copying. ``mae``: a random ``mask_ratio`` of each sequence is
-        hidden (drawn from ``generator``). ``stats``: see :meth:`forward`.
+        hidden (drawn from ``generator``). ``stats``: see :meth:`forward`; a
+        ``flux_targets`` model also regresses the target patches' statistics.
         Returns ``(predictions, loss)``.
         """
-        if self.config.objective == "ar":
+        cfg = self.config
+        if cfg.flux_targets and stats is None:
+            raise ValueError(
+                "a flux_targets model needs stats=model.token_stats(tokens, mean, std)"
+            )
+        if cfg.objective == "ar":
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             in_stats = None if stats is None else stats[:, :-1]
-            if self.config.attn_type != "prefix":
-                return self(inputs, targets=targets, stats=in_stats)
+            stat_targets = stats[:, 1:] if cfg.flux_targets else None
+            if cfg.attn_type != "prefix":
+                return self(inputs, targets=targets, stats=in_stats, stat_targets=stat_targets)
             prefix = self._resolve_prefix(None, inputs.shape[1])
             prefix = min(max(prefix, 1), inputs.shape[1])
-            predictions, _ = self(inputs, prefix_len=prefix, stats=in_stats)
-            loss = F.huber_loss(
-                predictions[:, prefix - 1 :].float(), targets[:, prefix - 1 :].float(), delta=1.0
+            predictions, predicted_stats, _ = self(
+                inputs, prefix_len=prefix, stats=in_stats, with_stats=True
             )
+            kept = slice(prefix - 1, None)
+            loss = self._patch_loss(predictions[:, kept], targets[:, kept], None)
+            if stat_targets is not None:
+                in_head_units = (  # predict_stats' units back to the head's
+                    band_statistic_targets(s[:, kept], cfg.n_chan, cfg.survey_scale)
+                    for s in (predicted_stats, stat_targets)
+                )
+                loss = loss + cfg.flux_loss_weight * self._patch_loss(*in_head_units, None)
             return predictions, loss
-        mask = mae_mask(tokens.shape[:2], self.config.mask_ratio, generator, tokens.device)
-        predictions, loss = self(tokens, targets=tokens, mask=mask, stats=stats)
-        return predictions, loss
+        mask = mae_mask(tokens.shape[:2], cfg.mask_ratio, generator, tokens.device)
+        stat_targets = stats if cfg.flux_targets else None
+        return self(tokens, targets=tokens, mask=mask, stats=stats, stat_targets=stat_targets)
 
     # ------------------------------------------------------------ embeddings
     def resolve_layer(self, layer: int | str | None) -> int | None:

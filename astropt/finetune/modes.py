@@ -57,12 +57,13 @@ def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
 
 
 def _refuse_flux_tokens(config, source: str) -> None:
-    """The finetune loop feeds normalised tokens only; a flux-aware trunk would silently
-    run without the patch statistics it was trained with."""
-    if getattr(config, "flux_tokens", False):
+    """The finetune loop feeds per-patch normalised tokens only; a flux-aware trunk would
+    silently run without the patch statistics or the token units it was trained with."""
+    if getattr(config, "flux_tokens", False) or getattr(config, "token_scale", "patch") != "patch":
         raise UserError(
-            f"{source or 'scratch'}: flux-aware models (model.flux_tokens=true) cannot be "
-            "finetuned yet; finetune a model trained with flux_tokens=false"
+            f"{source or 'scratch'}: flux-aware models (model.flux_tokens=true or "
+            "model.token_scale='survey') cannot be finetuned yet; finetune a model trained "
+            "with per-patch tokens (flux_tokens=false, token_scale='patch')"
         )
 
 

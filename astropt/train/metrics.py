@@ -200,16 +200,15 @@ def render_preview(
     mean, std = batch.mean[:n].to(device), batch.std[:n].to(device)
     was_training = model.training
     model.eval()
+    tokens, stats = model.prepare(tokens, mean, std)  # the model's units
     with autocast():
-        stats = model.token_stats(tokens, mean, std)
         recon, mask = reconstruct(model, tokens.float(), seed=seed, stats=stats)
     model.train(was_training)
     image_hw = tuple(batch.images.shape[-2:])
 
     def to_images(patches: torch.Tensor) -> np.ndarray:
-        images = tokens_to_images(
-            patches.float(), image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw, mean, std
-        )
+        pixels = model.tokens_to_pixels(patches.float(), mean, std)
+        images = tokens_to_images(pixels, image_hw, cfg.patch_size, cfg.order, cfg.transpose_hw)
         return images.cpu().numpy()
 
     rows = [("galaxy", to_images(tokens)), ("model", to_images(recon))]

@@ -349,12 +349,14 @@ class Trainer:
                 "check data.path and its train split"
             ) from None
 
-    def _token_stats(self, batch, tokens: torch.Tensor) -> torch.Tensor | None:
-        """The per-band patch statistics a flux-aware model reads (None for others)."""
-        if not self.cfg.model.flux_tokens:
-            return None
+    def _model_inputs(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's tokens in the model's units and the patch statistics a flux-aware
+        model reads or predicts (None for others), on the device (:meth:`GPT.prepare`)."""
+        tokens = batch.tokens.to(self.device, non_blocking=True)
+        if self.cfg.model.astropt_format:
+            return tokens, None
         mean, std = (t.to(self.device, non_blocking=True) for t in (batch.mean, batch.std))
-        return self.raw_model.token_stats(tokens, mean, std)
+        return self.raw_model.prepare(tokens, mean, std)
 
     def train_step(self, iterator: Iterator, lr: float) -> tuple[float, float, int, list]:
         """One optimiser step: returns (global mean loss, grad norm, global tokens, batches)."""
@@ -366,13 +368,12 @@ class Trainer:
         for micro in range(self.accum):
             batch = self._next_batch(iterator)
             batches.append(batch)
-            x = batch.tokens.to(self.device, non_blocking=True)
+            x, token_stats = self._model_inputs(batch)
             tokens += x.shape[0] * (x.shape[1] - (1 if self.cfg.model.objective == "ar" else 0))
             last = micro == self.accum - 1
             sync = no_sync(self.step_module, self.raw_model, self.dist, self.fsdp, last)
             # The backward pass inside `sync` too: FSDP decides at backward time
             # whether to reduce-scatter gradients (DDP at forward time).
-            token_stats = self._token_stats(batch, x)
             with sync:
                 with self.autocast():
                     if token_stats is None:
@@ -451,8 +452,7 @@ class Trainer:
                     break
                 if first is None:
                     first = batch
-                tokens = batch.tokens.to(self.device, non_blocking=True)
-                stats = self._token_stats(batch, tokens)
+                tokens, stats = self._model_inputs(batch)
                 with self.autocast():
                     _, loss = model.compute_loss(tokens, stats=stats)
                 total[0] += loss.double() * tokens.shape[0]

@@ -1,0 +1,318 @@
+"""Flux-aware pretraining ablation on the built-in survey's development (validation) split.
+
+Each variant of the pretraining objective (AstroPT's per-patch tokens, band statistics as
+inputs, as targets, survey-wide token units, both) is pretrained with the quickstart
+recipe (``configs/quickstart.toml``, 1500 steps), its validation galaxies are embedded
+(``middle+final``, plain and "hybrid": with the galaxy's aperture photometry appended)
+and every embedding is probed in one pass with the probe suite's protocol against the
+four baselines (pixels, pixels-normalised, morphometrics, and a randomly initialised
+model of the same variant and embedding option) and against AstroPT's objective.
+
+    python bench/photometry.py run --survey runs/quickstart/survey --out runs/photometry \
+        --seeds 0 --jobs 5 --device auto
+    python bench/photometry.py report runs/photometry --publish
+
+``report --publish`` writes ``docs/results/photometry-ablation.json`` and regenerates the
+table of ``docs/photometry.md`` from it. Choices made here use the validation split only;
+the test split is left for the published quickstart table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPLIT = "validation"  # the development split: every choice here is made on it
+
+#: name -> training overrides (on top of configs/quickstart.toml)
+VARIANTS: dict[str, list[str]] = {
+    "astropt": [],
+    "flux-inputs": ["model.flux_tokens=true"],
+    "flux-targets": ["model.flux_tokens=true", "model.flux_targets=true"],
+    "survey": ["model.token_scale=survey"],
+    "survey-targets": ["model.token_scale=survey", "model.flux_targets=true"],
+}
+#: embedding options: suffix -> (layer, hybrid); layer None is the config's (middle+final)
+EMBEDDINGS: dict[str, tuple[str | None, bool]] = {
+    "": (None, False),
+    "+hybrid": (None, True),
+    "@final": ("final", False),
+}
+PHYSICAL = (
+    "redshift",
+    "stellar mass & luminosity",
+    "apparent magnitude",
+    "star formation",
+    "colour",
+)
+RESULT = Path("docs/results/photometry-ablation.json")
+PAGE = Path("docs/photometry.md")
+BLOCK_START, BLOCK_END = "<!-- photometry-table -->", "<!-- /photometry-table -->"
+
+
+def _train_one(name: str, seed: int, args) -> dict:
+    out = Path(args.out) / "runs" / f"{name}-s{seed}"
+    marker = out / "done.json"
+    if marker.is_file():  # trained by an earlier call
+        return json.loads(marker.read_text())
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/quickstart.toml"),
+        f"out_dir={out}", f"data.path={args.survey}", f"seed={seed}", f"device={args.device}",
+        "progress=false", "preview=false", "overwrite=true", *VARIANTS[name], *args.override,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    start = time.perf_counter()
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as handle:
+        subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    result = {"variant": name, "seed": seed, "seconds": round(time.perf_counter() - start, 1)}
+    (out / "done.json").write_text(json.dumps(result))
+    return result
+
+
+def _embed_one(name: str, seed: int, args) -> list[str]:
+    import torch
+
+    from astropt.data import DataConfig
+    from astropt.embed import export_embeddings, random_init_like
+    from astropt.hub import load_model
+
+    torch.set_num_threads(args.threads)
+    model = load_model(Path(args.out) / "runs" / f"{name}-s{seed}")
+    data_cfg = DataConfig(source="synthetic", path=str(args.survey), image_size=64)
+    emb = Path(args.out) / "emb"
+    written = []
+    for suffix, (layer, hybrid) in EMBEDDINGS.items():
+        common = {"layer": layer, "hybrid": hybrid, "progress": False, "overwrite": True,
+                  "device": args.device}  # fmt: skip
+        path = emb / f"s{seed}" / f"{name}{suffix}.parquet"
+        export_embeddings(model, data_cfg, path, SPLIT, **common)
+        written.append(str(path))
+        if seed == args.seeds[0]:  # the random-init baseline of this variant (seed-free)
+            path = emb / f"random-init:{name}{suffix}.parquet"
+            export_embeddings(random_init_like(model, 0), data_cfg, path, SPLIT,
+                              kind="random-init", **common)  # fmt: skip
+            written.append(str(path))
+    return written
+
+
+def _image_baselines(args) -> None:
+    from astropt.data import DataConfig
+    from astropt.embed import export_image_features
+
+    data_cfg = DataConfig(source="synthetic", path=str(args.survey), image_size=64)
+    for kind in ("pixels", "morphometrics"):
+        export_image_features(kind, data_cfg, Path(args.out) / "emb" / f"{kind}.parquet", SPLIT,
+                              overwrite=True, progress=False)  # fmt: skip
+
+
+def _probe_variant(name: str, seed: int, args) -> Path:
+    """One probe pass: the variant's embeddings (the models), AstroPT's objective's, the image
+    baselines and the variant's random-init sets, on shared folds and resamples."""
+    from astropt.probe import PixelSource, run_probes
+
+    emb = Path(args.out) / "emb"
+    sets: dict[str, object] = {}
+    for suffix in EMBEDDINGS:
+        sets[f"{name}{suffix}"] = emb / f"s{seed}" / f"{name}{suffix}.parquet"
+    models = len(sets)
+    if name != "astropt":
+        for suffix in EMBEDDINGS:
+            sets[f"astropt{suffix}"] = emb / f"s{seed}" / f"astropt{suffix}.parquet"
+    sets["pixels"] = PixelSource(emb / "pixels.parquet")
+    sets["pixels-normalised"] = PixelSource(emb / "pixels.parquet", normalise=True)
+    sets["morphometrics"] = emb / "morphometrics.parquet"
+    for suffix in EMBEDDINGS:
+        sets[f"random-init:{name}{suffix}"] = emb / f"random-init:{name}{suffix}.parquet"
+    run = run_probes(sets, seed=0, label_sizes=(), models=models, threads=1)
+    out = Path(args.out) / "probe" / f"{name}-s{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    run.scores.to_csv(out / "scores.csv", index=False)
+    run.comparisons.to_csv(out / "comparisons.csv", index=False)
+    (out / "info.json").write_text(json.dumps(run.info, indent=1, default=str))
+    return out
+
+
+def run(args) -> None:
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    jobs = [(name, seed) for seed in args.seeds for name in args.variants]
+    timings = {}
+    if "train" in args.steps:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for result in pool.map(lambda job: _train_one(*job, args), jobs):
+                timings[f"{result['variant']}-s{result['seed']}"] = result["seconds"]
+                print("trained", result, flush=True)
+    names, seeds = zip(*jobs, strict=True)
+    # spawned workers: CUDA cannot be used in a forked child of a process that touched it
+    spawn = multiprocessing.get_context("spawn")
+    if "embed" in args.steps:
+        _image_baselines(args)
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+            for written in pool.map(_embed_one, names, seeds, [args] * len(jobs)):
+                print("embedded", written, flush=True)
+    if "probe" in args.steps:
+        with ProcessPoolExecutor(args.probe_jobs, mp_context=spawn) as pool:
+            for out in pool.map(_probe_variant, names, seeds, [args] * len(jobs)):
+                print("probed", out, flush=True)
+    (Path(args.out) / "train_seconds.json").write_text(json.dumps(timings, indent=1))
+
+
+# ------------------------------------------------------------------------------- report
+def summarise(out: Path) -> dict:
+    """Every (variant, embedding, seed): each family's score and its comparisons."""
+    import pandas as pd
+
+    result: dict = {"split": SPLIT, "variants": VARIANTS, "rows": []}
+    for probe_dir in sorted(out.glob("probe/*-s*")):
+        seed = int(probe_dir.name.rsplit("-s", 1)[1])
+        compare = pd.read_csv(probe_dir / "comparisons.csv")
+        scores = pd.read_csv(probe_dir / "scores.csv")
+        compare = compare[compare.level == "family"]
+        scores = scores[scores.level == "family"]
+        info = json.loads((probe_dir / "info.json").read_text())
+        result["protocol"] = info.get("protocol")
+        result["interval"] = info.get("interval")
+        for model in compare.model.unique():
+            own = compare[compare.model == model]
+            row = {"set": model, "seed": seed, "families": []}
+            for family, group in own.groupby("name", sort=False):
+                score = scores[(scores.name == family) & (scores.embedding == model)].iloc[0]
+                vs = {}
+                for r in group.itertuples():
+                    baseline = r.baseline
+                    if baseline.startswith("random-init:"):
+                        if baseline != f"random-init:{model}":
+                            continue
+                        baseline = "random-init"
+                    elif baseline not in ("pixels", "pixels-normalised", "morphometrics"):
+                        # other models: AstroPT's objective with the same embedding option,
+                        # and this variant's other embedding options
+                        suffix = model[len(model.split("+")[0].split("@")[0]) :]
+                        if baseline != f"astropt{suffix}" and not baseline.startswith(
+                            model.split("+")[0].split("@")[0]
+                        ):
+                            continue
+                        baseline = "vs " + baseline
+                    vs[baseline] = {
+                        "improvement": [
+                            round(r.improvement, 4),
+                            round(r.ci_low, 4),
+                            round(r.ci_high, 4),
+                        ],
+                        "outcome": r.outcome,
+                    }
+                row["families"].append(
+                    {"name": family, "metric": score.metric,
+                     "score": [round(score.value, 4), round(score.ci_low, 4), round(score.ci_high, 4)],
+                     "vs": vs}
+                )  # fmt: skip
+            result["rows"].append(row)
+    return result
+
+
+def _bar(row: dict) -> dict:
+    """The issue's bar for one row: physical wins/losses vs morphometrics, morphology keeps."""
+    fam = {f["name"]: f for f in row["families"]}
+    morph = [fam[n]["vs"].get("morphometrics", {}).get("outcome") for n in PHYSICAL if n in fam]
+    return {"physical_wins": morph.count("win"), "physical_losses": morph.count("loss")}
+
+
+def render(result: dict) -> str:
+    """Markdown: one summary table of all rows, then one family table per row."""
+    lines = [
+        f"Split: `{result['split']}` (development). Intervals: {result.get('interval')}. "
+        "Cells: model minus baseline [95% interval], **win** / *loss* / tie.",
+        "",
+        "| set | seed | physical families won vs morphometrics | lost | "
+        "tally vs pixels | vs pixels-normalised | vs random-init | vs morphometrics |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        bar = _bar(row)
+        tallies = []
+        for baseline in ("pixels", "pixels-normalised", "random-init", "morphometrics"):
+            got = [f["vs"].get(baseline, {}).get("outcome") for f in row["families"]]
+            tallies.append(f"{got.count('win')}/{got.count('tie')}/{got.count('loss')}")
+        lines.append(
+            f"| {row['set']} | {row['seed']} | {bar['physical_wins']} of {len(PHYSICAL)} | "
+            f"{bar['physical_losses']} | " + " | ".join(tallies) + " |"
+        )
+    lines += ["", "Tallies are wins/ties/losses over all families.", ""]
+    for row in result["rows"]:
+        lines += [f"#### {row['set']} (seed {row['seed']})", ""]
+        baselines = ["pixels", "pixels-normalised", "random-init", "morphometrics"]
+        extra = sorted({k for f in row["families"] for k in f["vs"] if k.startswith("vs ")})
+        heads = baselines + extra
+        lines.append("| family | metric | score | " + " | ".join(heads) + " |")
+        lines.append("|---|---|---|" + "---|" * len(heads))
+        for f in row["families"]:
+            cells = []
+            for b in heads:
+                v = f["vs"].get(b)
+                if not v:
+                    cells.append("")
+                    continue
+                mark = {"win": "**win**", "loss": "*loss*"}.get(v["outcome"], "tie")
+                cells.append("{:+.3f} [{:+.3f}, {:+.3f}] ".format(*v["improvement"]) + mark)
+            lines.append(
+                f"| {f['name']} | {f['metric']} | {f['score'][0]:.3f} | " + " | ".join(cells) + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report(args) -> None:
+    out = Path(args.out)
+    result = summarise(out)
+    result["command"] = args.command_line
+    text = render(result)
+    print(text)
+    if args.publish:
+        target = ROOT / RESULT
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=1) + "\n")
+        update_page(ROOT / PAGE, result)
+
+
+def update_page(page: Path, result: dict) -> None:
+    """Replace the generated block of ``docs/photometry.md`` with :func:`render` of ``result``."""
+    text = page.read_text()
+    start, end = text.index(BLOCK_START) + len(BLOCK_START), text.index(BLOCK_END)
+    page.write_text(text[:start] + "\n" + render(result) + "\n" + text[end:])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("run", help="pretrain, embed and probe every variant")
+    r.add_argument("--survey", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--seeds", default="0")
+    r.add_argument("--variants", default="", help="comma-separated subset of the variants")
+    r.add_argument("--jobs", type=int, default=1, help="training runs at once")
+    r.add_argument("--probe-jobs", type=int, default=1, help="probe passes at once")
+    r.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--steps", default="train,embed,probe")
+    r.add_argument("override", nargs="*", help="training key=value for every variant")
+    p = sub.add_parser("report", help="summarise a run folder (and publish it)")
+    p.add_argument("out")
+    p.add_argument("--publish", action="store_true")
+    args = parser.parse_args(argv)
+    args.command_line = "python bench/photometry.py " + " ".join(argv or sys.argv[1:])
+    (run if args.what == "run" else report)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

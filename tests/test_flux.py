@@ -1,0 +1,205 @@
+"""Flux-aware pretraining: band statistics as targets, survey-wide token units, hybrid embeddings.
+
+The planted pattern: every galaxy is one smooth profile scaled by its own brightness, so
+per-patch normalisation leaves the same tokens for every galaxy and only the removed
+statistics (or survey-wide units) tell the galaxies apart.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from astropt.generate import complete
+from astropt.model import GPT, GPTConfig
+from astropt.tokens import (
+    band_statistics,
+    galaxy_statistics,
+    images_to_tokens,
+    survey_stretch,
+    survey_unstretch,
+)
+
+SIDE, PATCH = 32, 8  # 16 patches of 8x8x3 = 192 values
+
+
+def planted(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, 3, 32, 32)`` images of one profile times a per-galaxy brightness, and the brightness."""
+    generator = torch.Generator().manual_seed(seed)
+    brightness = 0.1 + 0.8 * torch.rand(n, generator=generator)
+    y, x = torch.meshgrid(torch.arange(SIDE) - 15.5, torch.arange(SIDE) - 15.5, indexing="ij")
+    profile = torch.exp(-(x**2 + y**2) / 60.0)  # a round galaxy at the centre
+    colour = torch.tensor([0.6, 0.8, 1.0])[:, None, None]
+    noise = 0.01 * torch.randn(n, 3, SIDE, SIDE, generator=generator)
+    return brightness[:, None, None, None] * colour * profile + 0.05 + noise, brightness
+
+
+def model_for(**overrides) -> GPT:
+    values = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, patch_size=PATCH)
+    values.update(overrides)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**values))
+
+
+def train(model: GPT, images: torch.Tensor, steps: int) -> list[float]:
+    """Adam on one fixed batch; the losses of every step."""
+    tokens, mean, std = images_to_tokens(images, patch_size=PATCH)
+    inputs, stats = model.prepare(tokens, mean, std)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        _, loss = model.compute_loss(inputs, stats=stats)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses
+
+
+def survey_units(images: torch.Tensor) -> dict:
+    """Survey-wide stretch parameters that give these images' pixels zero mean, unit std."""
+    stretched = torch.asinh(images)
+    return dict(
+        token_scale="survey",
+        survey_offset=stretched.mean().item(),
+        survey_scale=stretched.std().item(),
+    )
+
+
+def stat_loss(model: GPT, images: torch.Tensor) -> float:
+    """The flux head's loss alone (next-patch band statistics), unweighted."""
+    tokens, mean, std = images_to_tokens(images, patch_size=PATCH)
+    inputs, stats = model.prepare(tokens, mean, std)
+    with torch.no_grad():
+        _, both = model(
+            inputs[:, :-1], inputs[:, 1:], stats=stats[:, :-1], stat_targets=stats[:, 1:]
+        )
+        _, patches_only = model(inputs[:, :-1], inputs[:, 1:], stats=stats[:, :-1])
+    return (both - patches_only).item() / model.config.flux_loss_weight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", ["patch", "survey"])
+def test_flux_targets_loss_falls_on_a_planted_flux_pattern(scale):
+    images, _ = planted(16)
+    extra = survey_units(images) if scale == "survey" else {"flux_tokens": True}
+    model = model_for(flux_targets=True, **extra)
+    before = stat_loss(model, images)
+    losses = train(model, images, 80)
+    after = stat_loss(model, images)
+    assert after < 0.2 * before, (before, after)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_flux_head_predicts_the_brightness_that_per_patch_tokens_hide():
+    images, brightness = planted(32)
+    tokens, mean, std = images_to_tokens(images, patch_size=PATCH)
+    model = model_for(flux_targets=True, flux_tokens=True)
+    train(model, images, 150)
+    model.eval()
+    inputs, stats = model.prepare(tokens, mean, std)
+    with torch.no_grad():
+        _, predicted, _ = model(inputs[:, :-1], stats=stats[:, :-1], with_stats=True)
+    # The predicted green-band mean of the second patch follows the planted brightness.
+    green = predicted[:, 0, 1]
+    assert torch.corrcoef(torch.stack([green, brightness]))[0, 1] > 0.95
+    truth = band_statistics(tokens, mean, std, 3)[:, 1, 1]
+    assert (green - truth).abs().mean() < 0.4 * truth.std()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "variant", ["survey", "survey+targets", "flux_tokens+targets"], ids=lambda v: v
+)
+def test_completion_in_pixel_units_beats_the_blank(variant):
+    images, _ = planted(32)
+    if variant.startswith("survey"):
+        model = model_for(flux_targets=variant.endswith("targets"), **survey_units(images))
+    else:
+        model = model_for(flux_targets=True, flux_tokens=True, **survey_units(images))
+        model.config.token_scale = "patch"  # per-patch tokens; the survey units set the blank
+    train(model, images, 200)
+    model.eval()
+    held_out, _ = planted(8, seed=1)
+    tokens, mean, std = images_to_tokens(held_out, patch_size=PATCH)
+    inputs, stats = model.prepare(tokens, mean, std)
+    prefix = 4
+    cfg = model.config
+    if cfg.token_scale == "survey":
+        completion = complete(model, inputs[:, :prefix], 16 - prefix)
+        pixels = model.tokens_to_pixels(completion)
+    else:
+        completion, predicted = complete(
+            model, inputs[:, :prefix], 16 - prefix, prefix_stats=stats[:, :prefix],
+            return_stats=True,
+        )  # fmt: skip
+        pixels = model.tokens_to_pixels(completion, stats=predicted)
+    truth = model.tokens_to_pixels(tokens, mean, std) if cfg.token_scale == "patch" else None
+    truth = model.tokens_to_pixels(inputs) if truth is None else truth
+    blank = survey_unstretch(torch.zeros(()), 1.0, cfg.survey_offset, cfg.survey_scale)
+    hidden = slice(prefix, None)
+    mse_model = (pixels[:, hidden] - truth[:, hidden]).pow(2).mean()
+    mse_blank = (blank - truth[:, hidden]).pow(2).mean()
+    assert mse_model < 0.5 * mse_blank, (mse_model, mse_blank)
+
+
+# ------------------------------------------------------------------ AstroPT format kept
+#: GPTConfig's fields before the flux options: a default model's config.json has exactly these.
+ASTROPT_FORMAT_KEYS = {
+    "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "tokeniser", "attn_type",
+    "objective", "mask_ratio", "prefix_len", "flux_tokens", "patch_size", "n_chan", "order",
+    "transpose_hw", "embed_layer",
+}  # fmt: skip
+
+
+def test_default_models_save_exactly_the_astropt_format(tmp_path):
+    model = model_for()
+    assert model.config.astropt_format
+    assert set(model.config.to_dict()) == ASTROPT_FORMAT_KEYS
+    assert not any("flux" in name for name in model.state_dict())
+    model.save_pretrained(tmp_path / "plain")
+    saved = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert set(saved) == ASTROPT_FORMAT_KEYS
+    # AstroPT's tokens go in untouched: the very same tensor, no statistics.
+    tokens, mean, std = images_to_tokens(planted(2)[0], patch_size=PATCH)
+    inputs, stats = model.prepare(tokens, mean, std)
+    assert inputs is tokens and stats is None
+
+
+def test_flux_options_round_trip_and_add_only_the_flux_head(tmp_path):
+    model = model_for(flux_targets=True, flux_loss_weight=0.5, token_scale="survey")
+    assert set(model.state_dict()) - set(model_for().state_dict()) == {"flux_head.weight"}
+    model.save_pretrained(tmp_path / "flux")
+    loaded = GPT.from_pretrained(tmp_path / "flux")
+    assert loaded.config == model.config and not loaded.config.astropt_format
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name])
+
+
+def test_survey_stretch_inverts_and_keeps_brightness():
+    images, _ = planted(4)
+    tokens, mean, std = images_to_tokens(images, patch_size=PATCH)
+    dim_tokens, *_ = images_to_tokens(images * 0.5, patch_size=PATCH)
+    model = model_for(**survey_units(images))
+    inputs, _ = model.prepare(tokens, mean, std)
+    pixels = model.tokens_to_pixels(inputs)
+    assert torch.allclose(pixels, tokens * (std + 1e-8) + mean, atol=1e-5)
+    assert torch.allclose(survey_unstretch(survey_stretch(images)), images, atol=1e-5)
+    # Per-patch tokens of a dimmer copy are the same; survey-wide ones are not.
+    assert torch.allclose(tokens, dim_tokens, atol=1e-4)
+    dim_inputs, _ = model.prepare(*images_to_tokens(images * 0.5, patch_size=PATCH))
+    assert not torch.allclose(inputs, dim_inputs, atol=1e-2)
+
+
+def test_galaxy_statistics_measure_central_apertures():
+    images, brightness = planted(6)
+    tokens, mean, std = images_to_tokens(images, patch_size=PATCH)
+    stats = galaxy_statistics(tokens, mean, std, 3)
+    assert stats.shape == (6, 2 * 3 * 3)
+    # The central patch's green mean grows with the planted brightness.
+    order = brightness.argsort()
+    assert torch.all(stats[order, 1].diff() > 0)

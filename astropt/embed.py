@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -41,10 +42,42 @@ from astropt.export import (
 )
 from astropt.model import Pool
 from astropt.options import Command, run_command
-from astropt.tokens import GALAXY_PREFIXES, galaxy_statistics
+from astropt.tokens import GALAXY_PREFIXES, galaxy_statistics, tokens_to_images
 
 
 # --------------------------------------------------------------------------- encoders
+def hybrid_width(n_chan: int) -> int:
+    """Values :func:`hybrid_features` appends for ``n_chan`` bands (34 for 3)."""
+    from astropt.morphometrics import APERTURES, COLOUR_APERTURES
+
+    patches = 2 * n_chan * (len(GALAXY_PREFIXES) + 1)
+    return patches + n_chan * len(APERTURES) + (n_chan - 1) * len(COLOUR_APERTURES)
+
+
+def hybrid_features(tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, config):
+    """What a "hybrid" embedding appends to the model's vector: the galaxy's photometry.
+
+    ``tokens (B, N, P*P*C)`` per-patch normalised in the model's order with
+    ``mean``/``std`` ``(B, N, 1)``; ``config``: the model's :class:`GPTConfig`
+    (patch size, order, layout). Returns ``(B, hybrid_width(C))`` float32: the
+    per-band mean and log-std of the central 1 and 4 patches and of the stamp
+    (:func:`astropt.tokens.galaxy_statistics`), then the aperture photometry
+    of the morphometrics baseline (log10 sky-subtracted fluxes in circles of
+    radius 2, 4, 8 and 16 pixels and colours between adjacent bands,
+    :func:`astropt.morphometrics.aperture_photometry`) of the stamp itself.
+    """
+    from astropt.morphometrics import aperture_photometry
+
+    side = math.isqrt(tokens.shape[1]) * config.patch_size
+    pixels = tokens_to_images(
+        tokens.float(), (side, side), config.patch_size, config.order, config.transpose_hw,
+        mean.float(), std.float(),
+    )  # fmt: skip
+    apertures = torch.from_numpy(aperture_photometry(pixels.cpu().numpy())).to(tokens.device)
+    patches = galaxy_statistics(tokens, mean, std, config.n_chan)
+    return torch.cat([patches, apertures.to(patches.dtype)], dim=-1)
+
+
 class ModelEncoder:
     """Normalised patch tokens ``(B, N, P*P*C)`` -> embeddings ``(B, d)`` through a :class:`GPT`.
 
@@ -77,7 +110,7 @@ class ModelEncoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self.dim = model.config.n_embd * len(self.layers)
         if self.hybrid:
-            self.dim += 2 * model.config.n_chan * (len(GALAXY_PREFIXES) + 1)
+            self.dim += hybrid_width(model.config.n_chan)
 
     @property
     def layer_name(self) -> str:
@@ -106,7 +139,7 @@ class ModelEncoder:
                 )
             mean, std = mean.to(self.device), std.to(self.device)
             if self.hybrid:
-                photometry = galaxy_statistics(tokens, mean, std, self.model.config.n_chan)
+                photometry = hybrid_features(tokens, mean, std, self.model.config)
             tokens, stats = self.model.prepare(tokens, mean, std)
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -223,9 +256,8 @@ def export_embeddings(
     device has native bfloat16 matmuls, see :func:`resolve_dtype`), ``"float32"``
     or ``"bfloat16"``; ``thumbnails``: side in
     pixels of RGB thumbnails stored per galaxy for UMAP stamp panels (0 = none);
-    ``hybrid``: append each galaxy's aperture photometry
-    (:func:`astropt.tokens.galaxy_statistics`, 18 values for 3 bands) to its
-    vector (default: the model's ``config.embed_hybrid``).
+    ``hybrid``: append each galaxy's photometry (:func:`hybrid_features`, 34
+    values for 3 bands) to its vector (default: the model's ``config.embed_hybrid``).
     Rerunning the same call resumes an interrupted export. Returns ``out``.
     """
     device = model_export_device(model, data_cfg, device)
@@ -383,8 +415,8 @@ class EmbedOptions:
     layer: str | None = None
     pool: Pool = "mean"  # how token outputs become one vector
     prefix: int | None = None  # tokens averaged by pool=prefix
-    # append each galaxy's aperture photometry (band means and log-stds of its central
-    # patches and of the stamp) to its vector; default: the model's embed_hybrid
+    # "hybrid": append each galaxy's photometry (band means and log-stds of its central
+    # patches, aperture fluxes and colours) to its vector; default: the model's embed_hybrid
     hybrid: bool | None = None
     batch_size: int = 256  # galaxies per forward pass
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N

@@ -50,19 +50,41 @@ def morphometrics(images: np.ndarray) -> np.ndarray:
 
     Any unit works (fluxes or display values); the galaxy is at the centre.
     """
+    clean, noise, radius = _sky_subtracted(images)
+    c = clean.shape[1]
+    band = clean[:, min(1, c - 1)]
+    shape = np.stack(
+        [_structure(band[i], noise[i, min(1, c - 1)], radius) for i in range(len(band))]
+    )
+    return np.concatenate([_photometry(clean, radius), shape], axis=1).astype(np.float32)
+
+
+def aperture_photometry(images: np.ndarray) -> np.ndarray:
+    """The photometry columns of :func:`morphometrics` alone: ``(B, C * 4 + (C - 1) * 2)``
+    float32 (log10 aperture fluxes in radii :data:`APERTURES`, then colours in
+    :data:`COLOUR_APERTURES`), the first columns of :func:`feature_names`."""
+    clean, _, radius = _sky_subtracted(images)
+    return _photometry(clean, radius).astype(np.float32)
+
+
+def _sky_subtracted(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images minus each band's sky level (the border's median), the sky noise ``(B, C)``
+    and each pixel's distance from the stamp centre ``(H, W)``."""
     images = np.asarray(images, dtype=np.float64)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {images.shape}")
-    b, c, h, w = images.shape
+    _, _, h, w = images.shape
     border = np.ones((h, w), dtype=bool)
     border[SKY_BORDER:-SKY_BORDER, SKY_BORDER:-SKY_BORDER] = False
     sky = np.median(images[:, :, border], axis=2)  # (B, C)
     noise = 1.4826 * np.median(np.abs(images[:, :, border] - sky[..., None]), axis=2)
-    clean = images - sky[..., None, None]
     yy, xx = np.mgrid[:h, :w]
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    radius = np.hypot(yy - cy, xx - cx)
+    radius = np.hypot(yy - (h - 1) / 2.0, xx - (w - 1) / 2.0)
+    return images - sky[..., None, None], noise, radius
 
+
+def _photometry(clean: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    b, c = clean.shape[:2]
     fluxes = np.stack(
         [np.clip(clean[:, :, radius <= r].sum(axis=2), 1e-6, None) for r in APERTURES], axis=1
     )  # (B, apertures, C)
@@ -72,9 +94,7 @@ def morphometrics(images: np.ndarray) -> np.ndarray:
                 np.log10(fluxes[:, APERTURES.index(r), k + 1]))
         for r in COLOUR_APERTURES for k in range(c - 1)
     ]  # fmt: skip
-    band = clean[:, min(1, c - 1)]
-    shape = np.stack([_structure(band[i], noise[i, min(1, c - 1)], radius) for i in range(b)])
-    return np.concatenate([log_flux, np.stack(colours, axis=1), shape], axis=1).astype(np.float32)
+    return np.concatenate([log_flux, np.stack(colours, axis=1)], axis=1)
 
 
 def _structure(image: np.ndarray, sigma: float, radius: np.ndarray) -> np.ndarray:

@@ -39,12 +39,18 @@ VARIANTS: dict[str, list[str]] = {
     "flux-targets": ["model.flux_tokens=true", "model.flux_targets=true"],
     "survey": ["model.token_scale=survey"],
     "survey-targets": ["model.token_scale=survey", "model.flux_targets=true"],
+    "survey-targets-w3": [
+        "model.token_scale=survey",
+        "model.flux_targets=true",
+        "model.flux_loss_weight=3",
+    ],
 }
 #: embedding options: suffix -> (layer, hybrid); layer None is the config's (middle+final)
 EMBEDDINGS: dict[str, tuple[str | None, bool]] = {
     "": (None, False),
     "+hybrid": (None, True),
     "@final": ("final", False),
+    "@all+hybrid": ("0+1+2+3+final", True),  # every block's output (the quickstart's 4 layers)
 }
 PHYSICAL = (
     "redshift",
@@ -91,7 +97,8 @@ def _embed_one(name: str, seed: int, args) -> list[str]:
     data_cfg = DataConfig(source="synthetic", path=str(args.survey), image_size=64)
     emb = Path(args.out) / "emb"
     written = []
-    for suffix, (layer, hybrid) in EMBEDDINGS.items():
+    for suffix in args.embeddings:
+        layer, hybrid = EMBEDDINGS[suffix]
         common = {"layer": layer, "hybrid": hybrid, "progress": False, "overwrite": True,
                   "device": args.device}  # fmt: skip
         path = emb / f"s{seed}" / f"{name}{suffix}.parquet"
@@ -122,16 +129,16 @@ def _probe_variant(name: str, seed: int, args) -> Path:
 
     emb = Path(args.out) / "emb"
     sets: dict[str, object] = {}
-    for suffix in EMBEDDINGS:
+    for suffix in args.embeddings:
         sets[f"{name}{suffix}"] = emb / f"s{seed}" / f"{name}{suffix}.parquet"
     models = len(sets)
     if name != "astropt":
-        for suffix in EMBEDDINGS:
+        for suffix in args.embeddings:
             sets[f"astropt{suffix}"] = emb / f"s{seed}" / f"astropt{suffix}.parquet"
     sets["pixels"] = PixelSource(emb / "pixels.parquet")
     sets["pixels-normalised"] = PixelSource(emb / "pixels.parquet", normalise=True)
     sets["morphometrics"] = emb / "morphometrics.parquet"
-    for suffix in EMBEDDINGS:
+    for suffix in args.embeddings:
         sets[f"random-init:{name}{suffix}"] = emb / f"random-init:{name}{suffix}.parquet"
     run = run_probes(sets, seed=0, label_sizes=(), models=models, threads=1)
     out = Path(args.out) / "probe" / f"{name}-s{seed}"
@@ -145,6 +152,8 @@ def _probe_variant(name: str, seed: int, args) -> Path:
 def run(args) -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    args.embeddings = args.embeddings.split(",") if args.embeddings else list(EMBEDDINGS)
+    args.embeddings = ["" if e == "plain" else e for e in args.embeddings]
     jobs = [(name, seed) for seed in args.seeds for name in args.variants]
     timings = {}
     if "train" in args.steps:
@@ -298,6 +307,9 @@ def main(argv=None) -> int:
     r.add_argument("--survey", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--seeds", default="0")
+    r.add_argument(
+        "--embeddings", default="", help="comma-separated subset of the embedding options"
+    )
     r.add_argument("--variants", default="", help="comma-separated subset of the variants")
     r.add_argument("--jobs", type=int, default=1, help="training runs at once")
     r.add_argument("--probe-jobs", type=int, default=1, help="probe passes at once")

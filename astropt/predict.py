@@ -65,14 +65,28 @@ class PredictionEncoder:
         self.model = model.to(self.device).eval()
         self.dtype = resolve_dtype(dtype, self.device)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def reads_stats(self) -> bool:
+        """Whether it needs the batch's normalisation statistics (survey-wide token units)."""
+        return self.model.config.token_scale != "patch"
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mean``/``std``: the tokens' ``(B, N, 1)`` statistics, needed when :attr:`reads_stats`."""
+        tokens = tokens.to(self.device, non_blocking=True)
+        if self.reads_stats:
+            tokens, _ = self.model.prepare(tokens, mean.to(self.device), std.to(self.device))
         autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
             if self.dtype == "bfloat16"
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = self.model.predict(tokens.to(self.device, non_blocking=True))
+            out = self.model.predict(tokens)
         return out.float().cpu()
 
     def fingerprint(self) -> str:

@@ -300,6 +300,50 @@ def update_page(page: Path, result: dict) -> None:
     page.write_text(text[:start] + "\n" + render(result) + "\n" + text[end:])
 
 
+def cost(args) -> None:
+    """CPU seconds per optimiser step of each variant at the quickstart's shape (batch 32 of
+    64x64 stamps, one thread), timed in alternating rounds; prints ms/step and the ratio."""
+    import torch
+
+    from astropt.config import load_config
+    from astropt.model import GPT
+    from astropt.tokens import images_to_tokens
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    images = torch.rand(32, 3, 64, 64) * 0.3
+    tokens, mean, std = images_to_tokens(images)
+    setups = {}
+    for name, overrides in VARIANTS.items():
+        cfg = load_config(ROOT / "configs/quickstart.toml", overrides)
+        model = GPT(cfg.model).train()
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        setups[name] = (model, optimiser)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+
+    def step(model, optimiser):
+        inputs, stats = model.prepare(tokens, mean, std)
+        _, loss = model.compute_loss(inputs, stats=stats)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    for model, optimiser in setups.values():  # warm-up
+        step(model, optimiser)
+    for _ in range(args.rounds):
+        for name, (model, optimiser) in setups.items():
+            start = time.process_time()
+            for _ in range(args.steps):
+                step(model, optimiser)
+            times[name].append((time.process_time() - start) / args.steps)
+    base = sorted(times["astropt"])[len(times["astropt"]) // 2]
+    print("| variant | CPU ms per step (median of rounds) | vs astropt |")
+    print("|---|---|---|")
+    for name, values in times.items():
+        median = sorted(values)[len(values) // 2]
+        print(f"| {name} | {1000 * median:.1f} | {median / base:.2f}x |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -317,12 +361,15 @@ def main(argv=None) -> int:
     r.add_argument("--device", default="auto")
     r.add_argument("--steps", default="train,embed,probe")
     r.add_argument("override", nargs="*", help="training key=value for every variant")
+    c = sub.add_parser("cost", help="CPU time per optimiser step of each variant")
+    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--steps", type=int, default=10)
     p = sub.add_parser("report", help="summarise a run folder (and publish it)")
     p.add_argument("out")
     p.add_argument("--publish", action="store_true")
     args = parser.parse_args(argv)
     args.command_line = "python bench/photometry.py " + " ".join(argv or sys.argv[1:])
-    (run if args.what == "run" else report)(args)
+    {"run": run, "cost": cost, "report": report}[args.what](args)
     return 0
 
 

@@ -57,13 +57,12 @@ def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
 
 
 def _refuse_flux_tokens(config, source: str) -> None:
-    """The finetune loop feeds per-patch normalised tokens only; a flux-aware trunk would
-    silently run without the patch statistics or the token units it was trained with."""
-    if getattr(config, "flux_tokens", False) or getattr(config, "token_scale", "patch") != "patch":
+    """The finetune loop feeds tokens in the trunk's units but no patch statistics; a trunk
+    that reads them (flux_tokens) would silently run without them."""
+    if getattr(config, "flux_tokens", False):
         raise UserError(
-            f"{source or 'scratch'}: flux-aware models (model.flux_tokens=true or "
-            "model.token_scale='survey') cannot be finetuned yet; finetune a model trained "
-            "with per-patch tokens (flux_tokens=false, token_scale='patch')"
+            f"{source or 'scratch'}: flux-aware models (model.flux_tokens=true) cannot be "
+            "finetuned yet; finetune a model trained with flux_tokens=false"
         )
 
 

@@ -329,7 +329,7 @@ class Finetuner:
         rows: list[tuple[list, np.ndarray, np.ndarray]] = []
         loss_sum = 0.0
         for batch in loader:
-            tokens = batch.tokens.to(self.device, non_blocking=True)
+            tokens = self._inputs(batch)
             labels = torch.as_tensor(batch.catalogue[fdata.LABEL_KEY]).to(self.device)
             with self.autocast():
                 outputs = finetuned.task_outputs(tokens)
@@ -354,6 +354,14 @@ class Finetuner:
         return loss, score(head.kind, labels, predictions, head.targets, head.vote_groups)
 
     # ------------------------------------------------------------ loop
+    def _inputs(self, batch) -> torch.Tensor:
+        """The batch's tokens in the trunk's units (survey-wide stretch where it uses one)."""
+        tokens = batch.tokens.to(self.device, non_blocking=True)
+        if self.finetuned.config.token_scale == "patch":
+            return tokens
+        mean, std = (t.to(self.device, non_blocking=True) for t in (batch.mean, batch.std))
+        return self.finetuned.prepare(tokens, mean, std)[0]
+
     def _train_step(self, iterator) -> tuple[float, float, int]:
         cfg = self.cfg
         lr = lr_at(self.step, cfg.optim, cfg.max_iters)
@@ -361,7 +369,7 @@ class Finetuner:
             group["lr"] = lr * group["lr_scale"]
         with torch.random.fork_rng(devices=[]):
             batch = next(iterator)
-        tokens = batch.tokens.to(self.device, non_blocking=True)
+        tokens = self._inputs(batch)
         labels = torch.as_tensor(batch.catalogue[fdata.LABEL_KEY]).to(self.device)
         with self.autocast():
             loss = self.step_module(tokens, labels)

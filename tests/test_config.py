@@ -183,3 +183,21 @@ def test_astropt_sized_configs_record_astropt_shapes(name):
     assert (cfg.max_iters, cfg.optim.warmup_iters, cfg.optim.decay_iters) == (30000, 2000, 29700)
     assert cfg.data.source == "hf" and cfg.data.path == "Smith42/galaxies"
     assert cfg.out_dir == f"runs/astropt-{name}"
+
+
+@pytest.mark.parametrize("name", sorted(ASTROPT_SIZES))
+def test_astropt_flux_configs_are_astropt_shapes_with_the_flux_objective(name):
+    plain = load_config(CONFIGS / f"astropt-{name}.toml")
+    flux = load_config(CONFIGS / f"astropt-flux-{name}.toml")
+    shape = ("n_layer", "n_head", "n_embd", "block_size")
+    assert [getattr(flux.model, k) for k in shape] == [getattr(plain.model, k) for k in shape]
+    assert (flux.batch_size, flux.optim.lr, flux.max_iters) == (
+        plain.batch_size, plain.optim.lr, plain.max_iters,
+    )  # fmt: skip
+    assert flux.model.token_scale == "survey" and flux.model.flux_targets
+    quickstart = load_config(CONFIGS / "quickstart.toml").model
+    flux_keys = ("token_scale", "flux_targets", "flux_loss_weight", "embed_hybrid")
+    assert [getattr(flux.model, k) for k in flux_keys] == [
+        getattr(quickstart, k) for k in flux_keys
+    ]
+    assert flux.out_dir == f"runs/astropt-flux-{name}"

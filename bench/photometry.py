@@ -62,6 +62,8 @@ PHYSICAL = (
 RESULT = Path("docs/results/photometry-ablation.json")
 PAGE = Path("docs/photometry.md")
 BLOCK_START, BLOCK_END = "<!-- photometry-table -->", "<!-- /photometry-table -->"
+COST_RESULT = Path("docs/results/photometry-cost.json")
+COST_START, COST_END = "<!-- photometry-cost -->", "<!-- /photometry-cost -->"
 
 
 def _train_one(name: str, seed: int, args) -> dict:
@@ -177,23 +179,38 @@ def run(args) -> None:
 
 
 # ------------------------------------------------------------------------------- report
-def summarise(out: Path) -> dict:
-    """Every (variant, embedding, seed): each family's score and its comparisons."""
-    import pandas as pd
+def summarise(outs: list[Path], legacy: tuple[Path, ...] = ()) -> tuple[dict, list[Path]]:
+    """Every (run folder, variant, embedding, seed): each family's score and comparisons.
+
+    ``legacy``: run folders made when "hybrid" appended the central-patch band statistics
+    only; their ``+hybrid`` sets are reported as ``+patch-stats``. Returns the result and
+    the files it summarises.
+    """
 
     result: dict = {"split": SPLIT, "variants": VARIANTS, "rows": []}
+    files: list[Path] = []
+    for out in outs:
+        result["rows"] += _summarise_one(out, out in legacy, files)
+    return result, files
+
+
+def _summarise_one(out: Path, legacy: bool, files: list[Path]) -> list[dict]:
+    import pandas as pd
+
+    rows = []
     for probe_dir in sorted(out.glob("probe/*-s*")):
         seed = int(probe_dir.name.rsplit("-s", 1)[1])
+        files += [probe_dir / name for name in ("comparisons.csv", "scores.csv", "info.json")]
         compare = pd.read_csv(probe_dir / "comparisons.csv")
         scores = pd.read_csv(probe_dir / "scores.csv")
         compare = compare[compare.level == "family"]
         scores = scores[scores.level == "family"]
         info = json.loads((probe_dir / "info.json").read_text())
-        result["protocol"] = info.get("protocol")
-        result["interval"] = info.get("interval")
         for model in compare.model.unique():
             own = compare[compare.model == model]
-            row = {"set": model, "seed": seed, "families": []}
+            label = model.replace("+hybrid", "+patch-stats") if legacy else model
+            row = {"set": label, "seed": seed, "run": out.name,
+                   "interval": info.get("interval"), "families": []}  # fmt: skip
             for family, group in own.groupby("name", sort=False):
                 score = scores[(scores.name == family) & (scores.embedding == model)].iloc[0]
                 vs = {}
@@ -225,8 +242,8 @@ def summarise(out: Path) -> dict:
                      "score": [round(score.value, 4), round(score.ci_low, 4), round(score.ci_high, 4)],
                      "vs": vs}
                 )  # fmt: skip
-            result["rows"].append(row)
-    return result
+            rows.append(row)
+    return rows
 
 
 def _bar(row: dict) -> dict:
@@ -238,13 +255,16 @@ def _bar(row: dict) -> dict:
 
 def render(result: dict) -> str:
     """Markdown: one summary table of all rows, then one family table per row."""
+    intervals = {row["run"]: row["interval"] for row in result["rows"]}
     lines = [
-        f"Split: `{result['split']}` (development). Intervals: {result.get('interval')}. "
-        "Cells: model minus baseline [95% interval], **win** / *loss* / tie.",
+        f"Split: `{result['split']}` (development). Cells: model minus baseline [95% "
+        "interval], **win** / *loss* / tie. Intervals by run: "
+        + "; ".join(f"`{run}`: {interval}" for run, interval in intervals.items())
+        + ".",
         "",
-        "| set | seed | physical families won vs morphometrics | lost | "
+        "| run | set | seed | physical families won vs morphometrics | lost | "
         "tally vs pixels | vs pixels-normalised | vs random-init | vs morphometrics |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         bar = _bar(row)
@@ -253,12 +273,13 @@ def render(result: dict) -> str:
             got = [f["vs"].get(baseline, {}).get("outcome") for f in row["families"]]
             tallies.append(f"{got.count('win')}/{got.count('tie')}/{got.count('loss')}")
         lines.append(
-            f"| {row['set']} | {row['seed']} | {bar['physical_wins']} of {len(PHYSICAL)} | "
+            f"| {row['run']} | {row['set']} | {row['seed']} | "
+            f"{bar['physical_wins']} of {len(PHYSICAL)} | "
             f"{bar['physical_losses']} | " + " | ".join(tallies) + " |"
         )
     lines += ["", "Tallies are wins/ties/losses over all families.", ""]
     for row in result["rows"]:
-        lines += [f"#### {row['set']} (seed {row['seed']})", ""]
+        lines += [f"#### {row['set']} (seed {row['seed']}, run `{row['run']}`)", ""]
         baselines = ["pixels", "pixels-normalised", "random-init", "morphometrics"]
         extra = sorted({k for f in row["families"] for k in f["vs"] if k.startswith("vs ")})
         heads = baselines + extra
@@ -281,23 +302,27 @@ def render(result: dict) -> str:
 
 
 def report(args) -> None:
-    out = Path(args.out)
-    result = summarise(out)
-    result["command"] = args.command_line
+    from astropt.results import stamp, write_result
+
+    outs = [Path(o) for o in args.out]
+    result, files = summarise(outs, tuple(Path(o) for o in args.legacy_hybrid))
     text = render(result)
     print(text)
     if args.publish:
-        target = ROOT / RESULT
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=1) + "\n")
+        stamp(result, args.command_line, files, root=Path(os.path.commonpath(outs)).parent)
+        write_result(ROOT / RESULT, result)
         update_page(ROOT / PAGE, result)
 
 
 def update_page(page: Path, result: dict) -> None:
     """Replace the generated block of ``docs/photometry.md`` with :func:`render` of ``result``."""
+    replace_block(page, BLOCK_START, BLOCK_END, render(result))
+
+
+def replace_block(page: Path, start_marker: str, end_marker: str, body: str) -> None:
     text = page.read_text()
-    start, end = text.index(BLOCK_START) + len(BLOCK_START), text.index(BLOCK_END)
-    page.write_text(text[:start] + "\n" + render(result) + "\n" + text[end:])
+    start, end = text.index(start_marker) + len(start_marker), text.index(end_marker)
+    page.write_text(text[:start] + "\n" + body + "\n" + text[end:])
 
 
 def cost(args) -> None:
@@ -336,12 +361,36 @@ def cost(args) -> None:
             for _ in range(args.steps):
                 step(model, optimiser)
             times[name].append((time.process_time() - start) / args.steps)
-    base = sorted(times["astropt"])[len(times["astropt"]) // 2]
-    print("| variant | CPU ms per step (median of rounds) | vs astropt |")
-    print("|---|---|---|")
-    for name, values in times.items():
-        median = sorted(values)[len(values) // 2]
-        print(f"| {name} | {1000 * median:.1f} | {median / base:.2f}x |")
+    result = {
+        "format": "astropt-photometry-cost/1",
+        "setup": f"batch 32 x 16 tokens (64x64 stamps), 1 thread, {args.rounds} rounds of "
+        f"{args.steps} steps, CPU seconds of the process",
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ms_per_step": {name: round(1000 * sorted(v)[len(v) // 2], 2) for name, v in times.items()},
+    }
+    text = render_cost(result)
+    print(text)
+    if args.publish:
+        from astropt.results import stamp, write_result
+
+        stamp(result, args.command_line, [])
+        write_result(ROOT / COST_RESULT, result)
+        replace_block(ROOT / PAGE, COST_START, COST_END, text)
+
+
+def render_cost(result: dict) -> str:
+    """The cost block: each variant's CPU milliseconds per step and the ratio to AstroPT's."""
+    base = result["ms_per_step"]["astropt"]
+    lines = [
+        f"{result['setup']}; torch {result['torch']}, {result['cpu_capability']}.",
+        "",
+        "| variant | CPU ms per step | vs astropt |",
+        "|---|---|---|",
+    ]
+    for name, ms in result["ms_per_step"].items():
+        lines.append(f"| {name} | {ms:.1f} | {ms / base:.2f}x |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -364,9 +413,14 @@ def main(argv=None) -> int:
     c = sub.add_parser("cost", help="CPU time per optimiser step of each variant")
     c.add_argument("--rounds", type=int, default=5)
     c.add_argument("--steps", type=int, default=10)
+    c.add_argument("--publish", action="store_true")
     p = sub.add_parser("report", help="summarise a run folder (and publish it)")
-    p.add_argument("out")
+    p.add_argument("out", nargs="+", help="run folders")
     p.add_argument("--publish", action="store_true")
+    p.add_argument(
+        "--legacy-hybrid", nargs="*", default=[],
+        help="run folders whose +hybrid sets are the central-patch statistics only",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.command_line = "python bench/photometry.py " + " ".join(argv or sys.argv[1:])
     {"run": run, "cost": cost, "report": report}[args.what](args)

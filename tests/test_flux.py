@@ -203,3 +203,32 @@ def test_galaxy_statistics_measure_central_apertures():
     # The central patch's green mean grows with the planted brightness.
     order = brightness.argsort()
     assert torch.all(stats[order, 1].diff() > 0)
+
+
+# ------------------------------------------------------------------ published ablation
+def _photometry_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "photometry.py"
+    spec = importlib.util.spec_from_file_location("bench_photometry", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_photometry_page_blocks_are_what_their_result_files_render():
+    from astropt.results import check_result
+
+    bench = _photometry_bench()
+    page = (bench.ROOT / bench.PAGE).read_text()
+    for result_path, start, end, render in (
+        (bench.RESULT, bench.BLOCK_START, bench.BLOCK_END, bench.render),
+        (bench.COST_RESULT, bench.COST_START, bench.COST_END, bench.render_cost),
+    ):
+        data = json.loads((bench.ROOT / result_path).read_text())
+        assert check_result(data) == [], result_path  # stamped, not edited by hand
+        block = page[page.index(start) + len(start) : page.index(end)]
+        assert block == "\n" + render(data) + "\n", f"{result_path} and docs/photometry.md differ"
+    ablation = json.loads((bench.ROOT / bench.RESULT).read_text())
+    assert ablation["split"] == "validation"  # choices are made on the development split

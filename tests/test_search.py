@@ -436,3 +436,21 @@ def test_view_takes_stamps_from_the_export_or_its_data_source(model_export, tiny
     with Image.open(site / "thumbs-000.png") as sheet:
         tiles = np.asarray(sheet)
     np.testing.assert_array_equal(tiles[:8, 8:16], thumbs[1])
+
+
+def test_documented_commands_parse(capsys):
+    """Every ``astropt`` line of docs/search.md's command blocks is a valid command line."""
+    import re
+    import shlex
+
+    page = (ROOT / "docs" / "search.md").read_text()
+    lines = [
+        line.split(" #")[0].strip()
+        for block in re.findall(r"```(?:bash|text)\n(.*?)```", page, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("astropt ")
+    ]
+    assert {line.split()[1] for line in lines} >= {"index", "search", "anomalies", "view"}
+    for line in lines:
+        assert cli.main([*shlex.split(line)[1:], "--print-config"]) == 0, line
+        assert json.loads(capsys.readouterr().out)

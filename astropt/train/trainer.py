@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from_entries
 from astropt.distributed import setup_distributed, teardown_distributed
 from astropt.errors import TrainingDiverged
-from astropt.io import FolderBusyError, atomic_write_text, folder_lock
+from astropt.io import atomic_write_text
 from astropt.model import GPT
 from astropt.options import Command, run_and_print_summary, run_command
 from astropt.preprocessing import Preprocessing
@@ -51,6 +51,7 @@ from astropt.train.checkpoint import (
     set_rng_state,
     write_checkpoints,
 )
+from astropt.train.loop import deferred_interrupts, run_lock, save_on_interrupt
 from astropt.train.metrics import MetricsLog, Throughput, measure_matmul_peak, render_preview
 from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer, make_scheduler
 from astropt.train.parallel import autocast_dtype, no_sync, wrap_model
@@ -59,44 +60,6 @@ log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, dict], None]
 LoaderFactory = Callable[..., Any]
-
-
-_deferring = False
-
-
-@contextmanager
-def _deferred_interrupts(note: str = ""):
-    """Hold SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt.
-
-    A second Ctrl-C inside the block raises at once. Nested blocks defer to the
-    outermost one, so a whole training iteration (step, counters, metrics row,
-    checkpoint) finishes or is redone, never half-recorded.
-    """
-    import signal
-    import threading
-
-    global _deferring
-    if _deferring or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-
-    def hold(*args):
-        if received:
-            raise KeyboardInterrupt
-        received.append(args)
-        if note:
-            print(f"\n{note} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    _deferring = True
-    try:
-        yield
-    finally:
-        _deferring = False
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 class Trainer:
@@ -404,7 +367,7 @@ class Trainer:
         if stats[1] > 0:
             self.optimizer.zero_grad(set_to_none=True)
             self._diverged(mean_loss, grad_norm)
-        with _deferred_interrupts():  # never half an update: Ctrl-C waits for the step's end
+        with deferred_interrupts():  # never half an update: Ctrl-C waits for the step's end
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -491,25 +454,9 @@ class Trainer:
     # ================================================================ run
     def run(self) -> dict:
         """Build, then step to ``max_iters``, evaluating and checkpointing on schedule."""
-        with self._run_lock():
+        with run_lock(self.out, "training run", self.dist, self.device):
             self.build()
             return self._loop()
-
-    @contextmanager
-    def _run_lock(self):
-        """Rank 0 holds ``out_dir``'s lock for the run; every rank stops if another run has it."""
-        busy: FolderBusyError | None = None
-        with ExitStack() as stack:
-            if self.dist.is_main:
-                try:
-                    stack.enter_context(folder_lock(self.out, "training run"))
-                except FolderBusyError as error:
-                    busy = error
-            flag = self.dist.all_reduce(torch.tensor([float(busy is not None)], device=self.device))
-            if flag.item() > 0:
-                teardown_distributed(self.dist)
-                raise busy or FolderBusyError(f"{self.out} is in use by another run")
-            yield
 
     def _loop(self) -> dict:
         cfg = self.cfg
@@ -534,7 +481,7 @@ class Trainer:
             speed = Throughput()
             while self.step < cfg.max_iters:
                 note = f"stopping after step {self.step + 1} is recorded"
-                with _deferred_interrupts(note):
+                with deferred_interrupts(note):
                     started = time.perf_counter()
                     lr = lr_at(self.step, cfg.optim, cfg.max_iters)
                     loss, norm, step_tokens, batches = self.train_step(iterator, lr)
@@ -567,7 +514,7 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             bar.close()
-            self._save_on_interrupt()
+            save_on_interrupt(self, log)
             raise
         finally:
             bar.close()
@@ -624,18 +571,6 @@ class Trainer:
             if self.dist.is_main:
                 bar.write(message) if not bar.disable else log.info(message)
         return val
-
-    def _save_on_interrupt(self) -> None:
-        if not self.dist.enabled and self.last_saved_step != self.step:
-            log.warning("interrupted at step %d: saving checkpoints/latest", self.step)
-            self.save_checkpoint(["latest"])
-        elif self.dist.enabled:
-            log.warning(
-                "interrupted at step %d: under torchrun the processes cannot agree on a "
-                "checkpoint; the last one is step %s",
-                self.step,
-                self.last_saved_step,
-            )
 
     def summary(self) -> dict:
         """What :func:`train` returns (and writes to ``summary.json``)."""

@@ -514,9 +514,3 @@ def write_galaxy10_like(
             ans[start : start + count] = labels["galaxy10"].astype(np.uint8)
     os.replace(tmp, path)
     return path
-
-
-def galaxy10_counts(labels: np.ndarray) -> dict[str, int]:
-    """``{class name: count}`` of Galaxy10 class indices."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(GALAXY10_CLASSES))
-    return {name: int(c) for name, c in zip(GALAXY10_CLASSES, counts, strict=False)}

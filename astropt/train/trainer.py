@@ -53,7 +53,7 @@ from astropt.train.checkpoint import (
 )
 from astropt.train.loop import deferred_interrupts, run_lock, save_on_interrupt
 from astropt.train.metrics import MetricsLog, Throughput, measure_matmul_peak, render_preview
-from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer, make_scheduler
+from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer
 from astropt.train.parallel import autocast_dtype, no_sync, wrap_model
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,6 @@ class Trainer:
             model, self.dist, self.device, cfg.parallel, cfg.compile
         )
         self.optimizer = make_optimizer(model, cfg.optim, self.device)
-        self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.max_iters)
         self.scaler = make_grad_scaler(self.device, self.amp_dtype)
         self._make_loaders()
         self._check_sequence_fits()
@@ -249,7 +248,6 @@ class Trainer:
             "last_val_loss": self.last_val,
             "world_size": self.dist.world_size,
             "optimizer": full_optim_state(self.raw_model, self.optimizer, self.fsdp),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": [r["rng"] for r in per_rank],
             "loader": [r["loader"] for r in per_rank],
@@ -278,7 +276,6 @@ class Trainer:
         self.last_train = state.get("last_train_loss")
         self.last_val = state.get("last_val_loss")
         load_full_optim_state(self.raw_model, self.optimizer, state["optimizer"], self.fsdp)
-        self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.last_saved_step = self.step
@@ -374,7 +371,6 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
             self.step += 1
             self._snapshot = None
             self._step_snapshot()

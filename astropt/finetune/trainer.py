@@ -72,7 +72,13 @@ from astropt.train.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from astropt.train.loop import deferred_interrupts, run_lock, save_on_interrupt
+from astropt.train.loop import (
+    Schedule,
+    deferred_interrupts,
+    progress_bar,
+    run_lock,
+    save_on_interrupt,
+)
 from astropt.train.metrics import MetricsLog
 from astropt.train.optim import lr_at
 from astropt.train.parallel import autocast_dtype
@@ -426,16 +432,11 @@ class Finetuner:
 
     def _loop(self) -> None:
         cfg = self.cfg
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=cfg.max_iters,
-            initial=self.step,
-            disable=not (self.dist.is_main and cfg.progress),
-            dynamic_ncols=True,
-            desc=f"finetune {cfg.mode}",
+        schedule = Schedule(
+            cfg.max_iters, cfg.eval_interval, cfg.log_interval, cfg.checkpoint_interval
         )
-        checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
+        enabled = self.dist.is_main and cfg.progress
+        bar = progress_bar(cfg.max_iters, self.step, enabled, f"finetune {cfg.mode}")
         iterator = iter(self.train_loader)
         window_start, window_examples = time.perf_counter(), 0
         self.model.train()
@@ -448,9 +449,9 @@ class Finetuner:
                     self.elapsed += time.perf_counter() - started
                     window_examples += examples
                     bar.update(1)
-                    is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
-                    names = []
-                    if self.step % cfg.log_interval == 0 or is_eval:
+                    is_eval = schedule.is_eval(self.step)
+                    improved = False
+                    if schedule.is_log(self.step):
                         rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
                         row: dict[str, Any] = {
                             "step": self.step,
@@ -464,15 +465,14 @@ class Finetuner:
                             row["val_loss"] = val_loss
                             headline = HEADLINE[self.finetuned.head_config.kind]
                             row[f"val_{headline}"] = scores[headline]
-                            if val_loss < self.best_val:
+                            improved = val_loss < self.best_val
+                            if improved:
                                 self.best_val, self.best_step = val_loss, self.step
-                                names.append("best")
                             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_loss:.4f}")
                         row["time_s"] = round(self.elapsed, 3)
                         self.metrics.record(row)
                         window_start, window_examples = time.perf_counter(), 0
-                    if self.step % checkpoint_interval == 0 or self.step == cfg.max_iters:
-                        names.insert(0, "latest")
+                    names = schedule.checkpoints(self.step, improved)
                     if names:
                         self.save_checkpoint(names)
                         window_start = time.perf_counter()

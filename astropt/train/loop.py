@@ -1,4 +1,4 @@
-"""What every training loop shares: the run folder's lock and Ctrl-C that waits for the step.
+"""What every training loop shares: folder lock, deferred Ctrl-C, schedule, progress bar.
 
 Pretraining (:mod:`astropt.train.trainer`) and finetuning
 (:mod:`astropt.finetune.trainer`) both hold ``out_dir`` with :func:`run_lock`
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,3 +98,42 @@ def save_on_interrupt(run, log) -> None:
             run.step,
             run.last_saved_step,
         )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a loop evaluates, logs and checkpoints (steps count from 1 after each update).
+
+    ``checkpoint_interval`` 0 means ``eval_interval``; ``snapshots`` are the steps
+    that also keep a ``step-NNNNNNN`` checkpoint. The last step always evaluates,
+    logs and saves ``latest``.
+    """
+
+    max_iters: int
+    eval_interval: int
+    log_interval: int
+    checkpoint_interval: int = 0
+    snapshots: frozenset[int] = frozenset()
+
+    def is_eval(self, step: int) -> bool:
+        return step % self.eval_interval == 0 or step == self.max_iters
+
+    def is_log(self, step: int) -> bool:
+        return self.is_eval(step) or step % self.log_interval == 0
+
+    def checkpoints(self, step: int, improved: bool) -> list[str]:
+        """Checkpoint folders to write after ``step``: latest, best (``improved``), snapshot."""
+        names = ["best"] if improved else []
+        every = self.checkpoint_interval or self.eval_interval
+        if step % every == 0 or step == self.max_iters:
+            names.insert(0, "latest")
+        if step in self.snapshots:
+            names.append(f"step-{step:07d}")
+        return names
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    """The loop's tqdm bar over optimiser steps (rank 0 with ``progress=true`` draws it)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc=desc)

@@ -51,7 +51,13 @@ from astropt.train.checkpoint import (
     set_rng_state,
     write_checkpoints,
 )
-from astropt.train.loop import deferred_interrupts, run_lock, save_on_interrupt
+from astropt.train.loop import (
+    Schedule,
+    deferred_interrupts,
+    progress_bar,
+    run_lock,
+    save_on_interrupt,
+)
 from astropt.train.metrics import MetricsLog, Throughput, measure_matmul_peak, render_preview
 from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer
 from astropt.train.parallel import autocast_dtype, no_sync, wrap_model
@@ -456,17 +462,11 @@ class Trainer:
 
     def _loop(self) -> dict:
         cfg = self.cfg
-        snapshots = set(log_spaced_steps(cfg.log_checkpoints, cfg.max_iters))
-        checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=cfg.max_iters,
-            initial=self.step,
-            disable=not (self.dist.is_main and cfg.progress),
-            dynamic_ncols=True,
-            desc="train",
+        snapshots = frozenset(log_spaced_steps(cfg.log_checkpoints, cfg.max_iters))
+        schedule = Schedule(
+            cfg.max_iters, cfg.eval_interval, cfg.log_interval, cfg.checkpoint_interval, snapshots
         )
+        bar = progress_bar(cfg.max_iters, self.step, self.dist.is_main and cfg.progress, "train")
         iterator = iter(self.train_loader)
         interrupted = False
         try:
@@ -485,22 +485,17 @@ class Trainer:
                     self.last_train = loss
                     speed.tokens += step_tokens
                     bar.update(1)
-                    is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
+                    is_eval = schedule.is_eval(self.step)
                     val = None
-                    if is_eval or self.step % cfg.log_interval == 0:
+                    if schedule.is_log(self.step):
                         rate = speed.rate()
                         mfu = rate * self.flops_per_token / (self.peak * self.dist.world_size)
                         val = self._eval_and_log(self.step, loss, lr, rate, mfu, bar, is_eval, norm)
                         speed.reset()
-                    if val is not None and val < self.best_val:
+                    improved = val is not None and val < self.best_val
+                    if improved:
                         self.best_val, self.best_step = val, self.step
-                        names = ["best"]
-                    else:
-                        names = []
-                    if self.step % checkpoint_interval == 0 or self.step == cfg.max_iters:
-                        names.insert(0, "latest")
-                    if self.step in snapshots:
-                        names.append(f"step-{self.step:07d}")
+                    names = schedule.checkpoints(self.step, improved)
                     if names:
                         self.save_checkpoint(names)
                         speed.restart_clock()  # checkpoint time is not training speed

@@ -433,15 +433,6 @@ def _construct(cls: type, values: dict[str, Any], base: Any = None) -> Any:
         raise ConfigError(str(error)) from error
 
 
-def load_options(
-    cls: type, path: str | Path | None = None, overrides: list[str] | tuple = ()
-) -> Any:
-    """``cls`` built from its defaults, a TOML/JSON file and ``key=value`` strings, in that order."""
-    entries = [] if path is None else read_file(Path(path), sections(cls))
-    entries += [(*parse_override(text), "command line") for text in overrides]
-    return build_options(cls, entries)
-
-
 def as_dict(options: Any) -> dict:
     """Options as a nested JSON-ready dict (what a run saves as its resolved config)."""
     return json.loads(json.dumps(dataclasses.asdict(options), default=str))

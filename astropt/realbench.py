@@ -662,7 +662,13 @@ def markdown(result: dict) -> str:
             continue
         counts = tally.setdefault(r["model"], {"win": 0, "tie": 0, "loss": 0})
         counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-    lines += ["## Tally (every label x baseline)", ""]
+    lines += [
+        "## Tally (every label x baseline)",
+        "",
+        "Each interval is a per-comparison 95% interval, not adjusted for the number of "
+        "comparisons counted here; a win or loss is an interval that excludes zero.",
+        "",
+    ]
     lines += [
         f"- {model}: {c['win']} wins, {c['tie']} ties, {c['loss']} losses of "
         f"{sum(c.values())} comparisons"

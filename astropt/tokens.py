@@ -71,16 +71,6 @@ def _device_order(n: int, device: torch.device, inverse: bool = False) -> torch.
     return order if order.device == device else order.to(device)
 
 
-def _grid_side(num_patches: int) -> int:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(
-            f"spiral order needs a square grid of patches, got {num_patches} patches; "
-            "use order='raster' for non-square grids"
-        )
-    return side
-
-
 def _check_order(order: str) -> None:
     if order not in get_args(Order):
         raise ValueError(f"order must be 'spiral' or 'raster', got {order!r}")

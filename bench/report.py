@@ -162,32 +162,37 @@ def rows(folder: Path) -> list[tuple[str, str, str]]:
 
 def search_rows(runs: list[dict]) -> list[tuple[str, str, str]]:
     """One row per size of ``bench/search.py``: each index kind's build rate, query latency,
-    memory and (approximate kinds) recall@10 against faiss exact."""
+    memory and (approximate kinds) recall@10 against faiss exact, as ranges over runs."""
+
+    def bare(values: list[float], unit: str, digits: int) -> str:
+        return span(values, unit, digits).rsplit(" (", 1)[0]  # the run count goes at the end
+
     sizes = sorted({row["rows"] for run in runs for row in run["rows"]})
+    dims = sorted({run["dim"] for run in runs})
     out = []
-    for n in sizes or [None]:
-        parts = []
+    for n in sizes:
+        parts, counts = [], []
         for kind in ("exact", "ivf", "hnsw"):
             rows = [r for run in runs for r in run["rows"] if r["rows"] == n and r["kind"] == kind]
             if not rows:
                 continue
+            counts.append(f"{kind} {len(rows)}")
             text = (
-                f"{kind}: build {span([r['build_rows_per_s'] / 1000 for r in rows], 'k rows/s', 0)}"
-                f", {span([r['query_ms_median'] for r in rows], ' ms/query', 2)}"
-                f", +{span([r['index_mib'] for r in rows], ' MiB', 0)}"
+                f"{kind}: build {bare([r['build_rows_per_s'] / 1000 for r in rows], 'k rows/s', 0)}"
+                f", {bare([r['query_ms_median'] for r in rows], ' ms/query', 2)}"
+                f", +{bare([r['index_mib'] for r in rows], ' MiB', 0)}"
             )
             if kind != "exact":
-                text += f", recall@10 {span([r['recall_at_10'] for r in rows], '', 3)}"
+                text += f", recall@10 {bare([r['recall_at_10'] for r in rows], '', 3)}"
             parts.append(text)
-        dims = sorted({run["dim"] for run in runs}) or ["?"]
-        size = "?" if n is None else (f"{n // 1000}k" if n < 1_000_000 else f"{n / 1e6:g}M")
+        size = f"{n // 1000}k" if n < 1_000_000 else f"{n / 1e6:g}M"
         out.append((
             f"similarity index of {size} synthetic {dims[-1]}-wide vectors, one faiss thread "
-            "(CPU time; single-query latency; RSS over the process's own; recall vs exact)",
+            "(CPU time; single-query latency; peak RSS over the process's own; recall vs exact)",
             "`python bench/search.py`",
-            "; ".join(parts) or "not run yet",
+            "; ".join(parts) + f" (runs: {', '.join(counts)})",
         ))  # fmt: skip
-    return out
+    return out or [("similarity index", "`python bench/search.py`", "not run yet")]
 
 
 def render(folder: Path) -> str:

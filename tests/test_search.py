@@ -436,3 +436,40 @@ def test_view_takes_stamps_from_the_export_or_its_data_source(model_export, tiny
     with Image.open(site / "thumbs-000.png") as sheet:
         tiles = np.asarray(sheet)
     np.testing.assert_array_equal(tiles[:8, 8:16], thumbs[1])
+
+
+def test_documented_commands_parse(capsys):
+    """Every ``astropt`` line of docs/search.md's command blocks is a valid command line."""
+    import re
+    import shlex
+
+    page = (ROOT / "docs" / "search.md").read_text()
+    lines = [
+        line.split(" #")[0].strip()
+        for block in re.findall(r"```(?:bash|text)\n(.*?)```", page, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("astropt ")
+    ]
+    assert {line.split()[1] for line in lines} >= {"index", "search", "anomalies", "view"}
+    for line in lines:
+        assert cli.main([*shlex.split(line)[1:], "--print-config"]) == 0, line
+        assert json.loads(capsys.readouterr().out)
+
+
+def test_published_result_is_stamped_and_reproducible_from_its_command(export, tmp_path):
+    from astropt.results import check_result
+    from astropt.search.evaluate import main as evaluate_main
+
+    out, page = tmp_path / "result.json", tmp_path / "page.md"
+    page.write_text("before\n<!-- search-results: x -->\n<!-- /search-results -->\nafter\n")
+    argv = [str(export), "label=galaxy10", "truth=is_artefact", f"out={out}", f"page={page}"]
+    assert evaluate_main(argv) == 0
+    data = json.loads(out.read_text())
+    assert check_result(data) == []
+    assert data["provenance"]["command"] == (
+        f"python -m astropt.search.evaluate {export} truth=is_artefact out={out} page={page}"
+    )
+    assert data["neighbours"]["agreement"] > 0.9
+    assert data["anomalies"]["scores"]["anomaly_knn"]["hits"] == ODD
+    text = page.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "| 0.9" in text

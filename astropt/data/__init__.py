@@ -14,7 +14,14 @@ simulator), :mod:`~astropt.data.loader` (sampling, workers, collation, resume).
 
 from .config import DataConfig
 from .decode import REASONS, BadSampleError, DataError
-from .loader import Batch, SkippedSampleWarning, TokenLoader, make_loader, map_loader
+from .loader import (
+    Batch,
+    SkippedSampleWarning,
+    TokenLoader,
+    make_loader,
+    map_loader,
+    open_source,
+)
 from .sources import guess_source
 
 __all__ = [
@@ -28,4 +35,5 @@ __all__ = [
     "guess_source",
     "make_loader",
     "map_loader",
+    "open_source",
 ]

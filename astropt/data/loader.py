@@ -745,12 +745,18 @@ def make_loader(
                    repeat=repeat)  # fmt: skip
     if streaming:
         return _stream_loader(cfg, split, max_samples, **options)
-    source, label = _map_source(cfg, split, max_samples)
+    source, label = open_source(cfg, split, max_samples)
     return map_loader(source, cfg, label, split=split, **options)
 
 
-def _map_source(cfg: DataConfig, split: str, max_samples: int | None) -> tuple[Any, str]:
-    """The random-access source of ``split`` (folder, synthetic survey, parquet) and its label."""
+def open_source(cfg: DataConfig, split: str, max_samples: int | None = None) -> tuple[Any, str]:
+    """``(source, label)``: the random-access source of ``split`` and the text naming it.
+
+    The one dispatch over ``cfg.source`` for every consumer (the loaders here,
+    finetuning's labelled pool): a folder of images, the built-in synthetic
+    survey (simulated when ``path`` is empty), else parquet/arrow/Hub files
+    (a survey folder is checked first). ``max_samples`` keeps the first N.
+    """
     if cfg.source == "folder":
         source = FolderSource(cfg, split, max_samples)
         return source, source.label

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from astropt.config import ConfigError, OptimConfig, config_from_dict
+from astropt.config import ConfigError, OptimConfig
 from astropt.data import DataConfig
 from astropt.model import GPTConfig
 from astropt.options import Entry, build_options, parse_override, read_file, sections
@@ -158,8 +158,3 @@ def finetune_config_from_entries(entries: list[Entry]) -> FinetuneConfig:
         raise ConfigError(str(error)) from error
     cfg.data_given = frozenset(key[5:] for key, _, _ in entries if key.startswith("data."))
     return cfg
-
-
-def finetune_config_from_dict(values: dict) -> FinetuneConfig:
-    """Rebuild from :meth:`FinetuneConfig.to_dict` output (a run's ``config.json``)."""
-    return config_from_dict(values, root=FinetuneConfig)

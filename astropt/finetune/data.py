@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from astropt.data import DataConfig
+from astropt.data import DataConfig, open_source
 from astropt.data.decode import SkipSample
 from astropt.data.sources import Rows
 from astropt.simulate.spec import GALAXY10_CLASSES  # index = the file's ``ans``
@@ -246,23 +246,6 @@ def _ids(source: Any) -> np.ndarray:
     )
 
 
-def _open_split(cfg: DataConfig, split: str) -> tuple[Any, str]:
-    """The map source of one split of ``cfg`` (as :func:`astropt.data.make_loader` builds it)."""
-    from astropt.data.loader import _check_survey_folder
-    from astropt.data.sources import FolderSource, HFMapSource, SyntheticSource, open_hf
-
-    if cfg.source == "folder":
-        source = FolderSource(cfg, split, None)
-        return source, source.label
-    if cfg.source == "synthetic" and not cfg.path:
-        return SyntheticSource(
-            cfg, split, None
-        ), f"synthetic survey (seed {cfg.synthetic_seed}) [{split}]"
-    _check_survey_folder(cfg)
-    ds, label = open_hf(cfg, split, streaming=False)
-    return HFMapSource(ds, cfg, label, None), label
-
-
 def is_hdf5(path: str) -> bool:
     return str(path).lower().endswith(HDF5_SUFFIXES)
 
@@ -311,7 +294,7 @@ def open_pool(cfg) -> LabelledPool:
         sources, labels = [], []
         for k, name in enumerate(classes):
             sub = DataConfig(**dict(_fields(data), source="folder", path=os.path.join(root, name)))
-            source, _ = _open_split(sub, "train")
+            source, _ = open_source(sub, "train")
             sources.append(source)
             labels.append(np.full(len(source), k, dtype=np.int64))
         pooled = PooledSource(sources)
@@ -333,7 +316,7 @@ def open_pool(cfg) -> LabelledPool:
     sources, values, texts = [], [], []
     for split in cfg.source_splits:
         try:
-            source, text = _open_split(data, split)
+            source, text = open_source(data, split)
         except ValueError as error:
             if "not found" in str(error) and len(cfg.source_splits) > 1:
                 log.info("source split %s absent: %s", split, error)
@@ -514,9 +497,3 @@ def write_galaxy10_like(
             ans[start : start + count] = labels["galaxy10"].astype(np.uint8)
     os.replace(tmp, path)
     return path
-
-
-def galaxy10_counts(labels: np.ndarray) -> dict[str, int]:
-    """``{class name: count}`` of Galaxy10 class indices."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(GALAXY10_CLASSES))
-    return {name: int(c) for name, c in zip(GALAXY10_CLASSES, counts, strict=False)}

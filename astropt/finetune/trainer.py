@@ -72,6 +72,13 @@ from astropt.train.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from astropt.train.loop import (
+    Schedule,
+    deferred_interrupts,
+    progress_bar,
+    run_lock,
+    save_on_interrupt,
+)
 from astropt.train.metrics import MetricsLog
 from astropt.train.optim import lr_at
 from astropt.train.parallel import autocast_dtype
@@ -391,97 +398,97 @@ class Finetuner:
         return mean_loss, float(stats[1]) / self.dist.world_size, len(tokens) * self.dist.world_size
 
     def run(self) -> dict:
+        """Prepare the run folder (held for the run: a busy one is refused), build, train,
+        evaluate on the test split; the process group started here is torn down at the end."""
+        try:
+            with run_lock(self.out, "finetuning run", self.dist, self.device):
+                return self._run()
+        finally:
+            teardown_distributed(self.dist)
+
+    def _run(self) -> dict:
         cfg = self.cfg
         point = prepare_run_dir(self.out, cfg.resume, cfg.overwrite, self.dist)
         resume_state = point.state if point is not None else None
         self._resume_rng = None
-        try:
-            self._build(point.weights if point is not None else None)
-            self._make_loaders()
-            if resume_state is not None:
-                self._restore(resume_state)
-                self.metrics.truncate(self.step)
-                self.say("resumed %s at step %d", self.out, self.step)
-            if self.dist.is_main:
-                self.out.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(
-                    self.out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
-                )
-                self._write_splits()
-            seed_everything(cfg.seed + 1_000_003 * self.dist.rank + 1)
-            if self._resume_rng is not None:
-                set_rng_state(self._resume_rng, self.device)
-            self.say(
-                "%s: mode=%s, head=%s, %s trainable of %.2fM parameters, %s",
-                self.out,
-                cfg.mode,
-                self.finetuned.head_config.kind,
-                f"{self.n_trainable:,}",
-                self.finetuned.num_params() / 1e6,
-                self.device,
+        self._build(point.weights if point is not None else None)
+        self._make_loaders()
+        if resume_state is not None:
+            self._restore(resume_state)
+            self.metrics.truncate(self.step)
+            self.say("resumed %s at step %d", self.out, self.step)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(
+                self.out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
             )
-            self._loop()
-            return self._finish()
-        finally:
-            teardown_distributed(self.dist)
+            self._write_splits()
+        seed_everything(cfg.seed + 1_000_003 * self.dist.rank + 1)
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng, self.device)
+        self.say(
+            "%s: mode=%s, head=%s, %s trainable of %.2fM parameters, %s",
+            self.out,
+            cfg.mode,
+            self.finetuned.head_config.kind,
+            f"{self.n_trainable:,}",
+            self.finetuned.num_params() / 1e6,
+            self.device,
+        )
+        self._loop()
+        return self._finish()
 
     def _loop(self) -> None:
         cfg = self.cfg
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=cfg.max_iters,
-            initial=self.step,
-            disable=not (self.dist.is_main and cfg.progress),
-            dynamic_ncols=True,
-            desc=f"finetune {cfg.mode}",
+        schedule = Schedule(
+            cfg.max_iters, cfg.eval_interval, cfg.log_interval, cfg.checkpoint_interval
         )
-        checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
+        enabled = self.dist.is_main and cfg.progress
+        bar = progress_bar(cfg.max_iters, self.step, enabled, f"finetune {cfg.mode}")
         iterator = iter(self.train_loader)
         window_start, window_examples = time.perf_counter(), 0
         self.model.train()
         try:
             while self.step < cfg.max_iters:
-                started = time.perf_counter()
-                loss, norm, examples = self._train_step(iterator)
-                self.elapsed += time.perf_counter() - started
-                window_examples += examples
-                bar.update(1)
-                is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
-                names = []
-                if self.step % cfg.log_interval == 0 or is_eval:
-                    rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
-                    row: dict[str, Any] = {
-                        "step": self.step,
-                        "lr": lr_at(self.step - 1, cfg.optim, cfg.max_iters),
-                        "train_loss": loss,
-                        "grad_norm": norm,
-                        "examples_per_s": rate,
-                    }
-                    if is_eval:
-                        val_loss, scores = self.evaluate("validation")
-                        row["val_loss"] = val_loss
-                        headline = HEADLINE[self.finetuned.head_config.kind]
-                        row[f"val_{headline}"] = scores[headline]
-                        if val_loss < self.best_val:
-                            self.best_val, self.best_step = val_loss, self.step
-                            names.append("best")
-                        bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_loss:.4f}")
-                    row["time_s"] = round(self.elapsed, 3)
-                    self.metrics.record(row)
-                    window_start, window_examples = time.perf_counter(), 0
-                if self.step % checkpoint_interval == 0 or self.step == cfg.max_iters:
-                    names.insert(0, "latest")
-                if names:
-                    self.save_checkpoint(names)
-                    window_start = time.perf_counter()
-                if self.on_step is not None:
-                    self.on_step(self.step, {"loss": loss, "finetuner": self})
+                note = f"stopping after step {self.step + 1} is recorded"
+                with deferred_interrupts(note):
+                    started = time.perf_counter()
+                    loss, norm, examples = self._train_step(iterator)
+                    self.elapsed += time.perf_counter() - started
+                    window_examples += examples
+                    bar.update(1)
+                    is_eval = schedule.is_eval(self.step)
+                    improved = False
+                    if schedule.is_log(self.step):
+                        rate = window_examples / max(time.perf_counter() - window_start, 1e-9)
+                        row: dict[str, Any] = {
+                            "step": self.step,
+                            "lr": lr_at(self.step - 1, cfg.optim, cfg.max_iters),
+                            "train_loss": loss,
+                            "grad_norm": norm,
+                            "examples_per_s": rate,
+                        }
+                        if is_eval:
+                            val_loss, scores = self.evaluate("validation")
+                            row["val_loss"] = val_loss
+                            headline = HEADLINE[self.finetuned.head_config.kind]
+                            row[f"val_{headline}"] = scores[headline]
+                            improved = val_loss < self.best_val
+                            if improved:
+                                self.best_val, self.best_step = val_loss, self.step
+                            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_loss:.4f}")
+                        row["time_s"] = round(self.elapsed, 3)
+                        self.metrics.record(row)
+                        window_start, window_examples = time.perf_counter(), 0
+                    names = schedule.checkpoints(self.step, improved)
+                    if names:
+                        self.save_checkpoint(names)
+                        window_start = time.perf_counter()
+                    if self.on_step is not None:
+                        self.on_step(self.step, {"loss": loss, "finetuner": self})
         except KeyboardInterrupt:
             bar.close()
-            if not self.dist.enabled and self.last_saved_step != self.step:
-                log.warning("interrupted at step %d: saving checkpoints/latest", self.step)
-                self.save_checkpoint(["latest"])
+            save_on_interrupt(self, log)
             raise
         finally:
             bar.close()

@@ -116,6 +116,38 @@ def _fit_once(
     return float(res.x[0]), float(res.x[1]), float(res.x[2])
 
 
+def _bootstrap_fits(
+    logx_c: np.ndarray,
+    y: np.ndarray,
+    fitted: np.ndarray,
+    n_boot: int,
+    bootstrap: str,
+    seed: int,
+    alpha_max: float,
+) -> list[tuple[float, float, float]]:
+    """``(l_inf, b, alpha)`` of each bootstrap refit that converged (see :func:`fit_power_law`)."""
+    n = y.size
+    boots: list[tuple[float, float, float]] = []
+    rng = np.random.default_rng(seed)
+    # Three distinct x values determine the curve exactly: residuals are then
+    # all zero and a bootstrap would report a zero-width interval, so none is given.
+    if n_boot <= 0 or n <= 3:
+        return boots
+    resid = y - fitted
+    centred = (resid - resid.mean()) * math.sqrt(n / (n - 3))
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if bootstrap == "residual":
+            sample = _fit_once(logx_c, fitted + centred[idx], alpha_max)
+        else:
+            if np.unique(logx_c[idx]).size < 3:
+                continue
+            sample = _fit_once(logx_c[idx], y[idx], alpha_max)
+        if sample is not None:
+            boots.append(sample)
+    return boots
+
+
 def fit_power_law(
     x: Sequence[float] | np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -166,24 +198,7 @@ def fit_power_law(
     resid = y - fitted
     n = x.size
 
-    boots: list[tuple[float, float, float]] = []
-    rng = np.random.default_rng(seed)
-    # Three distinct x values determine the curve exactly: residuals are then
-    # all zero and a bootstrap would report a zero-width interval, so none is given.
-    if n_boot > 0 and n > 3:
-        inflate = math.sqrt(n / (n - 3))
-        centred = (resid - resid.mean()) * inflate
-        for _ in range(n_boot):
-            if bootstrap == "residual":
-                idx = rng.integers(0, n, n)
-                sample = _fit_once(logx_c, fitted + centred[idx], alpha_max)
-            else:
-                idx = rng.integers(0, n, n)
-                if np.unique(x[idx]).size < 3:
-                    continue
-                sample = _fit_once(logx_c[idx], y[idx], alpha_max)
-            if sample is not None:
-                boots.append(sample)
+    boots = _bootstrap_fits(logx_c, y, fitted, n_boot, bootstrap, seed, alpha_max)
     if boots:
         arr = np.asarray(boots)
         lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2

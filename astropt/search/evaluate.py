@@ -15,6 +15,7 @@ Written as JSON (the figures of ``docs/search.md`` come from such a file).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -79,6 +80,25 @@ class EvaluateOptions:
     threads: int | None = None  # faiss threads
 
 
+def _as_text(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def command_line(opts: EvaluateOptions) -> str:
+    """The command that reproduces ``opts`` (the export, then every key not at its default)."""
+    defaults = EvaluateOptions(export=opts.export)
+    keys = [
+        f"{f.name}={_as_text(getattr(opts, f.name))}"
+        for f in dataclasses.fields(opts)
+        if f.name != "export" and getattr(opts, f.name) != getattr(defaults, f.name)
+    ]
+    return " ".join(["python -m astropt.search.evaluate", str(opts.export), *keys])
+
+
 def run_evaluate(opts: EvaluateOptions) -> int:
     set_threads(opts.threads)
     if opts.rebuild:
@@ -107,8 +127,12 @@ def run_evaluate(opts: EvaluateOptions) -> int:
     if result["anomalies"] is None:
         raise SearchError(f"{opts.export} has none of the truth columns {opts.truth}")
     if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(opts.out, json.dumps(result, indent=1))
+        from astropt.results import stamp, write_result
+
+        # Provenance: this command, the commit, and a hash of the index identity (the
+        # export's rows, ids hash, model fingerprint and layer) that the figures summarise.
+        stamp(result, command_line(opts), [opened.path / "identity.json"])
+        write_result(opts.out, result)
     if opts.page:
         if not opts.out:
             raise SearchError("page= rewrites a page from the result file: give out= too")

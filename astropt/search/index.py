@@ -441,7 +441,8 @@ class SearchIndex:
         """
         k = max(1, min(int(k), self.rows))
         similarity, positions = self.index.search(np.ascontiguousarray(queries, np.float32), k)
-        distances = (1.0 - similarity).astype(np.float32)
+        # Rounding can put a cosine a hair above 1: distances are clipped at 0.
+        distances = np.maximum(1.0 - similarity, 0.0).astype(np.float32)
         distances[positions < 0] = np.inf
         return positions.astype(np.int64), distances
 

@@ -19,7 +19,7 @@ Run folder (``cfg.out_dir``)::
     previews/step-NNNNNNN.png   reconstruction previews of validation galaxies
     checkpoints/latest/         model folder (config.json, model.safetensors via
     checkpoints/best/           astropt.hub) + trainer_state.pt (optimiser,
-    checkpoints/step-NNNNNNN/   scheduler, RNG and data-loader states, step)
+    checkpoints/step-NNNNNNN/   scaler, RNG and data-loader states, step)
 """
 
 from astropt.train.checkpoint import ArchitectureMismatch

@@ -4,8 +4,8 @@ Layout under ``OUT/checkpoints/`` (``latest``, ``best``, ``step-NNNNNNN``)::
 
     config.json, model.safetensors, README.md    a model folder (astropt.hub)
     trainer_state.pt                             step, counters, optimiser,
-                                                 scheduler, scaler, RNG and
-                                                 data-loader states (per rank)
+                                                 scaler, RNG and data-loader
+                                                 states (per rank)
 
 A folder is written under a hidden temporary name and renamed into place, so
 an interrupted write never replaces a good checkpoint (the previous one is

@@ -18,6 +18,10 @@ from astropt.config import OptimConfig
 def lr_at(step: int, optim: OptimConfig, max_iters: int) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warmup, cosine, floor.
 
+    The one source of the schedule: pretraining and finetuning set each step's
+    rate from it (finetuning times each group's ``lr_scale``); no scheduler
+    object keeps a second copy, so a resumed run needs only its step.
+
     Warmup: ``lr * (step + 1) / (warmup_iters + 1)`` for ``step < warmup_iters``
     (never 0, so the first step moves). Then a cosine from ``lr`` at
     ``warmup_iters`` to ``min_lr`` at ``decay_iters`` (default ``max_iters``),
@@ -61,16 +65,6 @@ def make_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -
         kwargs["foreach"] = False
     return torch.optim.AdamW(
         groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **kwargs
-    )
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, optim: OptimConfig, max_iters: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The :func:`lr_at` schedule as a scheduler (its state goes into checkpoints)."""
-    base_lr = optim.lr
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, optim, max_iters) / base_lr
     )
 
 

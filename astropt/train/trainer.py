@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from astropt.config import DATA_CONVENTIONS, ConfigError, RunConfig, config_from_entries
 from astropt.distributed import setup_distributed, teardown_distributed
 from astropt.errors import TrainingDiverged
-from astropt.io import FolderBusyError, atomic_write_text, folder_lock
+from astropt.io import atomic_write_text
 from astropt.model import GPT
 from astropt.options import Command, run_and_print_summary, run_command
 from astropt.preprocessing import Preprocessing
@@ -51,52 +51,21 @@ from astropt.train.checkpoint import (
     set_rng_state,
     write_checkpoints,
 )
+from astropt.train.loop import (
+    Schedule,
+    deferred_interrupts,
+    progress_bar,
+    run_lock,
+    save_on_interrupt,
+)
 from astropt.train.metrics import MetricsLog, Throughput, measure_matmul_peak, render_preview
-from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer, make_scheduler
+from astropt.train.optim import lr_at, make_grad_scaler, make_optimizer
 from astropt.train.parallel import autocast_dtype, no_sync, wrap_model
 
 log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, dict], None]
 LoaderFactory = Callable[..., Any]
-
-
-_deferring = False
-
-
-@contextmanager
-def _deferred_interrupts(note: str = ""):
-    """Hold SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt.
-
-    A second Ctrl-C inside the block raises at once. Nested blocks defer to the
-    outermost one, so a whole training iteration (step, counters, metrics row,
-    checkpoint) finishes or is redone, never half-recorded.
-    """
-    import signal
-    import threading
-
-    global _deferring
-    if _deferring or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-
-    def hold(*args):
-        if received:
-            raise KeyboardInterrupt
-        received.append(args)
-        if note:
-            print(f"\n{note} (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    _deferring = True
-    try:
-        yield
-    finally:
-        _deferring = False
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 class Trainer:
@@ -162,7 +131,6 @@ class Trainer:
             model, self.dist, self.device, cfg.parallel, cfg.compile
         )
         self.optimizer = make_optimizer(model, cfg.optim, self.device)
-        self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.max_iters)
         self.scaler = make_grad_scaler(self.device, self.amp_dtype)
         self._make_loaders()
         self._check_sequence_fits()
@@ -286,7 +254,6 @@ class Trainer:
             "last_val_loss": self.last_val,
             "world_size": self.dist.world_size,
             "optimizer": full_optim_state(self.raw_model, self.optimizer, self.fsdp),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": [r["rng"] for r in per_rank],
             "loader": [r["loader"] for r in per_rank],
@@ -315,7 +282,6 @@ class Trainer:
         self.last_train = state.get("last_train_loss")
         self.last_val = state.get("last_val_loss")
         load_full_optim_state(self.raw_model, self.optimizer, state["optimizer"], self.fsdp)
-        self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.last_saved_step = self.step
@@ -405,14 +371,13 @@ class Trainer:
         if stats[1] > 0:
             self.optimizer.zero_grad(set_to_none=True)
             self._diverged(mean_loss, grad_norm)
-        with _deferred_interrupts():  # never half an update: Ctrl-C waits for the step's end
+        with deferred_interrupts():  # never half an update: Ctrl-C waits for the step's end
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
             self.step += 1
             self._snapshot = None
             self._step_snapshot()
@@ -491,39 +456,17 @@ class Trainer:
     # ================================================================ run
     def run(self) -> dict:
         """Build, then step to ``max_iters``, evaluating and checkpointing on schedule."""
-        with self._run_lock():
+        with run_lock(self.out, "training run", self.dist, self.device):
             self.build()
             return self._loop()
 
-    @contextmanager
-    def _run_lock(self):
-        """Rank 0 holds ``out_dir``'s lock for the run; every rank stops if another run has it."""
-        busy: FolderBusyError | None = None
-        with ExitStack() as stack:
-            if self.dist.is_main:
-                try:
-                    stack.enter_context(folder_lock(self.out, "training run"))
-                except FolderBusyError as error:
-                    busy = error
-            flag = self.dist.all_reduce(torch.tensor([float(busy is not None)], device=self.device))
-            if flag.item() > 0:
-                teardown_distributed(self.dist)
-                raise busy or FolderBusyError(f"{self.out} is in use by another run")
-            yield
-
     def _loop(self) -> dict:
         cfg = self.cfg
-        snapshots = set(log_spaced_steps(cfg.log_checkpoints, cfg.max_iters))
-        checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=cfg.max_iters,
-            initial=self.step,
-            disable=not (self.dist.is_main and cfg.progress),
-            dynamic_ncols=True,
-            desc="train",
+        snapshots = frozenset(log_spaced_steps(cfg.log_checkpoints, cfg.max_iters))
+        schedule = Schedule(
+            cfg.max_iters, cfg.eval_interval, cfg.log_interval, cfg.checkpoint_interval, snapshots
         )
+        bar = progress_bar(cfg.max_iters, self.step, self.dist.is_main and cfg.progress, "train")
         iterator = iter(self.train_loader)
         interrupted = False
         try:
@@ -534,7 +477,7 @@ class Trainer:
             speed = Throughput()
             while self.step < cfg.max_iters:
                 note = f"stopping after step {self.step + 1} is recorded"
-                with _deferred_interrupts(note):
+                with deferred_interrupts(note):
                     started = time.perf_counter()
                     lr = lr_at(self.step, cfg.optim, cfg.max_iters)
                     loss, norm, step_tokens, batches = self.train_step(iterator, lr)
@@ -542,22 +485,17 @@ class Trainer:
                     self.last_train = loss
                     speed.tokens += step_tokens
                     bar.update(1)
-                    is_eval = self.step % cfg.eval_interval == 0 or self.step == cfg.max_iters
+                    is_eval = schedule.is_eval(self.step)
                     val = None
-                    if is_eval or self.step % cfg.log_interval == 0:
+                    if schedule.is_log(self.step):
                         rate = speed.rate()
                         mfu = rate * self.flops_per_token / (self.peak * self.dist.world_size)
                         val = self._eval_and_log(self.step, loss, lr, rate, mfu, bar, is_eval, norm)
                         speed.reset()
-                    if val is not None and val < self.best_val:
+                    improved = val is not None and val < self.best_val
+                    if improved:
                         self.best_val, self.best_step = val, self.step
-                        names = ["best"]
-                    else:
-                        names = []
-                    if self.step % checkpoint_interval == 0 or self.step == cfg.max_iters:
-                        names.insert(0, "latest")
-                    if self.step in snapshots:
-                        names.append(f"step-{self.step:07d}")
+                    names = schedule.checkpoints(self.step, improved)
                     if names:
                         self.save_checkpoint(names)
                         speed.restart_clock()  # checkpoint time is not training speed
@@ -567,7 +505,7 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             bar.close()
-            self._save_on_interrupt()
+            save_on_interrupt(self, log)
             raise
         finally:
             bar.close()
@@ -624,18 +562,6 @@ class Trainer:
             if self.dist.is_main:
                 bar.write(message) if not bar.disable else log.info(message)
         return val
-
-    def _save_on_interrupt(self) -> None:
-        if not self.dist.enabled and self.last_saved_step != self.step:
-            log.warning("interrupted at step %d: saving checkpoints/latest", self.step)
-            self.save_checkpoint(["latest"])
-        elif self.dist.enabled:
-            log.warning(
-                "interrupted at step %d: under torchrun the processes cannot agree on a "
-                "checkpoint; the last one is step %s",
-                self.step,
-                self.last_saved_step,
-            )
 
     def summary(self) -> dict:
         """What :func:`train` returns (and writes to ``summary.json``)."""

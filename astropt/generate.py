@@ -40,7 +40,7 @@ from astropt.export import MODEL_DATA_FLAGS, data_config_from_options, model_dat
 from astropt.io import atomic_write
 from astropt.model import GPT, KVCache
 from astropt.options import Command, run_command
-from astropt.tokens import survey_unstretch, tokens_to_images
+from astropt.tokens import denormalise_patches, survey_unstretch, tokens_to_images
 
 # Display stretch of per-patch normalised values: +-NORM_CLIP std maps to [0, 1].
 NORM_CLIP = 3.0
@@ -493,7 +493,7 @@ def completion_grid(
     completion, completion_stats = (
         (completed[0].cpu(), completed[1].cpu()) if cfg.flux_targets else (completed.cpu(), None)
     )
-    true_pixels = model.tokens_to_pixels(tokens, mean, std)
+    true_pixels = denormalise_patches(tokens, mean, std)  # the data, in pixel units
     if cfg.token_scale == "survey":
         completion_pixels = model.tokens_to_pixels(completion)
     elif completion_stats is not None:  # the model's own brightness for the hidden patches

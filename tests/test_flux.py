@@ -232,3 +232,33 @@ def test_photometry_page_blocks_are_what_their_result_files_render():
         assert block == "\n" + render(data) + "\n", f"{result_path} and docs/photometry.md differ"
     ablation = json.loads((bench.ROOT / bench.RESULT).read_text())
     assert ablation["split"] == "validation"  # choices are made on the development split
+
+
+@pytest.mark.slow
+def test_completion_grid_of_a_survey_unit_model_is_in_pixels(tmp_path):
+    import numpy as np
+    from conftest import write_parquet_survey
+
+    from astropt.data import DataConfig
+    from astropt.generate import completion_grid
+
+    survey = write_parquet_survey(str(tmp_path / "survey"), sizes={"train": 4, "test": 5})
+    model = model_for(token_scale="survey", flux_targets=True).eval()
+    data_cfg = DataConfig(source="hf", path=survey.path, patch_size=PATCH)
+    result = completion_grid(model, data_cfg, tmp_path / "grid.png", n=5, prefix=4)
+    arrays = np.load(result.npz)
+    images, kept, pixels = arrays["images"], arrays["kept"], arrays["completion_pixels"]
+    # The kept centre comes back as the original pixels: survey units invert exactly.
+    np.testing.assert_allclose(
+        pixels.transpose(0, 2, 3, 1)[kept], images.transpose(0, 2, 3, 1)[kept], atol=1e-4
+    )
+    hidden = ~kept
+    truth = images.transpose(0, 2, 3, 1)[hidden]
+    completion = pixels.transpose(0, 2, 3, 1)[hidden]
+    assert result.mse_pixels_completion == pytest.approx(
+        ((completion - truth) ** 2).mean(), rel=1e-3
+    )
+    blank = survey_unstretch(
+        torch.zeros(()), 1.0, model.config.survey_offset, model.config.survey_scale
+    )
+    assert result.mse_pixels_blank == pytest.approx(((truth - blank.item()) ** 2).mean(), rel=1e-3)

@@ -465,10 +465,17 @@ class Realbench:
             if first is None:
                 first = (model, cfg)
         model, cfg = first
-        data_key = _digest([fields, layer, model.config.to_dict()])
-        base = exports / f"baselines-{data_key}.parquet"  # names the baselines beside it
-        _export(export_baselines, model, cfg, base, split="train", layer=layer)
-        found = discover_embeddings(base)
+        # The image baselines depend on the images only; random-init also on the shape and layer.
+        # Each base path names the baselines written beside it.
+        images = exports / f"baselines-{_digest(dataclasses.asdict(cfg))}.parquet"
+        shaped = exports / f"random-{_digest([fields, layer, model.config.to_dict()])}.parquet"
+        options = dict(split="train", layer=layer)
+        _export(export_baselines, model, cfg, images, which=("pixels", "morphometrics"), **options)
+        _export(export_baselines, model, cfg, shaped, which=("random-init",), **options)
+        found = {
+            **discover_embeddings(images),
+            "random-init": discover_embeddings(shaped)["random-init"],
+        }
         sources.update({b: found[b] for b in BASELINES})
         return sources
 

@@ -135,6 +135,14 @@ def test_realbench_end_to_end_on_labelled_folders(tmp_path, capsys):
     again = json.loads((out / "results" / "dev" / "realbench.json").read_text())
     assert again["comparisons"] == result["comparisons"]
 
+    # Another layer re-embeds the models and random-init but reuses the image baselines.
+    images = sorted(out.glob("embeddings/*/baselines-*/_manifest.json"))
+    assert len(images) == 4  # pixels and morphometrics of both sets
+    stamps = [p.stat().st_mtime_ns for p in images]
+    assert cli_main([*argv, "layer=final"]) == 0
+    assert [p.stat().st_mtime_ns for p in images] == stamps
+    assert len(list(out.glob("embeddings/*/random-*.random.parquet"))) == 4
+
     # The test split is run once: other settings are refused once its table exists.
     test_opts = RealbenchOptions(
         sets={}, images=str(tmp_path / "example" / "by_folder"), folders=["no_spiral", "spiral"],

@@ -41,7 +41,6 @@ import logging
 import math
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +72,7 @@ from astropt.train.checkpoint import (
     set_rng_state,
 )
 from astropt.train.loop import (
+    RunBase,
     Schedule,
     deferred_interrupts,
     progress_bar,
@@ -111,8 +111,10 @@ class _TaskLoss(nn.Module):
 # =====================================================================
 # The finetuner
 # =====================================================================
-class Finetuner:
+class Finetuner(RunBase):
     """State of one finetuning run; :func:`finetune` is the public entry point."""
+
+    log = log
 
     def __init__(self, cfg: FinetuneConfig, on_step=None):
         self.cfg = cfg
@@ -127,15 +129,6 @@ class Finetuner:
         self.best_step: int | None = None
         self.last_saved_step: int | None = None
         self.elapsed = 0.0
-
-    def say(self, message: str, *args) -> None:
-        if self.dist.is_main:
-            log.info(message, *args)
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------ data
     def _prepare_data(self, trunk: GPT) -> None:

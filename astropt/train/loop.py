@@ -10,8 +10,9 @@ iteration it interrupts and the run stops with a consistent record.
 
 from __future__ import annotations
 
+import logging
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,3 +138,27 @@ def progress_bar(total: int, initial: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, desc=desc)
+
+
+class RunBase:
+    """What pretraining's Trainer and finetuning's Finetuner share beyond the schedule.
+
+    Subclasses set ``dist`` (:class:`DistInfo`), ``device``, ``amp_dtype`` (None:
+    float32) and the class attribute ``log`` (their logger).
+    """
+
+    log: logging.Logger
+    dist: DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    def say(self, message: str, *args) -> None:
+        """Log on rank 0 only."""
+        if self.dist.is_main:
+            self.log.info(message, *args)
+
+    def autocast(self):
+        """The autocast context of the run's precision (a no-op for float32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)

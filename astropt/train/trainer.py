@@ -22,7 +22,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from astropt.train.checkpoint import (
     write_checkpoints,
 )
 from astropt.train.loop import (
+    RunBase,
     Schedule,
     deferred_interrupts,
     progress_bar,
@@ -68,8 +68,10 @@ StepHook = Callable[[int, dict], None]
 LoaderFactory = Callable[..., Any]
 
 
-class Trainer:
+class Trainer(RunBase):
     """One run: :meth:`build`, then :meth:`run`; :func:`train` is the public entry point."""
+
+    log = log
 
     def __init__(
         self,
@@ -107,15 +109,6 @@ class Trainer:
         self.last_train: float | None = None
         self.last_saved_step: int | None = None
         self.elapsed = 0.0  # training seconds over all sessions of this run
-
-    def say(self, message: str, *args) -> None:
-        if self.dist.is_main:
-            log.info(message, *args)
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # ============================================================== build
     def build(self) -> None:

@@ -30,6 +30,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when run fr
 #: strings, empty when its tables agree with its rows). Publishers register their format here.
 CHECKERS = {
     "astropt-probe-headline/2": "astropt.probe:check_headline",
+    "astropt-finetune-sweep/1": "astropt.finetune.sweep:check_sweep",
 }
 
 

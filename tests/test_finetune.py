@@ -313,3 +313,81 @@ def test_flux_aware_trunk_is_refused_by_name(tmp_path):
         load_trunk("scratch", config, seed=0)
     plain = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
     assert isinstance(load_trunk("scratch", plain, seed=0), GPT)
+
+
+def test_ridge_mode_probes_the_trunk_on_the_labels_and_galaxies_of_a_finetune(
+    tmp_path, planted, pretrained
+):
+    import dataclasses
+
+    middle = tmp_path / "middle"  # a trunk whose embeddings are published from block 1
+    GPT(dataclasses.replace(TINY, embed_layer="middle")).save_pretrained(middle)
+    extra = (f"init_from={middle}", "label_fraction=0.5", "seed=1")
+    tuned = run(tmp_path / "ft", planted, "mode=full", "max_iters=2", "eval_interval=2", *extra)
+    ridge = run(tmp_path / "ridge", planted, "mode=ridge", *extra)
+    splits = [json.loads((tmp_path / k / "splits.json").read_text()) for k in ("ft", "ridge")]
+    assert splits[0] == splits[1]  # the same training, validation and test galaxies
+    # Half of the 56 training galaxies and half of the 8 validation ones, stratified.
+    assert (ridge["n_labels"], ridge["n_validation"], ridge["labels_used"]) == (28, 4, 32)
+    assert tuned["labels_used"] == 32 and ridge["test"]["n"] == tuned["test"]["n"] == 16
+    assert ridge["mode"] == "ridge" and ridge["layer"] == "1"  # the trunk's embed_layer
+    assert not (tmp_path / "ridge" / "checkpoints").exists()  # nothing trained
+    # The same probe fitted here from the image files, the ids in splits.json and the trunk's
+    # middle block gives the same test score.
+    from PIL import Image
+
+    from astropt.probe import RIDGE_ALPHAS, classification_metrics, ridge_classifier_cv
+    from astropt.tokens import normalise_patches, patchify
+
+    trunk = hub.load_model(middle).eval()
+
+    def features(ids):
+        images = np.stack([np.asarray(Image.open(planted / i.split("-")[0] / f"{i}.png"))
+                           for i in ids])  # fmt: skip
+        tokens = normalise_patches(patchify(torch.from_numpy(images).permute(0, 3, 1, 2).float()))
+        with torch.no_grad():
+            return trunk.embed(tokens[0], layer=1).numpy()
+
+    fit = sorted(splits[1]["train_labelled"] + splits[1]["validation"])  # in pool order
+    classes = {"horizontal": 0, "vertical": 1}
+    _, predict = ridge_classifier_cv(
+        features(fit), np.array([classes[i.split("-")[0]] for i in fit]), RIDGE_ALPHAS, 5, 1
+    )
+    truth = np.array([classes[i.split("-")[0]] for i in splits[1]["test"]])
+    expected = classification_metrics(truth, predict(features(splits[1]["test"])))
+    assert ridge["test"]["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
+
+
+@pytest.mark.slow
+def test_sweep_compares_each_mode_with_the_ridge_probe_and_publishes_dev_choices(
+    tmp_path, planted, pretrained
+):
+    from astropt.finetune.sweep import publish, readme_block, record_command, run_sweep
+
+    common = overrides(tmp_path / "unused", planted, "max_iters=4", "eval_interval=2")
+    test_sweep, dev_sweep = tmp_path / "test", tmp_path / "dev"
+    run_sweep(None, dev_sweep, ["ridge"], [str(pretrained)], [0.5], [0], [*common, "split=dev"])
+    record_command(test_sweep, ["--out", str(test_sweep)])
+    run_sweep(None, test_sweep, ["full", "ridge"], [str(pretrained), "scratch"], [0.5], [0, 1],
+              common)  # fmt: skip
+    frame = pd.read_csv(test_sweep / "results.csv")
+    assert len(frame) == 8 and set(frame["split"]) == {"test"}
+    assert (frame["labels_used"] == 32).all()
+    diffs = pd.read_csv(test_sweep / "differences.csv")
+    assert {"full - ridge (pretrained)", "full - ridge (scratch)",
+            "pretrained - scratch (ridge)"} <= set(diffs.comparison)  # fmt: skip
+    assert "full - probe" not in " ".join(diffs.comparison)
+    with pytest.raises(ValueError, match="split=dev"):
+        publish(test_sweep, tmp_path / "x.json", "planted", root=tmp_path, dev=test_sweep)
+    result = tmp_path / "res" / "planted.json"
+    result.parent.mkdir()
+    publish(test_sweep, result, "planted", root=tmp_path, dev=dev_sweep,
+            choices=["eval_interval=2 (dev)."])  # fmt: skip
+    data = json.loads(result.read_text())
+    assert data["split"] == "test" and data["dev"][0]["rows"][0]["split"] == "dev"
+    assert data["settings"]["source_splits"] == ["validation", "test"]
+    block = readme_block(data)
+    assert "headline test balanced_accuracy; accuracy beside it" in block
+    assert "| mode | init | labels used | fraction | seeds | balanced_accuracy |" in block
+    assert "Chosen on the dev split" in block and "eval_interval=2 (dev)." in block
+    assert "| full - ridge (pretrained) | 0.5 | 2 |" in block

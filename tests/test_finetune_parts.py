@@ -260,11 +260,16 @@ def test_class_subfolders_become_sorted_classes(tmp_path):
     )
 
 
-def test_catalogue_column_labels_pool_every_split(tiny_survey, hf_cache):
+def test_catalogue_column_labels_pool_the_held_out_splits_unless_told(tiny_survey, hf_cache):
+    held_out = fdata.open_pool(
+        load_finetune_config(None, [*_data(tiny_survey, hf_cache), "label_column=galaxy10"])
+    )  # by default never the train split, which pretraining reads
+    expected = np.concatenate([tiny_survey.ids[s] for s in ("validation", "test")])
+    np.testing.assert_array_equal(held_out.ids, expected)
     cfg = load_finetune_config(
         None,
-        [f"data.path={tiny_survey.path}", "data.source=hf", f"data.cache_dir={hf_cache}",
-         "label_column=galaxy10"],
+        [*_data(tiny_survey, hf_cache), "label_column=galaxy10",
+         'source_splits=["train", "validation", "test"]'],
     )  # fmt: skip
     pool = fdata.open_pool(cfg)
     expected = np.concatenate(
@@ -359,7 +364,8 @@ def test_published_sweep_rewrites_its_readme_block_from_the_result_file(tmp_path
         cfg = FinetuneConfig(init_from=spec, label_column="galaxy10", label_fraction=0.1, seed=seed)
         (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
         summary = {"mode": "full", "init_from": spec, "label_fraction": 0.1, "n_labels": 21,
-                   "seed": seed, "head": "classification", "test": {"accuracy": value}}  # fmt: skip
+                   "labels_used": 24, "seed": seed, "head": "classification",
+                   "test": {"balanced_accuracy": value, "accuracy": value + 0.2}}  # fmt: skip
         (folder / "summary.json").write_text(json.dumps(summary))
     record_command(sweep, ["configs/x.toml", "--out", str(sweep)])
     readme = tmp_path / "README.md"
@@ -373,8 +379,19 @@ def test_published_sweep_rewrites_its_readme_block_from_the_result_file(tmp_path
     assert text.startswith("intro\n") and text.endswith("<!-- /finetune-table -->\nend\n")
     assert "stale" not in text
     assert f"python -m astropt.finetune.sweep configs/x.toml --out {sweep}" in text
-    # The pretrained mean (0.52) and the paired difference (+0.115 = mean of 0.10 and 0.13).
-    assert "| full | pretrained | 21 | 0.1 | 2 | 0.520 |" in text
+    # The pretrained mean (0.52) and the paired difference (+0.115 = mean of 0.10 and 0.13);
+    # the headline is balanced accuracy, plain accuracy beside it; labels used count validation.
+    assert "| full | pretrained | 24 | 0.1 | 2 | 0.520 |" in text
+    assert "| 0.720 | [" in text
     assert "| pretrained - scratch (full) | 0.1 | 2 | +0.115 |" in text
     assert (tmp_path / "docs" / "finetune" / "label_efficiency_g10.png").stat().st_size > 1000
     assert not update_readme(readme)  # a second pass changes nothing
+    # The file is stamped, and its tables are recomputed from its per-seed rows: an edit of
+    # a row, or of a table entry with a digest recomputed to match, is caught.
+    from astropt.results import check_result, content_digest
+
+    data = json.loads((tmp_path / "res" / "g10.json").read_text())
+    assert check_result(data) == [] and data["format"] == "astropt-finetune-sweep/1"
+    data["rows"][0]["balanced_accuracy"] += 0.1
+    data["digest"] = content_digest(data)
+    assert any("its rows give" in p for p in check_result(data))

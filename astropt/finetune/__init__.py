@@ -2,7 +2,8 @@
 
 ``python finetune.py CONFIG.toml key=value ...`` (or ``finetune(cfg)``) trains
 a task head on labelled galaxies, with the trunk frozen (``probe``), adapted
-by low-rank adapters (``lora``) or fully trained (``full``); the result is a
+by low-rank adapters (``lora``) or fully trained (``full``), or fits the ridge
+probe of the trunk's embeddings (``ridge``, the comparator); the result is a
 model folder that :func:`astropt.hub.load_model` loads with its head and that
 ``python -m astropt.predict`` runs over any data.
 
@@ -12,6 +13,7 @@ Modules: :mod:`~astropt.finetune.config` (the run config),
 :mod:`~astropt.finetune.lora` (adapters through ``peft``),
 :mod:`~astropt.finetune.metrics` (test scores, confusion matrix, intervals),
 :mod:`~astropt.finetune.trainer` (the loop and ``main``),
+:mod:`~astropt.finetune.ridge` (``mode=ridge``: the ridge-probe comparator),
 :mod:`~astropt.finetune.sweep` (label-efficiency curves).
 """
 

@@ -18,7 +18,7 @@ from astropt.data import DataConfig
 from astropt.model import GPTConfig
 from astropt.options import Entry, build_options, parse_override, read_file, sections
 
-Mode = Literal["probe", "lora", "full"]
+Mode = Literal["probe", "lora", "full", "ridge"]
 HeadKind = Literal["classification", "regression", "votes"]
 LabelSource = Literal["auto", "column", "folders", "galaxy10"]
 
@@ -37,20 +37,32 @@ class FinetuneConfig:
     # Starting weights: run/model folder, AstroPT ckpt.pt, Hub id, "scratch" (the [model]
     # section, random weights) or "scratch:PATH" (PATH's architecture, random weights).
     init_from: str = "scratch"
-    mode: Mode = "full"  # probe: trunk frozen; lora: low-rank adapters; full: every weight
+    # probe: trunk frozen, head trained; lora: low-rank adapters; full: every weight;
+    # ridge: no training, astropt.probe's ridge probe on the trunk's embed_layer embeddings.
+    mode: Mode = "full"
     head: HeadKind = "classification"  # classification, regression or votes (Galaxy Zoo counts)
     # Catalogue column(s) holding the labels; several comma-separated for regression/votes.
     label_column: str = ""
     # Where labels come from; auto: galaxy10 for .h5 files, folders for a folder source
     # without label_column, else the catalogue column.
     labels: LabelSource = "auto"
-    # Source splits pooled into the labelled set before our own stratified split.
-    source_splits: tuple[str, ...] = ("train", "validation", "test")
+    # Source splits pooled into the labelled set before our own stratified split: by default
+    # the held-out splits, never the train split that pretraining reads.
+    source_splits: tuple[str, ...] = ("validation", "test")
+    # Labelled galaxies that were in the trunk's pretraining data: refuse (the default) or
+    # warn, naming the count (also recorded as pretraining_overlap in summary.json).
+    pretraining_overlap: Literal["refuse", "warn"] = "refuse"
+    # Galaxies scored at the end: test (touched once, to publish) or dev (the test galaxies
+    # are set aside and the rest is split again the same way: choose settings here).
+    split: Literal["dev", "test"] = "test"
     val_fraction: float = 0.1  # share of the labelled set held out for validation
     test_fraction: float = 0.2  # share held out for the final test evaluation
     split_seed: int = 0  # seed of the train/validation/test split (keep fixed across a sweep)
     label_fraction: float = 1.0  # share of the training split whose labels are used
     n_labels: int | None = None  # or: this many training labels (overrides label_fraction)
+    # Validation labels (early stopping): the same share of the validation split as the
+    # training labels take of theirs (fraction), or the whole validation split (all).
+    val_labels: Literal["fraction", "all"] = "fraction"
     max_labelled: int | None = None  # use only the first N labelled galaxies of the pool
     pool: Literal["mean", "prefix", "last"] = "mean"  # token pooling into one vector
     layer: str = "final"  # trunk layer read by the head: final, middle or a block index

@@ -10,12 +10,19 @@ Labels come from one of three places (``FinetuneConfig.labels``):
   uint8 ``(N, 256, 256, 3)``, ``ans`` int 0-9), read with ``h5py``.
 
 The labelled *pool* is every galaxy of the source splits named in
-``source_splits`` whose label is present; :func:`make_splits` cuts it into
+``source_splits`` whose label is present: by default a survey's held-out
+``validation`` and ``test`` splits, never the ``train`` split that pretraining
+reads. :func:`pretraining_overlap` counts the labelled galaxies that the
+trunk's pretraining run read anyway (the trainer refuses a run with any, or
+warns naming the count). :func:`make_splits` cuts the pool into
 fixed train/validation/test parts, stratified by class (by quantile bins of
 the first target for regression), from ``split_seed`` alone, so every run of a
-sweep tests on the same galaxies. :func:`label_subset` then keeps
-``label_fraction`` (or ``n_labels``) of the training part, stratified, drawn
-from the run's ``seed``: at least one galaxy per class.
+sweep tests on the same galaxies; with ``split=dev`` the test part is set
+aside and the rest is cut again the same way, its last part (``dev``) scored
+instead. :func:`label_subset` then keeps ``label_fraction`` (or ``n_labels``)
+of the training part, stratified, drawn from the run's ``seed``: at least one
+galaxy per class; the validation part keeps the same share
+(``val_labels=fraction``). :func:`choose_galaxies` does all of this.
 
 Batches are ordinary :class:`~astropt.data.Batch` objects from
 :func:`astropt.data.map_loader` over a :class:`LabelledSubset`; the label of
@@ -497,3 +504,159 @@ def write_galaxy10_like(
             ans[start : start + count] = labels["galaxy10"].astype(np.uint8)
     os.replace(tmp, path)
     return path
+
+
+# ------------------------------------------------------------------ the galaxies of one run
+@dataclass
+class RunGalaxies:
+    """Positions (into a :class:`LabelledPool`) of the galaxies one run uses.
+
+    ``train``: the labels trained on; ``validation``: the labels early stopping reads;
+    ``scored``: the galaxies of the final score, the ``test`` part or (``split=dev``) the
+    ``dev`` part; ``train_split``: the whole training part the labels were drawn from.
+    """
+
+    split: str  # "test" or "dev": which galaxies ``scored`` holds
+    train: np.ndarray
+    validation: np.ndarray
+    scored: np.ndarray
+    train_split: np.ndarray
+
+    @property
+    def labels_used(self) -> int:
+        """Every label the run reads before its score: training plus validation."""
+        return int(len(self.train) + len(self.validation))
+
+
+def choose_galaxies(cfg, pool: LabelledPool) -> RunGalaxies:
+    """The train / validation / scored galaxies of the run ``cfg`` over ``pool``."""
+    strat = strata(pool.labels, cfg.head)
+    parts = make_splits(strat, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    scored = parts["test"]
+    if cfg.split == "dev":
+        # The test galaxies are set aside before anything is chosen; the rest is cut again
+        # with the same fractions (a different seed: not a subset of the test cut's parts).
+        rest = np.sort(np.concatenate([parts["train"], parts["validation"]]))
+        inner = make_splits(strat[rest], cfg.val_fraction, cfg.test_fraction, cfg.split_seed + 1)
+        parts = {name: rest[positions] for name, positions in inner.items()}
+        scored = parts["test"]
+    train = label_subset(strat, parts["train"], cfg.seed, cfg.label_fraction, cfg.n_labels)
+    validation = parts["validation"]
+    share = len(train) / max(len(parts["train"]), 1)
+    if cfg.val_labels == "fraction" and share < 1.0 and len(validation):
+        validation = label_subset(strat, validation, cfg.seed + 1, share)
+    return RunGalaxies(cfg.split, train, validation, scored, parts["train"])
+
+
+# ------------------------------------------------------------------ disjoint from pretraining
+def _run_config_of(init_from: str) -> dict | None:
+    """The pretraining run config (``config.json`` with a ``data`` section) of a trunk spec,
+    or None where none is recorded (Hub ids, AstroPT ckpt.pt, bare model folders)."""
+    import json
+
+    spec = init_from.strip()
+    if not spec or spec.lower().startswith(("scratch", "none")):
+        return None
+    path = Path(spec)
+    if not path.exists():
+        return None
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder, folder.parent):  # a run folder, or a model folder inside one
+        file = candidate / "config.json"
+        if not file.is_file():
+            continue
+        try:
+            values = json.loads(file.read_text())
+        except ValueError:
+            continue
+        if isinstance(values, dict) and isinstance(values.get("data"), dict):
+            if "label_column" in values:  # a finetune run: its trunk's pretraining counts
+                return _run_config_of(str(values.get("init_from", "")))
+            return values
+    return None
+
+
+def _dataset_key(data: DataConfig) -> str | None:
+    """What identifies a dataset's galaxies: a synthetic survey by its seed (galaxy ``i``
+    depends only on the seed and ``i``), anything else by its resolved local path."""
+    import json
+
+    if not data.path:
+        return None
+    path = Path(data.path)
+    if not path.exists():
+        return None
+    survey = path / "survey.json"
+    if survey.is_file():
+        try:
+            return f"synthetic survey seed {json.loads(survey.read_text())['seed']}"
+        except (ValueError, KeyError):
+            pass
+    return str(path.resolve())
+
+
+@dataclass
+class Overlap:
+    """Labelled galaxies that a trunk's pretraining run read (``count`` of ``pool_size``)."""
+
+    count: int
+    pool_size: int
+    pretraining: str  # names the pretraining data
+    examples: list
+
+    def message(self) -> str:
+        return (
+            f"{self.count} of the {self.pool_size} labelled galaxies were in the trunk's "
+            f"pretraining data ({self.pretraining}), e.g. ids {self.examples}"
+        )
+
+
+def pretraining_overlap(init_from: str, data: DataConfig, pool: LabelledPool) -> Overlap | None:
+    """Count the galaxies of ``pool`` that the trunk ``init_from`` was pretrained on.
+
+    The trunk's run folder records its data (``config.json``); pretraining reads its
+    ``train`` split. Ids are compared when both name the same dataset (the same survey
+    seed or local path). None when nothing can be checked (a Hub id, a bare model
+    folder, a dataset that is not local).
+    """
+    import dataclasses
+
+    run = _run_config_of(init_from)
+    if run is None:
+        return None
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    trunk_data = DataConfig(**{k: v for k, v in run["data"].items() if k in names})
+    key = _dataset_key(trunk_data)
+    if key is None or key != _dataset_key(data):
+        return None
+    source, text = open_source(trunk_data, "train")
+    seen = {str(i) for i in _ids(source)}
+    hits = [i for i in pool.ids.tolist() if str(i) in seen]
+    return Overlap(len(hits), len(pool.ids), text, hits[:5])
+
+
+def open_checked_pool(cfg) -> tuple[LabelledPool, int | None]:
+    """The labelled pool of ``cfg`` and how many of its galaxies the trunk was pretrained on
+    (None: not checkable). Any overlap stops the run (``pretraining_overlap=refuse``) or
+    is logged as a warning naming the count (``warn``)."""
+    from astropt.errors import UserError
+
+    pool = open_pool(cfg)
+    overlap = pretraining_overlap(cfg.init_from, cfg.data, pool)
+    if overlap is None:
+        if not cfg.init_from.strip().lower().startswith(("scratch", "none")):
+            log.info(
+                "%s records no pretraining data on this machine: overlap with the labelled "
+                "galaxies not checked",
+                cfg.init_from,
+            )
+        return pool, None
+    if overlap.count:
+        if cfg.pretraining_overlap == "refuse":
+            raise UserError(
+                overlap.message() + ": a test score on them would flatter the pretrained trunk. "
+                "Label held-out galaxies (source_splits=validation,test, the default) or set "
+                "pretraining_overlap=warn to run anyway"
+            )
+        log.warning("WARNING: %s; scores on them flatter the pretrained trunk", overlap.message())
+    return pool, overlap.count

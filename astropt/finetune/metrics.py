@@ -14,7 +14,7 @@ import numpy as np
 from astropt.probe import classification_metrics, regression_metrics
 
 #: The score each head is judged by (higher is better for every one of them).
-HEADLINE = {"classification": "accuracy", "regression": "r2", "votes": "r2"}
+HEADLINE = {"classification": "balanced_accuracy", "regression": "r2", "votes": "r2"}
 
 
 def score(

@@ -13,17 +13,28 @@ Used by the loop (:mod:`astropt.finetune.trainer`) and ``bench/finetune.py``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn as nn
 
 from astropt import hub
+from astropt.config import ConfigError
+from astropt.data import map_loader
 from astropt.errors import UserError
 from astropt.finetune import data as fdata
 from astropt.finetune import lora
 from astropt.finetune.config import FinetuneConfig
 from astropt.finetune.model import FinetunedGPT, HeadConfig
+from astropt.io import atomic_write_text
 from astropt.model import GPT
+from astropt.preprocessing import Preprocessing, data_fields
+
+log = logging.getLogger("astropt.finetune")
 
 
 def load_trunk(init_from: str, scratch_config, seed: int) -> GPT:
@@ -177,3 +188,88 @@ def head_config(cfg: FinetuneConfig, pool: fdata.LabelledPool, train_pos: np.nda
     return HeadConfig(
         kind="votes", n_outputs=values.shape[1], vote_groups=list(cfg.vote_groups), **common
     )
+
+
+def apply_preprocessing(cfg: FinetuneConfig, trunk: GPT, report: bool = True) -> None:
+    """The data keys the run's config did not set come from the preprocessing the trunk
+    was trained with (its record; nothing for AstroPT checkpoints and fresh trunks)."""
+    if cfg.data_given is None or trunk.preprocessing is None:
+        return
+    names = Preprocessing.field_names()
+    given = {name: getattr(cfg.data, name) for name in names if name in cfg.data_given}
+    fields = data_fields(
+        given,
+        trunk.preprocessing,
+        model_name=f"init_from={cfg.init_from}",
+        strict=cfg.strict,
+        report=report,
+    )
+    try:
+        cfg.data = dataclasses.replace(cfg.data, **{name: fields[name] for name in names})
+    except ValueError as error:
+        raise ConfigError(f"data options with init_from's preprocessing: {error}") from error
+
+
+def inputs_as_trunk_expects(
+    cfg: FinetuneConfig, trunk: GPT, say=log.info, report: bool = True
+) -> None:
+    """Make ``cfg.data`` read images as ``trunk`` was trained to (its recorded preprocessing,
+    :func:`apply_preprocessing`) and cut tokens as it expects (data conventions)."""
+    apply_preprocessing(cfg, trunk, report)
+    names = ("patch_size", "order", "transpose_hw")
+    changed = [
+        f"data.{name}={getattr(trunk.config, name)!r}"
+        for name in names
+        if getattr(cfg.data, name) != getattr(trunk.config, name)
+    ]
+    if changed:
+        say("inputs made as the model expects: %s", ", ".join(changed))
+        for name in names:
+            setattr(cfg.data, name, getattr(trunk.config, name))
+
+
+def labelled_loader(
+    cfg: FinetuneConfig,
+    pool: fdata.LabelledPool,
+    positions: np.ndarray,
+    split: str,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """One pass, in order and without augmentation, over the pool's galaxies ``positions``
+    (this rank's shard); labels in ``batch.catalogue[LABEL_KEY]``."""
+    import dataclasses
+
+    subset = fdata.LabelledSubset(pool.source, pool.indices[positions], pool.labels[positions])
+    return map_loader(
+        subset,
+        dataclasses.replace(cfg.data, even_shards=False),
+        f"{pool.label_text} [finetune {split}]",
+        split=split,
+        batch_size=cfg.eval_batch_size or cfg.batch_size,
+        shuffle=False,
+        augment=False,
+        seed=0,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        drop_last=False,
+        repeat=False,
+    )
+
+
+def write_splits(out: Path, pool: fdata.LabelledPool, galaxies: fdata.RunGalaxies) -> None:
+    """``out/splits.json``: the ids of the galaxies of each part of the run."""
+    ids = pool.ids
+
+    def listed(positions):
+        return [v.item() if hasattr(v, "item") else v for v in ids[positions]]
+
+    splits = {
+        "train_labelled": listed(galaxies.train),
+        "train": listed(galaxies.train_split),
+        "validation": listed(galaxies.validation),
+        galaxies.split: listed(galaxies.scored),
+    }
+    atomic_write_text(out / "splits.json", json.dumps(splits, default=str))

@@ -122,31 +122,43 @@ def collect(out: Path) -> list[dict]:
     rows = []
     for summary_path in sorted(out.glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
+        split = summary.get("split", "test")
         row = {
             "run": summary_path.parent.name,
             "mode": summary["mode"],
             "init": init_name(summary["init_from"]),
             "label_fraction": summary["label_fraction"],
             "n_labels": summary["n_labels"],
+            "labels_used": summary.get("labels_used", summary["n_labels"]),
             "seed": summary["seed"],
             "head": summary["head"],
+            "split": split,
+            "pretraining_overlap": summary.get("pretraining_overlap"),
         }
-        row.update({k: v for k, v in summary["test"].items() if isinstance(v, (int, float))})
+        row.update({k: v for k, v in summary[split].items() if isinstance(v, (int, float))})
         rows.append(row)
     return rows
 
 
+def comparator(frame) -> str:
+    """The mode every other is compared with: the ridge probe (``ridge``) where the sweep ran
+    it, else the trained head on a frozen trunk (``probe``, sweeps published before it)."""
+    return "ridge" if "ridge" in set(frame["mode"]) else "probe"
+
+
 def differences(frame, metric: str):
-    """Paired (by seed) differences with intervals: pretrained - scratch, and mode - probe."""
+    """Paired (by seed) differences with intervals: pretrained - scratch, and each mode minus
+    the probe comparator (:func:`comparator`) at the same init."""
     import pandas as pd
 
     out = []
+    base = comparator(frame)
     keyed = frame.set_index(["mode", "init", "label_fraction", "seed"])[metric].sort_index()
     for (mode, fraction), _ in frame.groupby(["mode", "label_fraction"]):
         comparisons = [(f"pretrained - scratch ({mode})", (mode, "pretrained"), (mode, "scratch"))]
-        if mode != "probe":
+        if mode not in ("probe", "ridge"):
             for init in ("pretrained", "scratch"):
-                comparisons.append((f"{mode} - probe ({init})", (mode, init), ("probe", init)))
+                comparisons.append((f"{mode} - {base} ({init})", (mode, init), (base, init)))
         for name, a, b in comparisons:
             try:
                 left = keyed.loc[(a[0], a[1], fraction)]
@@ -188,24 +200,39 @@ def write_results(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / "report.md", report(frame, diffs, metric))
 
 
+#: Scores shown beside the headline (a class headline is balanced accuracy: the classes are
+#: imbalanced, so plain accuracy rewards predicting the common ones).
+SECONDARY = {"balanced_accuracy": "accuracy"}
+
+
+def _labels_used(group) -> int:
+    column = "labels_used" if "labels_used" in group else "n_labels"
+    return int(group[column].median())
+
+
 def summary_table(frame, metric: str):
+    """Mean and 95 % interval over seeds of ``metric`` (and its :data:`SECONDARY` score) for
+    every mode, init and fraction; ``labels``: the labels a run reads (training plus
+    validation)."""
     import pandas as pd
 
     rows = []
+    second = SECONDARY.get(metric)
     for (mode, init, fraction), group in frame.groupby(["mode", "init", "label_fraction"]):
         mean, low, high = mean_interval(group[metric].to_numpy())
-        rows.append(
-            {
-                "mode": mode,
-                "init": init,
-                "label_fraction": fraction,
-                "n_labels": int(group["n_labels"].median()),
-                "seeds": len(group),
-                metric: mean,
-                "low": low,
-                "high": high,
-            }
-        )
+        row = {
+            "mode": mode,
+            "init": init,
+            "label_fraction": fraction,
+            "labels": _labels_used(group),
+            "seeds": len(group),
+            metric: mean,
+            "low": low,
+            "high": high,
+        }
+        if second and second in group:
+            row[second], row["low2"], row["high2"] = mean_interval(group[second].to_numpy())
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -219,10 +246,10 @@ def plot_label_efficiency(frame, metric: str, path: Path) -> Path:
     table = summary_table(frame, metric)
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     styles = {"pretrained": "-", "scratch": "--"}
-    colours = {"full": "C0", "lora": "C1", "probe": "C2"}
+    colours = {"full": "C0", "lora": "C1", "probe": "C2", "ridge": "C3"}
     for (mode, init), group in table.groupby(["mode", "init"]):
-        group = group.sort_values("n_labels")
-        x = group["n_labels"].to_numpy()
+        group = group.sort_values("labels")
+        x = group["labels"].to_numpy()
         y = group[metric].to_numpy()
         low = np.where(np.isfinite(group["low"]), group["low"], y)
         high = np.where(np.isfinite(group["high"]), group["high"], y)
@@ -232,8 +259,9 @@ def plot_label_efficiency(frame, metric: str, path: Path) -> Path:
         if len(x) == 1:
             ax.errorbar(x, y, yerr=[y - low, high - y], color=colour, capsize=3, fmt="none")
     ax.set_xscale("log")
-    ax.set_xlabel("training labels used")
-    ax.set_ylabel(f"test {metric}")
+    ax.set_xlabel("labels used (training + validation)")
+    split = frame["split"].iloc[0] if "split" in frame else "test"
+    ax.set_ylabel(f"{split} {metric}")
     seeds = int(table["seeds"].min())
     ax.set_title(f"label efficiency (mean and 95% interval over {seeds}+ seeds)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -243,19 +271,27 @@ def plot_label_efficiency(frame, metric: str, path: Path) -> Path:
 
 
 def report(frame, diffs, metric: str) -> str:
-    return f"# Label efficiency: test {metric}\n\n" + tables(frame, diffs, metric)
+    split = frame["split"].iloc[0] if "split" in frame else "test"
+    return f"# Label efficiency: {split} {metric}\n\n" + tables(frame, diffs, metric)
 
 
 def tables(frame, diffs, metric: str) -> str:
     """Markdown: the score of every mode, init and fraction, then the paired differences."""
     table = summary_table(frame, metric)
-    lines = [f"| mode | init | labels | fraction | seeds | {metric} | 95% interval |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    second = SECONDARY.get(metric) if SECONDARY.get(metric) in table else None
+    extra = f" {second} | 95% interval |" if second else ""
+    # Runs recorded before validation labels were counted give training labels only.
+    counted = "labels used" if "labels_used" in frame else "training labels"
+    lines = [f"| mode | init | {counted} | fraction | seeds | {metric} | 95% interval |{extra}"]
+    lines.append("|---|---|---|---|---|---|---|" + ("---|---|" if second else ""))
     for row in table.sort_values(["mode", "init", "label_fraction"]).itertuples():
         value = getattr(row, metric)
+        cells = (
+            f" {getattr(row, second):.3f} | [{row.low2:.3f}, {row.high2:.3f}] |" if second else ""
+        )
         lines.append(
-            f"| {row.mode} | {row.init} | {row.n_labels} | {row.label_fraction:g} | {row.seeds} | "
-            f"{value:.3f} | [{row.low:.3f}, {row.high:.3f}] |"
+            f"| {row.mode} | {row.init} | {row.labels} | {row.label_fraction:g} | {row.seeds} | "
+            f"{value:.3f} | [{row.low:.3f}, {row.high:.3f}] |{cells}"
         )
     if len(diffs):
         lines += ["", "Differences, paired by seed (the same label subset):", ""]
@@ -314,41 +350,135 @@ def _trunk(init: str) -> dict:
 #: Settings of the runs quoted with the results (the rest is in each run's config.json).
 SETTINGS = ("max_iters", "batch_size", "max_labelled", "layer", "pool", "layer_decay",
             "head_dropout", "split_seed", "val_fraction", "test_fraction",
-            "eval_interval")  # fmt: skip
+            "eval_interval", "source_splits", "split", "val_labels", "class_weights")  # fmt: skip
 
 
-def publish(out: str | Path, path: str | Path, title: str, root: str | Path = ".") -> Path:
-    """Copy the finished sweep ``out`` into the result file ``path`` and draw its figure
-    (``docs/finetune/label_efficiency_<stem>.png`` under ``root``)."""
-    out, path, root = Path(out), Path(path), Path(root)
+def _setting(config: dict, key: str):
+    """A run's setting; runs written before a key existed had its old behaviour."""
+    before = {
+        "source_splits": ["train", "validation", "test"],
+        "split": "test",
+        "val_labels": "all",
+    }
+    value = config.get(key, before.get(key))
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _sweep_record(out: Path) -> tuple[list[dict], list[dict], dict]:
+    """``(rows, commands, first config)`` of a finished sweep folder; refuses mixed recipes."""
     rows = collect(out)
     if not rows:
         raise ValueError(f"{out} has no finished run to publish")
     configs = [json.loads(p.read_text()) for p in sorted(out.glob("*/config.json"))]
     first = configs[0]
-    mixed = sorted(k for k in SETTINGS if any(c[k] != first[k] for c in configs))
+    mixed = sorted(
+        k for k in SETTINGS if any(_setting(c, k) != _setting(first, k) for c in configs)
+    )
     if mixed:
         raise ValueError(f"the runs in {out} differ in {', '.join(mixed)}: publish one recipe")
-    pretrained = sorted({c["init_from"] for c in configs if init_name(c["init_from"]) != "scratch"})
     commands = out / "commands.json"
+    return rows, (json.loads(commands.read_text()) if commands.is_file() else []), first
+
+
+def publish(
+    out: str | Path,
+    path: str | Path,
+    title: str,
+    root: str | Path = ".",
+    dev: list[str | Path] = (),
+    choices: list[str] = (),
+    command: str = "",
+) -> Path:
+    """Copy the finished sweep ``out`` into the result file ``path`` and draw its figure
+    (``docs/finetune/label_efficiency_<stem>.png`` under ``root``).
+
+    ``dev``: the sweeps (``split=dev``, one per candidate setting) whose scores made the
+    choices of this one; their settings, rows and commands are published beside the test
+    rows, and ``choices`` says in words what was chosen there.
+    """
+    out, path, root = Path(out), Path(path), Path(root)
+    rows, commands, first = _sweep_record(out)
+    configs = [json.loads(p.read_text()) for p in sorted(out.glob("*/config.json"))]
+    pretrained = sorted({c["init_from"] for c in configs if init_name(c["init_from"]) != "scratch"})
     figure = FIGURES / f"label_efficiency_{path.stem}.png"
     data = {
         "title": title,
         "figure": str(figure),
-        "commands": json.loads(commands.read_text()) if commands.is_file() else [],
+        "split": _setting(first, "split"),
+        "commands": commands,
         "data": {
             "path": first["data"]["path"],
             "label_column": first["label_column"],
             "head": first["head"],
         },  # fmt: skip
-        "settings": {k: first[k] for k in SETTINGS},
+        "settings": {k: _setting(first, k) for k in SETTINGS},
         "optim": {k: first["optim"][k] for k in ("lr", "warmup_iters", "weight_decay")},
         "trunks": [_trunk(p) for p in pretrained],
+        "choices": list(choices),
         "rows": rows,
     }
-    atomic_write_text(path, json.dumps(data, indent=2, default=float) + "\n")
+    candidates = []
+    for folder in [dev] if isinstance(dev, (str, Path)) else dev:
+        dev_rows, dev_commands, dev_first = _sweep_record(Path(folder))
+        if _setting(dev_first, "split") != "dev":
+            raise ValueError(f"{folder} was not run with split=dev: its scores cannot make choices")
+        settings = {k: _setting(dev_first, k) for k in SETTINGS}
+        candidates.append({"settings": settings, "commands": dev_commands, "rows": dev_rows})
+    if candidates:
+        data["dev"] = candidates
+    data = json.loads(json.dumps(data, default=float))  # plain JSON types before the digest
+    frame = _frame(data)
+    metric = HEADLINE[data["data"]["head"]]
+    data["format"] = FORMAT
+    data["tables"] = _tables_of(frame, metric)
+    from astropt.results import stamp, write_result
+
+    outputs = sorted(out.glob("*/summary.json"))
+    for folder in [dev] if isinstance(dev, (str, Path)) else dev:
+        outputs += sorted(Path(folder).glob("*/summary.json"))
+    command = command or f"python -m astropt.finetune.sweep --out {out} --publish {path}"
+    stamp(data, command, outputs, root=Path(os.path.commonpath([p.parent.parent for p in outputs])))
+    write_result(path, data)
     draw_published(data, root)
     return path
+
+
+#: Format of a published sweep (checked by :func:`check_sweep` through astropt.results).
+FORMAT = "astropt-finetune-sweep/1"
+
+
+def _tables_of(frame, metric: str) -> dict:
+    """The published numbers a sweep's rows give: its summary and difference tables."""
+
+    def records(table) -> list[dict]:
+        return json.loads(table.to_json(orient="records")) if len(table) else []
+
+    return {
+        "summary": records(summary_table(frame, metric)),
+        "differences": records(differences(frame, metric)),
+    }
+
+
+def check_sweep(data: dict) -> list[str]:
+    """Problems of a published sweep: a table entry its per-seed rows do not give."""
+    expected = _tables_of(_frame(data), HEADLINE[data["data"]["head"]])
+    problems = []
+    for name, rows in expected.items():
+        stored = data.get("tables", {}).get(name)
+        if stored is None or len(stored) != len(rows):
+            problems.append(f"its {name} table does not have one entry per cell of its rows")
+            continue
+        for want, have in zip(rows, stored, strict=True):
+            for key, value in want.items():
+                other = have.get(key)
+                same = (
+                    np.isclose(value, other, rtol=1e-9, atol=1e-12, equal_nan=True)
+                    if isinstance(value, float) and isinstance(other, (int, float))
+                    else value == other
+                )
+                if not same:
+                    problems.append(f"{name} {key}: stored {other!r}, its rows give {value!r}")
+    return problems
 
 
 def _frame(data: dict):
@@ -362,31 +492,77 @@ def draw_published(data: dict, root: str | Path = ".") -> Path:
     return plot_label_efficiency(frame, HEADLINE[data["data"]["head"]], Path(root) / data["figure"])
 
 
+def _overlap_text(rows: list[dict], sources: list[str]) -> str:
+    """What the runs recorded about labelled galaxies inside the trunk's pretraining data."""
+    counts = {r.get("pretraining_overlap") for r in rows if r["init"] == "pretrained"}
+    if counts == {0}:
+        return "checked by galaxy id in every pretrained run: none"
+    if None in counts or not counts:
+        if "train" in sources:
+            return "not checked; **the pool includes the `train` split the trunk pretrained on**"
+        return "not checked by these runs"
+    return (
+        f"**{max(c for c in counts if c is not None)} labelled galaxies were pretraining images**"
+    )
+
+
 def readme_block(data: dict) -> str:
     """The README section body for a published sweep: provenance, figure, tables."""
     frame = _frame(data)
     metric = HEADLINE[data["data"]["head"]]
+    second = SECONDARY.get(metric)
     diffs = differences(frame, metric)
     settings, optim = data["settings"], data["optim"]
+    split = data.get("split", "test")
     trunks = "; ".join(
         f"`{t['init_from']}`" + (f" ({t['steps']} steps, val loss {t['val_loss']})" if "steps" in t
                                  else "")
         for t in data["trunks"]
     )  # fmt: skip
-    commands = "\n".join(c["command"] for c in data["commands"])
+    dev = data.get("dev") or []
+    dev_commands = [c for candidate in dev for c in candidate["commands"]]
+    commands = "\n".join(c["command"] for c in [*dev_commands, *data["commands"]])
     loads = sorted({c["load"] for c in data["commands"]})
     machines = sorted({json.dumps(c["machine"], sort_keys=True) for c in data["commands"]})
-    pool = settings["max_labelled"] or "every"
+    pool = (
+        f"the first {settings['max_labelled']} labelled galaxies"
+        if settings["max_labelled"]
+        else "every labelled galaxy"
+    )
+    sources = ", ".join(f"`{s}`" for s in _setting(settings, "source_splits"))
+    shown = f"; {second} beside it" if second else ""
+    fraction_text = (
+        "the same share of the validation part (labels used = training + validation)"
+        if settings.get("val_labels") == "fraction"
+        else "the whole validation part (labels used = training + validation)"
+    )
+    comparator_mode = comparator(frame)
+    comparator_text = (
+        "`ridge`: the ridge probe of `astropt.probe` on the trunk's `embed_layer` "
+        "embeddings, fitted on the same training + validation labels (no training loop). "
+        if comparator_mode == "ridge"
+        else ""
+    )
+    choices = data.get("choices") or []
+    choice_text = (
+        "Chosen on the dev split (the test galaxies set aside, the rest split again the same "
+        "way; the first command(s) below): " + " ".join(choices) + " "
+        if choices
+        else ""
+    )
     lines = [
-        f"**{data['title']}** (`{data['data']['label_column']}`, test {metric}): pretrained "
-        f"trunk {trunks}; the first {pool} labelled galaxies of `{data['data']['path']}`, "
-        f"split {1 - settings['val_fraction'] - settings['test_fraction']:.0%} / "
+        f"**{data['title']}** (`{data['data']['label_column']}`, headline {split} {metric}"
+        f"{shown}): pretrained trunk {trunks}; {pool} of the {sources} "
+        f"split(s) of `{data['data']['path']}` (galaxies in the trunk's pretraining data: "
+        f"{_overlap_text(data['rows'], _setting(settings, 'source_splits'))}), split "
+        f"{1 - settings['val_fraction'] - settings['test_fraction']:.0%} / "
         f"{settings['val_fraction']:.0%} / {settings['test_fraction']:.0%} "
-        f"(train / validation / test, split_seed {settings['split_seed']}); every run "
+        f"(train / validation / test, split_seed {settings['split_seed']}); a run uses "
+        f"`label_fraction` of the training part and {fraction_text}. Every trained run "
         f"{settings['max_iters']} steps of batch {settings['batch_size']}, lr {optim['lr']:g}, "
         f"layer_decay {settings['layer_decay']:g}, head on layer {settings['layer']} "
         f"({settings['pool']} pool); validation every {settings['eval_interval']} steps, the "
-        "checkpoint of lowest validation loss tested. Machine "
+        f"checkpoint of lowest validation loss scored. {comparator_text}{choice_text}Machine "
         f"{', '.join(machines)}; load average {', '.join(f'{v:g}' for v in loads)} at start.",
         "",
         "```text",
@@ -399,21 +575,57 @@ def readme_block(data: dict) -> str:
         verdict(diffs),
         "",
     ]
+    if dev:
+        lines[-1:-1] = ["", dev_table(dev, metric)]
     return "\n".join(lines)
+
+
+def dev_table(candidates: list[dict], metric: str) -> str:
+    """Markdown: each dev candidate's settings (those that differ) and its mean dev score
+    over every run (fractions and seeds) with the 95 % interval over runs."""
+    keys = [k for k in SETTINGS if len({json.dumps(c["settings"][k]) for c in candidates}) > 1]
+    lines = [
+        "Dev split (the choices above; the test galaxies never read):",
+        "",
+        "| " + " | ".join([*keys, "runs", f"mean dev {metric}", "95% interval"]) + " |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
+    for candidate in candidates:
+        values = [r[metric] for r in candidate["rows"]]
+        mean, low, high = mean_interval(values)
+        cells = [str(candidate["settings"][k]) for k in keys]
+        lines.append(
+            "| "
+            + " | ".join([*cells, str(len(values)), f"{mean:.3f}", f"[{low:.3f}, {high:.3f}]"])
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+#: How the verdict names the comparator mode.
+BASE_NAMES = {"ridge": "the ridge probe", "probe": "the probe head"}
 
 
 def verdict(diffs) -> str:
     """One sentence per kind of comparison: where the interval lies above zero, and where not."""
     parts = []
+    if not len(diffs):
+        return ""
+    base = "ridge" if diffs.comparison.str.contains("- ridge (", regex=False).any() else "probe"
     for kind, label in (("pretrained - scratch", "Pretrained beats scratch"),
-                        ("- probe (pretrained)", "Beats probe (pretrained)")):  # fmt: skip
-        rows = diffs[diffs.comparison.str.contains(kind, regex=False)] if len(diffs) else diffs
+                        (f"- {base} (pretrained)", f"Beats {BASE_NAMES[base]} (pretrained)")):  # fmt: skip
+        rows = diffs[diffs.comparison.str.contains(kind, regex=False)]
         cells = [
             f"{r.mode} at {r.label_fraction:.0%} of the labels: {'yes' if r.win else 'no'}"
             for r in rows.sort_values(["mode", "label_fraction"]).itertuples()
         ]
         if cells:
             parts.append(f"{label}, interval above zero: " + "; ".join(cells) + ".")
+    parts.append(
+        f"{len(diffs)} comparisons in this table, each a 95 % interval over seeds with no "
+        "multiplicity correction: where there is no true difference, about one interval in "
+        "forty lies above zero by chance."
+    )
     return " ".join(parts)
 
 
@@ -451,7 +663,7 @@ class SweepOptions:
 
     config: str | None = None  # finetune config TOML every run starts from
     out: str = ""  # sweep folder (required)
-    modes: str = "full"  # comma-separated: probe,lora,full
+    modes: str = "full"  # comma-separated: probe,lora,full,ridge
     inits: str = "scratch"  # comma-separated init_from values; 'scratch' = fresh
     fractions: str = "0.01,0.1,1"  # comma-separated label fractions
     seeds: str = "0,1,2"  # comma-separated training seeds
@@ -463,6 +675,11 @@ class SweepOptions:
     publish: str | None = None
     title: str = ""  # name of the task in the published figure
     page: str = str(PAGE)  # docs page rewritten by publish
+    # with publish: the split=dev sweeps whose scores made this sweep's choices (published
+    # beside it; one per candidate setting)
+    dev: list[str] = field(default_factory=list)
+    # with publish: sentences saying what the dev sweeps chose
+    choice: list[str] = field(default_factory=list)
     # finetune key=value overrides for every run (any finetune key given here lands in it)
     overrides: list[str] = field(default_factory=list)
 
@@ -476,7 +693,9 @@ def run_sweep_command(opts: SweepOptions) -> int:
     if opts.publish:
         write_results(out, collect(out))
         root = Path(opts.page).resolve().parent.parent  # the page sits in docs/
-        publish(opts.out, opts.publish, opts.title or Path(opts.publish).stem, root)
+        title = opts.title or Path(opts.publish).stem
+        command = shlex.join(["python", "-m", "astropt.finetune.sweep", *sys.argv[1:]])
+        publish(opts.out, opts.publish, title, root, opts.dev, opts.choice, command)
         changed = update_readme(opts.page)
         print(f"wrote {opts.publish}; {opts.page} {'updated' if changed else 'unchanged'}")
         return 0

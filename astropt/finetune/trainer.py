@@ -11,6 +11,11 @@ trains in one of three modes and evaluates on a held-out test split:
   (layer-wise learning-rate decay, as in BEiT/ELECTRA finetuning), the tokeniser and
   positions at ``lr * layer_decay**(L + 1)``, the head at ``lr``.
 
+(``mode=ridge`` runs no loop: :mod:`astropt.finetune.ridge`.) The labelled galaxies
+come from :func:`astropt.finetune.data.open_checked_pool` (refused where the trunk
+pretrained on them) and :func:`~astropt.finetune.data.choose_galaxies`
+(``split=test`` scores the test part, ``split=dev`` a dev part with the test set aside).
+
 Run folder (``cfg.out_dir``), the same conventions as pretraining::
 
     config.json               the resolved FinetuneConfig
@@ -35,7 +40,6 @@ the predictions are gathered.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -58,11 +62,19 @@ from astropt.finetune import lora
 from astropt.finetune.config import FinetuneConfig, finetune_config_from_entries
 from astropt.finetune.metrics import HEADLINE, confusion, plot_confusion, score
 from astropt.finetune.model import FinetunedGPT, outputs_to_predictions
-from astropt.finetune.modes import head_config, load_trunk, make_optimizer, prepare_for_mode
+from astropt.finetune.modes import (
+    head_config,
+    inputs_as_trunk_expects,
+    labelled_loader,
+    load_trunk,
+    make_optimizer,
+    prepare_for_mode,
+    write_splits,
+)
 from astropt.io import atomic_write, atomic_write_dir, atomic_write_text
 from astropt.model import GPT
 from astropt.options import Command, run_and_print_summary, run_command
-from astropt.preprocessing import Preprocessing, data_fields
+from astropt.preprocessing import Preprocessing
 from astropt.train.checkpoint import (
     CHECKPOINTS,
     TRAINER_STATE_NAME,
@@ -133,51 +145,26 @@ class Finetuner(RunBase):
     # ------------------------------------------------------------ data
     def _prepare_data(self, trunk: GPT) -> None:
         cfg = self.cfg
-        self._apply_preprocessing(trunk)
-        changed = [
-            f"data.{name}={getattr(trunk.config, name)!r}"
-            for name in ("patch_size", "order", "transpose_hw")
-            if getattr(cfg.data, name) != getattr(trunk.config, name)
-        ]
-        if changed:
-            self.say("inputs made as the model expects: %s", ", ".join(changed))
-            for name in ("patch_size", "order", "transpose_hw"):
-                setattr(cfg.data, name, getattr(trunk.config, name))
-        self.pool = fdata.open_pool(cfg)
-        strat = fdata.strata(self.pool.labels, cfg.head)
-        self.splits = fdata.make_splits(strat, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-        self.train_pos = fdata.label_subset(
-            strat, self.splits["train"], cfg.seed, cfg.label_fraction, cfg.n_labels
-        )
+        inputs_as_trunk_expects(cfg, trunk, self.say, report=self.dist.is_main)
+        self.pool, self.overlap = fdata.open_checked_pool(cfg)
+        self.galaxies = fdata.choose_galaxies(cfg, self.pool)
+        self.train_pos = self.galaxies.train
+        # What each split name reads: the labels used for validation, the scored galaxies.
+        self.splits = {
+            "train": self.galaxies.train_split,
+            "validation": self.galaxies.validation,
+            cfg.split: self.galaxies.scored,
+        }
         self.say(
-            "%s: %d labelled galaxies; train %d (labels used %d), validation %d, test %d",
+            "%s: %d labelled galaxies; train %d (labels used %d), validation labels %d, %s %d",
             self.pool.label_text,
             len(self.pool.labels),
-            len(self.splits["train"]),
+            len(self.galaxies.train_split),
             len(self.train_pos),
-            len(self.splits["validation"]),
-            len(self.splits["test"]),
+            len(self.galaxies.validation),
+            cfg.split,
+            len(self.galaxies.scored),
         )
-
-    def _apply_preprocessing(self, trunk: GPT) -> None:
-        """The data keys the run's config did not set come from the preprocessing the trunk
-        was trained with (its record; nothing for AstroPT checkpoints and fresh trunks)."""
-        cfg = self.cfg
-        if cfg.data_given is None or trunk.preprocessing is None:
-            return
-        names = Preprocessing.field_names()
-        given = {name: getattr(cfg.data, name) for name in names if name in cfg.data_given}
-        fields = data_fields(
-            given,
-            trunk.preprocessing,
-            model_name=f"init_from={cfg.init_from}",
-            strict=cfg.strict,
-            report=self.dist.is_main,
-        )
-        try:
-            cfg.data = dataclasses.replace(cfg.data, **{name: fields[name] for name in names})
-        except ValueError as error:
-            raise ConfigError(f"data options with init_from's preprocessing: {error}") from error
 
     def _subset(self, positions: np.ndarray) -> fdata.LabelledSubset:
         return fdata.LabelledSubset(
@@ -210,26 +197,11 @@ class Finetuner(RunBase):
         )
 
     def _eval_loader(self, split: str):
-        import dataclasses
-
-        cfg = self.cfg
         positions = self.splits[split]
-        data_cfg = dataclasses.replace(cfg.data, even_shards=False)
-        return positions, map_loader(
-            self._subset(positions),
-            data_cfg,
-            f"{self.pool.label_text} [finetune {split}]",
-            split=split,
-            batch_size=cfg.eval_batch_size or cfg.batch_size,
-            shuffle=False,
-            augment=False,
-            seed=0,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            device=self.device,
-            drop_last=False,
-            repeat=False,
+        loader = labelled_loader(
+            self.cfg, self.pool, positions, split, self.device, self.dist.rank, self.dist.world_size
         )
+        return positions, loader
 
     # ------------------------------------------------------------ model
     def _build(self, resume_weights: dict | None) -> None:
@@ -487,18 +459,7 @@ class Finetuner(RunBase):
             bar.close()
 
     def _write_splits(self) -> None:
-        ids = self.pool.ids
-
-        def listed(positions):
-            return [v.item() if hasattr(v, "item") else v for v in ids[positions]]
-
-        splits = {
-            "train_labelled": listed(self.train_pos),
-            "train": listed(self.splits["train"]),
-            "validation": listed(self.splits["validation"]),
-            "test": listed(self.splits["test"]),
-        }
-        atomic_write_text(self.out / "splits.json", json.dumps(splits, default=str))
+        write_splits(self.out, self.pool, self.galaxies)
 
     def _finish(self) -> dict:
         cfg = self.cfg
@@ -508,7 +469,7 @@ class Finetuner(RunBase):
             from safetensors.torch import load_file
 
             self.model.load_state_dict(load_file(str(best)))
-        positions, labels, predictions, test_loss = self.predict_split("test")
+        positions, labels, predictions, test_loss = self.predict_split(cfg.split)
         head = self.finetuned.head_config
         scores = score(head.kind, labels, predictions, head.targets, head.vote_groups)
         scores["loss"] = test_loss
@@ -523,17 +484,21 @@ class Finetuner(RunBase):
             "best_step": self.best_step,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "n_labels": int(len(self.train_pos)),
+            "n_validation": int(len(self.galaxies.validation)),
+            "labels_used": self.galaxies.labels_used,
+            "split": cfg.split,
             "n_test": int(len(labels)),
+            "pretraining_overlap": self.overlap,
             "label_fraction": cfg.label_fraction,
             "seed": cfg.seed,
             "trainable_params": self.n_trainable,
             "wall_time_s": self.elapsed,
             "world_size": self.dist.world_size,
-            "test": scores,
+            cfg.split: scores,
         }
         if self.dist.is_main:
             atomic_write_text(
-                self.out / "test_metrics.json", json.dumps(scores, indent=2, default=float)
+                self.out / f"{cfg.split}_metrics.json", json.dumps(scores, indent=2, default=float)
             )
             if head.kind == "classification" and cfg.confusion_png:
                 matrix = confusion(labels, predictions.argmax(1), head.n_outputs)
@@ -541,15 +506,15 @@ class Finetuner(RunBase):
                     matrix,
                     head.class_names,
                     self.out / "confusion.png",
-                    title=f"{cfg.mode} from {cfg.init_from}: test accuracy "
+                    title=f"{cfg.mode} from {cfg.init_from}: {cfg.split} accuracy "
                     f"{scores['accuracy']:.3f} (n={len(labels)})",
                 )
             final.save_pretrained(
                 self.out / MODEL_DIR,
                 preprocessing=Preprocessing.of(cfg.data),
                 training_data=self.pool.label_text,
-                training_summary={k: v for k, v in summary.items() if k != "test"},
-                probe_results={"test": {k: v for k, v in scores.items() if k != "per_target"}},
+                training_summary={k: v for k, v in summary.items() if k != cfg.split},
+                probe_results={cfg.split: {k: v for k, v in scores.items() if k != "per_target"}},
             )
             atomic_write_text(
                 self.out / "summary.json", json.dumps(summary, indent=2, default=float)
@@ -567,6 +532,10 @@ def finetune(cfg: FinetuneConfig, *, on_step=None) -> dict:
     runs after every optimiser step; raising ``KeyboardInterrupt`` from it
     behaves like Ctrl-C (``checkpoints/latest`` is saved).
     """
+    if cfg.mode == "ridge":
+        from astropt.finetune.ridge import ridge_probe
+
+        return ridge_probe(cfg)
     return Finetuner(cfg, on_step=on_step).run()
 
 

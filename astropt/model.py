@@ -85,14 +85,14 @@ class GPTConfig:
     # weighted by flux_loss_weight, so the representation must carry the photometry.
     # False keeps the AstroPT architecture.
     flux_targets: bool = False
-    flux_loss_weight: float = 1.0
+    flux_loss_weight: float = 1.0  # weight of the flux head's Huber loss beside the patch loss
     # Token units: "patch" (AstroPT: each patch normalised to zero mean, unit std) or
     # "survey" (one fixed stretch for the whole survey, astropt.tokens.survey_stretch:
     # tokens keep their brightness and colour, so predictions are pixels).
     token_scale: TokenScale = "patch"
-    survey_softening: float = SURVEY_SOFTENING  # survey_stretch's parameters (pixel units)
-    survey_offset: float = SURVEY_OFFSET
-    survey_scale: float = SURVEY_SCALE
+    survey_softening: float = SURVEY_SOFTENING  # survey_stretch's asinh softening (pixel units)
+    survey_offset: float = SURVEY_OFFSET  # survey_stretch's offset, subtracted after the asinh
+    survey_scale: float = SURVEY_SCALE  # survey_stretch's divisor after the offset
     # Data conventions (not architecture):
     patch_size: int = 16
     n_chan: int = 3  # image channels (bands)

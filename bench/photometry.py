@@ -421,7 +421,12 @@ def main(argv=None) -> int:
         "--legacy-hybrid", nargs="*", default=[],
         help="run folders whose +hybrid sets are the central-patch statistics only",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    print_config = "--print-config" in argv  # like the astropt commands: parse, print, stop
+    args = parser.parse_args([word for word in argv if word != "--print-config"])
+    if print_config:
+        print(json.dumps(vars(args), indent=2))
+        return 0
     args.command_line = "python bench/photometry.py " + " ".join(argv or sys.argv[1:])
     {"run": run, "cost": cost, "report": report}[args.what](args)
     return 0

@@ -97,7 +97,7 @@ def test_fast_quickstart_writes_a_complete_report_and_resumes(tmp_path, capsys):
     assert len(dev_ids) == survey["splits"]["validation"] and not set(dev_ids) & set(ids)
     assert "probes-dev/probe_summary.png" in (out / "REPORT-dev.md").read_text()
     capsys.readouterr()
-    assert main(["--out", str(out), "--fast", "--split", "dev", "--publish"]) == 1
+    assert main(["--out", str(out), "--fast", "--split", "dev", "--publish"]) == 2
     assert "run it with --split test" in capsys.readouterr().err
     with pytest.raises(UserError, match="exported from the dev split"):
         eval_split(out / "embeddings" / "validation.parquet", "test")

@@ -202,23 +202,21 @@ def test_sample_and_older_runs_use_the_record(run, jpegs, tmp_path, capsys):
 
 def test_finetune_init_from_fills_the_data_keys_the_config_does_not_set(run, jpegs, capsys):
     from astropt.finetune.config import load_finetune_config
-    from astropt.finetune.modes import load_trunk
-    from astropt.finetune.trainer import Finetuner
+    from astropt.finetune.modes import apply_preprocessing, load_trunk
 
     base = [f"init_from={run}", "data.source=folder", f"data.path={jpegs}"]
     cfg = load_finetune_config(None, base)
-    finetuner = Finetuner(cfg)
-    finetuner._apply_preprocessing(load_trunk(cfg.init_from, cfg.model, 0))
+    apply_preprocessing(cfg, load_trunk(cfg.init_from, cfg.model, 0))
     assert Preprocessing.of(cfg.data) == Preprocessing(channels=3, **TRAINED)
     assert "data options differ" not in capsys.readouterr().err
 
     cfg = load_finetune_config(None, [*base, "data.resample=area"])
-    Finetuner(cfg)._apply_preprocessing(load_trunk(cfg.init_from, cfg.model, 0))
+    apply_preprocessing(cfg, load_trunk(cfg.init_from, cfg.model, 0))
     assert (cfg.data.resample, cfg.data.resize) == ("area", 64)
     assert "data.resample='area' (trained with 'lanczos')" in capsys.readouterr().err
     cfg = load_finetune_config(None, [*base, "data.resample=area", "strict=true"])
     with pytest.raises(ConfigError, match="strict"):
-        Finetuner(cfg)._apply_preprocessing(load_trunk(cfg.init_from, cfg.model, 0))
+        apply_preprocessing(cfg, load_trunk(cfg.init_from, cfg.model, 0))
 
 
 def test_a_finetuned_model_folder_keeps_the_record_for_predict(run, jpegs, tmp_path):

@@ -9,8 +9,11 @@ or the session fixture ``tiny_survey`` for the default (32x32 stamps).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,3 +158,26 @@ def training_survey(tmp_path_factory) -> Survey:
     """32x32 JPEG survey for tiny training runs: train 48, validation 16, test 4 (one per module)."""
     root = str(tmp_path_factory.mktemp("training_survey"))
     return write_parquet_survey(root, sizes={"train": 48, "validation": 16, "test": 4})
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder):
+    """Another process holds ``folder``'s run lock (astropt.io.folder_lock) for the
+    duration of the block; it is killed afterwards, which releases the lock."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from astropt.io import folder_lock\n"
+            f"with folder_lock({str(folder)!r}):\n"
+            "    print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

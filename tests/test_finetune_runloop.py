@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import lock_held_elsewhere
 from safetensors.torch import load_file
 from test_finetune import planted, pretrained, run  # noqa: F401 - fixtures used below
 
@@ -29,25 +28,10 @@ def _rows(folder: Path) -> list[dict]:
 
 def test_a_busy_run_folder_is_refused(tmp_path, planted):  # noqa: F811
     out = tmp_path / "busy"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from astropt.io import folder_lock\n"
-            f"with folder_lock({str(out)!r}):\n"
-            "    print('locked', flush=True); time.sleep(600)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(out):
         with pytest.raises(FolderBusyError, match="in use by another"):
             run(out, planted, "max_iters=2", "eval_interval=2")
         assert not (out / "metrics.jsonl").exists() and not (out / "config.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # The dead holder's lock is gone: the run goes ahead.
     assert run(out, planted, "max_iters=2", "eval_interval=2")["steps"] == 2
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import lock_held_elsewhere
 from safetensors.torch import load_file
 
 from astropt.config import ConfigError, load_config
@@ -98,53 +99,23 @@ def _assert_same_run(out, reference) -> None:
 
 def test_second_run_in_a_busy_folder_is_refused(make_cfg, tmp_path):
     cfg = make_cfg("busy")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from astropt.io import folder_lock\n"
-            f"with folder_lock({cfg.out_dir!r}):\n"
-            "    print('locked', flush=True); time.sleep(600)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(cfg.out_dir):
         with pytest.raises(FolderBusyError, match="in use by another"):
             train(cfg)
         assert not (Path(cfg.out_dir) / "metrics.jsonl").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # The dead holder's lock is gone: the run goes ahead.
     assert train(cfg)["steps"] == 8
 
 
 def test_cli_reports_a_busy_folder_in_one_line(make_cfg, survey, hf_cache, tmp_path):
     out = tmp_path / "busy_cli"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from astropt.io import folder_lock\n"
-            f"with folder_lock({str(out)!r}):\n"
-            "    print('locked', flush=True); time.sleep(600)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(out):
         result = subprocess.run(
             [sys.executable, str(ROOT / "train.py"), *_overrides(survey, hf_cache, out)],
             capture_output=True,
             text=True,
             timeout=300,
         )
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.returncode != 0
     assert "in use by another" in result.stderr
     assert "Traceback" not in result.stderr

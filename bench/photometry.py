@@ -32,7 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = "validation"  # the development split: every choice here is made on it
 
-#: name -> training overrides (on top of configs/quickstart.toml)
+#: The quickstart recipe this ablation was run with (4 blocks, 1500 steps), pinned so that
+#: it reproduces after the quickstart's own size changed (bench/photometry_scale.py).
+RECIPE = ["model.n_layer=4", "max_iters=1500"]
+#: name -> training overrides (on top of configs/quickstart.toml and RECIPE)
 VARIANTS: dict[str, list[str]] = {
     "astropt": [],
     "flux-inputs": ["model.flux_tokens=true"],
@@ -74,7 +77,7 @@ def _train_one(name: str, seed: int, args) -> dict:
     cmd = [
         sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/quickstart.toml"),
         f"out_dir={out}", f"data.path={args.survey}", f"seed={seed}", f"device={args.device}",
-        "progress=false", "preview=false", "overwrite=true", *VARIANTS[name], *args.override,
+        "progress=false", "preview=false", "overwrite=true", *RECIPE, *VARIANTS[name], *args.override,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()

@@ -206,12 +206,12 @@ def test_galaxy_statistics_measure_central_apertures():
 
 
 # ------------------------------------------------------------------ published ablation
-def _photometry_bench():
+def _photometry_bench(name: str = "photometry"):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "photometry.py"
-    spec = importlib.util.spec_from_file_location("bench_photometry", path)
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -232,6 +232,56 @@ def test_photometry_page_blocks_are_what_their_result_files_render():
         assert block == "\n" + render(data) + "\n", f"{result_path} and docs/photometry.md differ"
     ablation = json.loads((bench.ROOT / bench.RESULT).read_text())
     assert ablation["split"] == "validation"  # choices are made on the development split
+
+
+def test_quickstart_size_is_the_one_its_development_sweep_chose():
+    """docs/photometry.md's scale table is its result file, made on the validation split,
+    and the quickstart's survey size and steps are the setting its rule picks."""
+    from astropt.quickstart import FULL
+    from astropt.results import check_result
+
+    bench = _photometry_bench("photometry_scale")
+    data = json.loads((bench.ROOT / bench.RESULT).read_text())
+    assert check_result(data) == []
+    assert data["split"] == "validation"
+    page = (bench.ROOT / bench.PAGE).read_text()
+    start, end = bench.BLOCK_START, bench.BLOCK_END
+    assert (
+        page[page.index(start) + len(start) : page.index(end)] == "\n" + bench.render(data) + "\n"
+    )
+    fits = [s for s in data["settings"] if not s["other"]]
+    best = max(fits, key=lambda s: (s["worst_seed_wins"], s["smallest_lower_bound"]))
+    assert (best["n_galaxies"], best["max_iters"]) == (FULL.n_galaxies, FULL.max_iters)
+
+
+def test_scale_summary_takes_the_worst_seed_and_the_lowest_bound(tmp_path):
+    import pandas as pd
+
+    bench = _photometry_bench("photometry_scale")
+    rows = []
+    # Seed 0 wins every physical family; seed 1 loses colour and ties mass.
+    for variant, outcomes in (
+        ("base24", ["win"] * 5),
+        ("base24-s1", ["win", "tie", "win", "win", "loss"]),
+    ):
+        for family, outcome in zip(bench.PHYSICAL, outcomes, strict=True):
+            low = {"win": 0.01, "tie": -0.02, "loss": -0.05}[outcome]
+            rows.append(("family", family, family, "r2", "model", "morphometrics",
+                         low + 0.02, low, low + 0.04, 0.01, outcome, variant))  # fmt: skip
+            rows.append(("family", family, family, "r2", "model", "random-init",
+                         0.05, 0.03, 0.07, 0.01, "win", variant))  # fmt: skip
+    columns = ["level", "name", "family", "metric", "model", "baseline", "improvement",
+               "ci_low", "ci_high", "p_value", "outcome", "variant"]  # fmt: skip
+    (tmp_path / "run").mkdir()
+    frame = pd.DataFrame(rows, columns=columns)
+    frame[["variant", *columns[:-1]]].to_csv(tmp_path / "run" / "comparisons.csv", index=False)
+    result, _ = bench.summarise([tmp_path / "run"])
+    (setting,) = result["settings"]
+    assert (setting["n_galaxies"], setting["max_iters"]) == (24000, 1500)
+    assert setting["physical_wins"] == [5, 3] and setting["worst_seed_wins"] == 3
+    assert setting["smallest_lower_bound"] == -0.05
+    table = bench.render(result)
+    assert "| 24,000 (2,400) | 1500 | 1 | - | 1 |" in table and "3 of 5" in table
 
 
 @pytest.mark.slow

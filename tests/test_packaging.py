@@ -126,7 +126,7 @@ def test_installed_package_runs_from_any_folder(tmp_path):
     assert script.is_file()
     shown = run(sys.executable, str(script), "train", "configs/quickstart.toml", "--print-config")
     assert shown.returncode == 0, shown.stderr
-    assert '"n_layer": 4' in shown.stdout  # read from the packaged quickstart.toml
+    assert '"n_layer": 6' in shown.stdout  # read from the packaged quickstart.toml
     survey = run(
         sys.executable, str(script), "survey", "--out", "s", "--n", "12", "--image-size", "64",
         "--quiet",

@@ -237,6 +237,7 @@ def test_photometry_page_blocks_are_what_their_result_files_render():
 def test_quickstart_size_is_the_one_its_development_sweep_chose():
     """docs/photometry.md's scale table is its result file, made on the validation split,
     and the quickstart's survey size and steps are the setting its rule picks."""
+    from astropt.config import load_config
     from astropt.quickstart import FULL
     from astropt.results import check_result
 
@@ -249,9 +250,15 @@ def test_quickstart_size_is_the_one_its_development_sweep_chose():
     assert (
         page[page.index(start) + len(start) : page.index(end)] == "\n" + bench.render(data) + "\n"
     )
-    fits = [s for s in data["settings"] if not s["other"]]
-    best = max(fits, key=lambda s: (s["worst_seed_wins"], s["smallest_lower_bound"]))
-    assert (best["n_galaxies"], best["max_iters"]) == (FULL.n_galaxies, FULL.max_iters)
+    chosen = bench.choose(data)  # the rule, applied again to the stored rows
+    assert chosen == data["chosen"]
+    config = load_config(bench.CONFIG)
+    assert (chosen["n_galaxies"], chosen["max_iters"]) == (FULL.n_galaxies, FULL.max_iters)
+    assert (chosen["n_layer"], chosen["flux_loss_weight"]) == (
+        config.model.n_layer,
+        config.model.flux_loss_weight,
+    )
+    assert config.max_iters == FULL.max_iters
 
 
 def test_scale_summary_takes_the_worst_seed_and_the_lowest_bound(tmp_path):
@@ -281,7 +288,7 @@ def test_scale_summary_takes_the_worst_seed_and_the_lowest_bound(tmp_path):
     assert setting["physical_wins"] == [5, 3] and setting["worst_seed_wins"] == 3
     assert setting["smallest_lower_bound"] == -0.05
     table = bench.render(result)
-    assert "| 24,000 (2,400) | 1500 | 1 | - | 1 |" in table and "3 of 5" in table
+    assert "| 24,000 (2,400) | 1500 | 4 | 1 | - | 1 |" in table and "3 of 5" in table
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+from astropt.probe.protocol import PHYSICAL_FAMILIES
+
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = "validation"  # the development split: every choice here is made on it
 
@@ -55,13 +57,7 @@ EMBEDDINGS: dict[str, tuple[str | None, bool]] = {
     "@final": ("final", False),
     "@all+hybrid": ("0+1+2+3+final", True),  # every block's output (the quickstart's 4 layers)
 }
-PHYSICAL = (
-    "redshift",
-    "stellar mass & luminosity",
-    "apparent magnitude",
-    "star formation",
-    "colour",
-)
+PHYSICAL = PHYSICAL_FAMILIES
 RESULT = Path("docs/results/photometry-ablation.json")
 PAGE = Path("docs/photometry.md")
 BLOCK_START, BLOCK_END = "<!-- photometry-table -->", "<!-- /photometry-table -->"

@@ -32,6 +32,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+from astropt.probe.protocol import PHYSICAL_FAMILIES
+
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = "validation"  # the development split: every choice here is made on it
 CONFIG = ROOT / "configs/quickstart.toml"
@@ -75,13 +77,7 @@ VARIANTS: dict[str, tuple[int, int, list[str]]] = {
     "l6-it3000-36": _variant(36000, 0, 3000, 1, 6),
 }
 
-PHYSICAL = (
-    "redshift",
-    "stellar mass & luminosity",
-    "apparent magnitude",
-    "star formation",
-    "colour",
-)
+PHYSICAL = PHYSICAL_FAMILIES
 BASELINES = ("morphometrics", "random-init", "pixels")
 RESULT = Path("docs/results/photometry-scale.json")
 PAGE = Path("docs/photometry.md")

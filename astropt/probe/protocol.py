@@ -99,6 +99,16 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "galaxy10 class": ("galaxy10",),
 }
 
+#: The families that aperture photometry measures directly (issue 23's physical properties):
+#: the ones a flux-aware embedding has to win against morphometrics.
+PHYSICAL_FAMILIES = (
+    "redshift",
+    "stellar mass & luminosity",
+    "apparent magnitude",
+    "star formation",
+    "colour",
+)
+
 
 @dataclass(frozen=True)
 class Protocol:

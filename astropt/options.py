@@ -854,3 +854,15 @@ def _parse_and_run(command: Command | CommandGroup, argv: list[str] | None, prog
             raise
         print(f"{prog}: error: {error} (--debug shows the traceback)", file=sys.stderr)
         return 2
+
+
+def parse_or_print_config(parser, argv: list[str]):
+    """Parse ``argv`` with an :mod:`argparse` ``parser`` (the benchmark scripts'); with
+    ``--print-config`` among them print the parsed options as JSON, like the ``astropt``
+    commands do, and return None (the caller stops)."""
+    wanted = "--print-config" in argv
+    args = parser.parse_args([word for word in argv if word != "--print-config"])
+    if wanted:
+        print(json.dumps(vars(args), indent=2))
+        return None
+    return args

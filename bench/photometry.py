@@ -420,11 +420,11 @@ def main(argv=None) -> int:
         "--legacy-hybrid", nargs="*", default=[],
         help="run folders whose +hybrid sets are the central-patch statistics only",
     )  # fmt: skip
+    from astropt.options import parse_or_print_config
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    print_config = "--print-config" in argv  # like the astropt commands: parse, print, stop
-    args = parser.parse_args([word for word in argv if word != "--print-config"])
-    if print_config:
-        print(json.dumps(vars(args), indent=2))
+    args = parse_or_print_config(parser, argv)
+    if args is None:  # --print-config: parsed and printed
         return 0
     args.command_line = "python bench/photometry.py " + " ".join(argv or sys.argv[1:])
     {"run": run, "cost": cost, "report": report}[args.what](args)

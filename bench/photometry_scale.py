@@ -433,11 +433,11 @@ def main(argv=None) -> int:
     p.add_argument("out", nargs="+", help="run folders (each with comparisons.csv)")
     p.add_argument("--publish", action="store_true")
     p.add_argument("--machine", default="", help="where the runs ran, recorded in the result")
+    from astropt.options import parse_or_print_config
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    print_config = "--print-config" in argv  # like the astropt commands: parse, print, stop
-    args = parser.parse_args([word for word in argv if word != "--print-config"])
-    if print_config:
-        print(json.dumps(vars(args), indent=2))
+    args = parse_or_print_config(parser, argv)
+    if args is None:  # --print-config: parsed and printed
         return 0
     args.command_line = "python bench/photometry_scale.py " + " ".join(argv)
     {"run": run, "collect": collect, "report": report}[args.command](args)

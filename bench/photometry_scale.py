@@ -196,6 +196,16 @@ def run(args) -> None:
             pd.concat(found).to_csv(out / "comparisons.csv", index=False)  # each as it comes
 
 
+def _same_value(stored, given: str) -> bool:
+    """A config value against a ``key=value`` text: ``1.0`` is ``1``, ``False`` is ``false``."""
+    if str(stored).lower() == given.lower():
+        return True
+    try:
+        return float(stored) == float(given)
+    except (TypeError, ValueError):
+        return False
+
+
 def collect(args) -> None:
     """Rows from quickstart dev runs (``python -m astropt.quickstart --split dev``): each
     ``VARIANT=RUN`` is checked against the variant's survey size and training keys, and the
@@ -215,7 +225,7 @@ def collect(args) -> None:
         for key, value in (o.split("=", 1) for o in overrides):
             section, _, field = key.rpartition(".")
             found[key] = (config[section] if section else config)[field]
-            if str(found[key]) != value and float(found[key]) != float(value):
+            if not _same_value(found[key], value):
                 raise SystemExit(f"{folder}: {key}={found[key]}, but {name} has {value}")
         if (found["seed"], found["galaxies"]) != (seed, n):
             raise SystemExit(f"{folder}: seed/survey {found['seed']}/{found['galaxies']} != {name}")
